@@ -1,0 +1,69 @@
+"""One switch that selects which implementation of the ops runs.
+
+* ``"numpy"`` — :mod:`tinydeeplab.functional`, the pure-NumPy reference (the spec);
+* ``"cpu"``   — :mod:`tinydeeplab.kernels.cpu`, Numba ``parallel=True`` kernels (default);
+* ``"cuda"``  — :mod:`tinydeeplab.kernels.cuda`, Numba CUDA kernels (``pip install tinydeeplab[cuda]``,
+  or ``NUMBA_ENABLE_CUDASIM=1`` to run them on the CPU simulator).
+
+Every backend module exports the same op names with the same signatures, so a layer
+only ever writes ``ops().conv2d_forward(...)``.
+
+>>> from tinydeeplab import backend
+>>> with backend.use_backend("numpy"):
+...     backend.get_backend()
+'numpy'
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+
+BACKENDS = ("numpy", "cpu", "cuda")
+_MODULES = {
+    "numpy": "tinydeeplab.functional",
+    "cpu": "tinydeeplab.kernels.cpu",
+    "cuda": "tinydeeplab.kernels.cuda",
+}
+_current = os.environ.get("TINYDEEPLAB_BACKEND", "cpu")
+
+
+def _check(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    return name
+
+
+def set_backend(name: str) -> None:
+    """Select the backend used by layers from now on."""
+    global _current
+    ops(_check(name))  # import now so a missing extra fails here, not mid-forward
+    _current = name
+
+
+def get_backend() -> str:
+    """Name of the backend in use."""
+    return _check(_current)
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Temporarily switch backend inside a ``with`` block."""
+    previous = get_backend()
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(previous)
+
+
+def ops(name: str | None = None):
+    """Return the module holding the ops of backend ``name`` (default: the current one)."""
+    name = _check(name or get_backend())
+    try:
+        return importlib.import_module(_MODULES[name])
+    except ImportError as err:  # only the cuda backend has an optional dependency
+        raise ImportError(
+            f"backend {name!r} is not available ({err}). For the GPU install the extra: "
+            f"pip install 'tinydeeplab[cuda]', or set NUMBA_ENABLE_CUDASIM=1 to simulate it on the CPU"
+        ) from err
