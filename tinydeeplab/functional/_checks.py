@@ -59,3 +59,65 @@ def check_channels(x_shape, w_shape, x_name: str = "x", w_name: str = "w") -> No
         raise ValueError(
             f"channel mismatch: {x_name} has {x_shape[-1]} channels (shape {tuple(x_shape)}) but "
             f"{w_name} expects {w_shape[2]} input channels (HWIO shape {tuple(w_shape)})")
+
+
+def check_vector(v, name: str, length: int, what: str) -> np.ndarray:
+    """Validate a float 1-D parameter of shape ``(length,)``; ``what`` says where the length comes from."""
+    check_array(v, name, 1)
+    if v.shape != (length,):
+        raise ValueError(f"{name} must have shape ({length},) to match {what}, got shape {v.shape}")
+    return v
+
+
+def check_grad_shape(dy, expected_shape, name: str = "dy") -> np.ndarray:
+    """Validate the upstream gradient of a backward pass: a float array shaped like the forward output."""
+    check_array(dy, name)
+    if dy.shape != tuple(expected_shape):
+        raise ValueError(f"{name} must have the forward output's shape {tuple(expected_shape)}, got {dy.shape}")
+    return dy
+
+
+def check_same_shape(**arrays) -> None:
+    """Raise if the given arrays do not all share one shape (e.g. the two inputs of a residual add)."""
+    shapes = {k: v.shape for k, v in arrays.items()}
+    if len(set(shapes.values())) > 1:
+        desc = ", ".join(f"{k}: {s}" for k, s in shapes.items())
+        raise ValueError(f"arrays must share one shape, got {desc}")
+
+
+def check_nhwc_list(xs, name: str = "xs") -> list:
+    """Validate a non-empty list of NHWC float arrays with equal N, H, W and one dtype (for concat)."""
+    if not isinstance(xs, (list, tuple)) or len(xs) == 0:
+        raise ValueError(f"{name} must be a non-empty list of (N, H, W, C) arrays, got {type(xs).__name__}"
+                         + (" of length 0" if isinstance(xs, (list, tuple)) else ""))
+    for i, x in enumerate(xs):
+        check_nhwc(x, f"{name}[{i}]")
+    nhw = {x.shape[:3] for x in xs}
+    if len(nhw) > 1:
+        shapes = ", ".join(f"{name}[{i}]: {x.shape}" for i, x in enumerate(xs))
+        raise ValueError(f"{name} must agree on N, H, W to be concatenated along channels, got {shapes}")
+    check_same_dtype(**{f"{name}[{i}]": x for i, x in enumerate(xs)})
+    return list(xs)
+
+
+def check_labels(labels, logits_shape, ignore_label) -> np.ndarray:
+    """Validate sparse integer labels ``(N, H, W)`` for logits ``(N, H, W, K)``.
+
+    Every label must be in ``[0, K)`` or equal ``ignore_label``; the error lists the offending values.
+    """
+    check_array(labels, "labels", 3, float_only=False)
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must have an integer dtype, got {labels.dtype} (shape {labels.shape})")
+    if labels.shape != tuple(logits_shape[:3]):
+        raise ValueError(f"labels must have shape (N, H, W) = {tuple(logits_shape[:3])} to match logits "
+                         f"{tuple(logits_shape)}, got {labels.shape}")
+    k = logits_shape[3]
+    bad = (labels < 0) | (labels >= k)
+    if ignore_label is not None:
+        bad &= labels != ignore_label
+    if bad.any():
+        values = np.unique(labels[bad])
+        shown = ", ".join(str(v) for v in values[:10]) + (", ..." if values.size > 10 else "")
+        raise ValueError(f"labels must be in [0, {k}) (K = {k} classes from logits {tuple(logits_shape)}) "
+                         f"or equal ignore_label={ignore_label}; found bad values {shown}")
+    return labels

@@ -66,3 +66,27 @@ def window_output_size(size: int, pad: tuple[int, int], k: int, s: int, d: int, 
             f"{name} of size {size} (padded to {padded}) is smaller than the effective window {k_eff} "
             f"(kernel {k}, dilation {d})")
     return (padded - k_eff) // s + 1
+
+
+def window_geometry(x_shape, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
+                    padding, *, name: str = "x") -> tuple[tuple[tuple[int, int], tuple[int, int]], tuple[int, int]]:
+    """Resolve ``padding`` and the output size of a window op (conv, pool) on an NHWC input.
+
+    Returns ``(((top, bottom), (left, right)), (H_out, W_out))``; a malformed padding spec or a
+    window larger than the padded input raises ``ValueError`` naming ``name`` and its shape.
+
+    >>> window_geometry((1, 5, 5, 3), (3, 3), (2, 2), (1, 1), "same")
+    (((1, 1), (1, 1)), (3, 3))
+    >>> window_geometry((1, 4, 6, 3), (3, 3), (2, 2), (1, 1), "same")   # extra pad goes after
+    (((0, 1), (0, 1)), (2, 3))
+    """
+    hw = (int(x_shape[1]), int(x_shape[2]))
+    try:
+        pads = resolve_padding(padding, hw, kernel, stride, dilation)
+    except TypeError:  # e.g. ((1, 2), 3): the second entry is not a pair
+        raise ValueError(f'padding must be "same", "valid", an int or explicit pairs, got {padding!r}') from None
+    h_out = window_output_size(hw[0], pads[0], kernel[0], stride[0], dilation[0],
+                               name=f"{name} (shape {tuple(x_shape)}) height")
+    w_out = window_output_size(hw[1], pads[1], kernel[1], stride[1], dilation[1],
+                               name=f"{name} (shape {tuple(x_shape)}) width")
+    return pads, (h_out, w_out)

@@ -32,3 +32,13 @@ def bilinear_coefficients(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray
     i0 = np.clip(floor, 0, n_in - 1).astype(np.int64)
     i1 = np.clip(floor + 1, 0, n_in - 1).astype(np.int64)
     return i0, i1, t
+
+
+def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
+    """Nearest-neighbour source index with half-pixel centres: ``min(floor((o + 0.5) * n_in / n_out), n_in - 1)``.
+
+    >>> nearest_indices(4, 2).tolist()
+    [1, 3]
+    """
+    src = np.floor((np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out)).astype(np.int64)
+    return np.minimum(src, n_in - 1)

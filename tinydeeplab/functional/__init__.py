@@ -1,0 +1,30 @@
+"""The pure-NumPy reference ops: the spec every backend must reproduce.
+
+Each op is a pair (see ``docs/ops.md``)::
+
+    y, cache = <op>_forward(inputs..., *, options...)
+    grads    = <op>_backward(dy, cache)
+
+Activations are NHWC, kernels HWIO, float32 (float64 also works, for gradient checks).
+
+>>> import numpy as np
+>>> from tinydeeplab import functional as F
+>>> y, cache = F.conv2d_forward(np.zeros((1, 8, 8, 3), np.float32), np.zeros((3, 3, 3, 4), np.float32), stride=2)
+>>> y.shape
+(1, 4, 4, 4)
+"""
+from .activation import relu_backward, relu_forward
+from .batchnorm import batchnorm_backward, batchnorm_forward, moving_average
+from .conv import conv2d_backward, conv2d_forward
+from .loss import softmax_cross_entropy_backward, softmax_cross_entropy_forward
+from .padding import zero_pad2d_backward, zero_pad2d_forward
+from .pooling import global_avg_pool_backward, global_avg_pool_forward, max_pool2d_backward, max_pool2d_forward
+from .resize import (bilinear_resize_backward, bilinear_resize_forward, upsample_bilinear_backward,
+                     upsample_bilinear_forward)
+from .tensor import add_backward, add_forward, concat_backward, concat_forward, split_backward, split_forward
+
+OPS = ("conv2d", "zero_pad2d", "batchnorm", "relu", "max_pool2d", "global_avg_pool", "bilinear_resize",
+       "upsample_bilinear", "concat", "split", "add", "softmax_cross_entropy")
+"""Names of the op pairs every backend module exports as ``<op>_forward`` / ``<op>_backward``."""
+
+__all__ = [f"{op}_{half}" for op in OPS for half in ("forward", "backward")] + ["moving_average", "OPS"]

@@ -1,0 +1,288 @@
+"""2-D convolution on the CPU: a Numba ``im2col`` kernel feeding one BLAS matrix product.
+
+Same maths as :mod:`tinydeeplab.functional.conv` (NHWC activations, HWIO kernels)::
+
+    y[n, oh, ow, f] = b[f] + sum_{i, j, c} xpad[n, oh*sh + i*dh, ow*sw + j*dw, c] * w[i, j, c, f]
+
+**im2col.** Each output pixel ``(n, oh, ow)`` becomes one row of a matrix ``col`` that holds the
+``T = KH*KW`` input patches it reads, flattened in the kernel's HWIO order ``(i, j, c)``::
+
+    col[(n, oh, ow), (i, j, c)] = xpad[n, oh*sh + i*dh, ow*sw + j*dw, c]     # (P, T*C), P = N*H_out*W_out
+    y = col @ w.reshape(T*C, F)                                              # (P, F): one GEMM
+
+The copy is cheap (memory bound, Numba ``prange`` over output rows) and the GEMM runs at BLAS speed.
+To bound memory, ``col`` is built for a *chunk* of output rows at a time, at most
+:data:`IM2COL_MAX_BYTES` large, and the same buffer is reused for every chunk.
+
+**Backward**, per chunk (``dy`` rows of the chunk ``dy_c``, ``col_c`` recomputed instead of cached)::
+
+    dw   += col_c^T @ dy_c                         # (T*C, F)
+    dcol  = dy_c @ w.reshape(T*C, F)^T             # (rows, T*C)
+    dx   += col2im(dcol)                           # the adjoint of im2col
+    db    = sum_P dy                               # (F,)
+
+``col2im`` adds each ``dcol`` entry back to the input pixel it was copied from. Several output pixels
+read the same input pixel, so a scatter in parallel would race; instead each thread *owns* rows of ``dx``
+and gathers every contribution to them (a parallel loop over input rows), so no two threads ever write
+the same element.
+
+**Exact savings.** A kernel tap whose rows (or columns) all fall in the zero padding reads only zeros:
+it is dropped from ``col`` and from ``w`` (ASPP with rate 18 on a 16 x 16 map keeps only the centre tap).
+A 1x1 convolution with stride 1 and no padding (or a conv that collapses to one such tap) needs no
+im2col at all: ``y = x.reshape(P, C) @ w.reshape(C, F)``.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ...functional._checks import (check_array, check_channels, check_grad_shape, check_nhwc,
+                                   check_same_dtype, check_vector, pair)
+from ...functional.geometry import window_geometry
+
+IM2COL_MAX_BYTES = 16 * 2**20
+"""Upper bound on the im2col buffer (bytes). A chunk always holds at least one output row, so a single
+row wider than this still runs (with a buffer of one row). Tests shrink it to check the chunking."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Numba kernels
+# ---------------------------------------------------------------------------------------------------
+
+@njit(parallel=True, cache=True, fastmath=False)
+def im2col_rows(x, col, g0, g1, out_h, out_w, tap_h, tap_w, sh, sw, pt, pl):
+    """Fill ``col`` with the patches of output rows ``g in [g0, g1)``, ``g = n * H_out + oh``.
+
+    ``col[(g - g0) * W_out + ow, (a * len(tap_w) + b) * C + c] = x[n, oh*sh - pt + tap_h[a],
+    ow*sw - pl + tap_w[b], c]`` or 0 where that pixel lies in the padding.
+    ``tap_h``/``tap_w`` hold the offsets ``i * dh`` / ``j * dw`` of the live taps.
+
+    Without dilation along W the taps of one kernel row read adjacent pixels, i.e. one contiguous
+    run of ``len(tap_w) * C`` numbers of ``x`` (a 7x7 stem on RGB copies 21 floats at once, not 3).
+    """
+    n_img, h_in, w_in, c_in = x.shape                   # x: (N, H, W, C)
+    x_rows = x.reshape(n_img, h_in, w_in * c_in)        # (N, H, W*C): a pixel row is one run
+    nth = tap_h.shape[0]
+    ntw = tap_w.shape[0]
+    run = ntw * c_in                                    # numbers per kernel row in col
+    adjacent = tap_w[ntw - 1] - tap_w[0] == ntw - 1     # taps along W read neighbouring pixels
+    for g in prange(g0, g1):                            # one output row per iteration
+        n = g // out_h
+        oh = g - n * out_h
+        for ow in range(out_w):
+            r = (g - g0) * out_w + ow                   # row of col
+            w_first = ow * sw - pl + tap_w[0]
+            for a in range(nth):
+                h = oh * sh - pt + tap_h[a]
+                base = a * run
+                if h < 0 or h >= h_in:                  # the whole kernel row is padding
+                    for k in range(run):
+                        col[r, base + k] = 0.0
+                elif adjacent and w_first >= 0 and w_first + ntw <= w_in:
+                    start = w_first * c_in              # one contiguous copy
+                    for k in range(run):
+                        col[r, base + k] = x_rows[n, h, start + k]
+                else:                                   # tap by tap, zeros in the padding
+                    for b in range(ntw):
+                        w = ow * sw - pl + tap_w[b]
+                        pos = base + b * c_in
+                        if 0 <= w < w_in:
+                            for c in range(c_in):
+                                col[r, pos + c] = x[n, h, w, c]
+                        else:
+                            for c in range(c_in):
+                                col[r, pos + c] = 0.0
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def col2im_rows(dcol, dx, g0, g1, out_h, out_w, tap_h, tap_w, sh, sw, pt, pl):
+    """Adjoint of :func:`im2col_rows`: ``dx[n, h, w, :] += dcol[row, tap]`` for every (row, tap) of
+    output rows ``[g0, g1)`` that was copied from ``(n, h, w)``.
+
+    Race-free gather: the parallel loop runs over *input* rows ``(n, h)``; the thread that owns a row
+    looks up which output rows ``oh = (h + pt - i*dh) / sh`` read it, so it alone writes that row.
+    """
+    n_img, h_in, w_in, c_in = dx.shape                  # dx: (N, H, W, C)
+    dx_rows = dx.reshape(n_img, h_in, w_in * c_in)      # (N, H, W*C), a view
+    nth = tap_h.shape[0]
+    ntw = tap_w.shape[0]
+    run = ntw * c_in
+    adjacent = tap_w[ntw - 1] - tap_w[0] == ntw - 1
+    n0 = g0 // out_h
+    n1 = (g1 - 1) // out_h + 1                          # images touched by this chunk: [n0, n1)
+    for q in prange((n1 - n0) * h_in):                  # one input row (n, h) per iteration
+        n = n0 + q // h_in
+        h = q - (q // h_in) * h_in
+        for a in range(nth):
+            t = h + pt - tap_h[a]                       # = oh * sh when tap a of output row oh reads h
+            if t < 0 or t % sh != 0:
+                continue
+            oh = t // sh
+            g = n * out_h + oh
+            if oh >= out_h or g < g0 or g >= g1:
+                continue
+            r0 = (g - g0) * out_w
+            base = a * run
+            for ow in range(out_w):
+                w_first = ow * sw - pl + tap_w[0]
+                if adjacent and w_first >= 0 and w_first + ntw <= w_in:
+                    start = w_first * c_in              # one contiguous run of dx
+                    for k in range(run):
+                        dx_rows[n, h, start + k] += dcol[r0 + ow, base + k]
+                else:
+                    for b in range(ntw):
+                        w = ow * sw - pl + tap_w[b]
+                        if 0 <= w < w_in:
+                            pos = base + b * c_in
+                            for c in range(c_in):
+                                dx[n, h, w, c] += dcol[r0 + ow, pos + c]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Geometry shared by forward and backward
+# ---------------------------------------------------------------------------------------------------
+
+def _live_offsets(k: int, d: int, s: int, pad_before: int, size: int, n_out: int) -> np.ndarray:
+    """Offsets ``i * d`` of the taps along one axis that read at least one real (unpadded) pixel."""
+    rows = np.arange(n_out) * s - pad_before            # first tap's input index for each output
+    live = [i * d for i in range(k) if np.any((rows + i * d >= 0) & (rows + i * d < size))]
+    return np.array(live, dtype=np.int64)
+
+
+def _plan(x_shape, w_shape, stride, dilation, pads, out_hw):
+    """Everything the kernels need: live tap offsets/indices and whether the conv is a plain GEMM."""
+    kh, kw = w_shape[:2]
+    (pt, _), (pl, _) = pads
+    tap_h = _live_offsets(kh, dilation[0], stride[0], pt, x_shape[1], out_hw[0])
+    tap_w = _live_offsets(kw, dilation[1], stride[1], pl, x_shape[2], out_hw[1])
+    idx_h = tap_h // dilation[0]                        # kernel indices i of the live taps
+    idx_w = tap_w // dilation[1]
+    # One live tap that reads x[n, oh, ow] itself: a 1x1 convolution, one GEMM on the reshaped tensor.
+    gemm_only = (tap_h.size == 1 and tap_w.size == 1 and stride == (1, 1)
+                 and tap_h[0] == pt and tap_w[0] == pl and tuple(out_hw) == tuple(x_shape[1:3]))
+    return {"tap_h": tap_h, "tap_w": tap_w, "idx_h": idx_h, "idx_w": idx_w, "gemm_only": gemm_only}
+
+
+def _live_weights(w, plan) -> np.ndarray:
+    """The kernel restricted to its live taps, as the GEMM matrix ``(T_live * C, F)``."""
+    kh, kw, c, f = w.shape
+    if plan["idx_h"].size == kh and plan["idx_w"].size == kw:
+        return w.reshape(kh * kw * c, f)                # all taps live: a view, no copy
+    wl = w[plan["idx_h"]][:, plan["idx_w"]]             # (KH_live, KW_live, C, F)
+    return np.ascontiguousarray(wl).reshape(-1, f)
+
+
+def _chunk_rows(out_w: int, row_width: int, itemsize: int) -> int:
+    """How many output rows (of ``W_out`` pixels each) fit in one im2col chunk."""
+    return max(1, IM2COL_MAX_BYTES // max(1, out_w * row_width * itemsize))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Public ops
+# ---------------------------------------------------------------------------------------------------
+
+def conv2d_forward(x, w, b=None, *, stride=1, dilation=1, padding="same"):
+    """2-D convolution ``y = conv(x, w) + b``; returns ``(y, cache)``. Numba im2col + BLAS GEMM.
+
+    ``y[n, oh, ow, f] = b[f] + sum_{i,j,c} xpad[n, oh*sh + i*dh, ow*sw + j*dw, c] * w[i, j, c, f]``
+
+    Arguments and results as :func:`tinydeeplab.functional.conv2d_forward`.
+
+    >>> x = np.ones((1, 5, 5, 3), np.float32); w = np.ones((3, 3, 3, 4), np.float32)
+    >>> y, cache = conv2d_forward(x, w, stride=2)
+    >>> y.shape, float(y[0, 1, 1, 0])                   # "same": ceil(5 / 2) = 3; 27 ones in a window
+    ((1, 3, 3, 4), 27.0)
+    """
+    check_nhwc(x, "x")
+    check_array(w, "w", 4)
+    check_channels(x.shape, w.shape, "x", "w")
+    if b is not None:
+        check_vector(b, "b", w.shape[3], f"the F axis of w {w.shape}")
+    check_same_dtype(x=x, w=w, b=b)
+    stride = pair(stride, "stride")
+    dilation = pair(dilation, "dilation")
+    kh, kw, c, f = w.shape
+    n = x.shape[0]
+    pads, out_hw = window_geometry(x.shape, (kh, kw), stride, dilation, padding, name="x")
+    ho, wo = out_hw
+    x = np.ascontiguousarray(x)
+    plan = _plan(x.shape, w.shape, stride, dilation, pads, out_hw)
+    wmat = _live_weights(np.ascontiguousarray(w), plan)          # (T_live * C, F)
+
+    y = np.empty((n * ho * wo, f), dtype=x.dtype)                # (P, F), P = N * H_out * W_out
+    if plan["gemm_only"]:
+        np.matmul(x.reshape(-1, c), wmat, out=y)                 # (P, C) @ (C, F)
+    elif wmat.shape[0] == 0:
+        y[...] = 0                                               # every tap reads only padding
+    else:
+        for g0, g1, col in _col_chunks(x, plan, stride, pads, out_hw):
+            np.matmul(col, wmat, out=y[g0 * wo:g1 * wo])         # (rows, T*C) @ (T*C, F)
+    if b is not None:
+        y += b
+    cache = {"x": x, "w": w, "has_bias": b is not None, "pads": pads, "stride": stride,
+             "dilation": dilation, "out_hw": out_hw, "plan": plan}
+    return y.reshape(n, ho, wo, f), cache                        # (N, H_out, W_out, F)
+
+
+def _col_chunks(x, plan, stride, pads, out_hw):
+    """Yield ``(g0, g1, col)``: the im2col matrix of output rows ``[g0, g1)``, in one reused buffer."""
+    n, _, _, c = x.shape
+    ho, wo = out_hw
+    (pt, _), (pl, _) = pads
+    width = plan["tap_h"].size * plan["tap_w"].size * c          # T_live * C
+    rows = _chunk_rows(wo, width, x.itemsize)
+    total = n * ho
+    buf = np.empty((min(rows, total) * wo, width), dtype=x.dtype)
+    for g0 in range(0, total, rows):
+        g1 = min(g0 + rows, total)
+        col = buf[:(g1 - g0) * wo]                               # (rows * W_out, T*C)
+        im2col_rows(x, col, g0, g1, ho, wo, plan["tap_h"], plan["tap_w"],
+                    stride[0], stride[1], pt, pl)
+        yield g0, g1, col
+
+
+def conv2d_backward(dy, cache):
+    """Gradients of :func:`conv2d_forward`; returns ``(dx, dw, db)`` (``db`` is None without bias).
+
+    ``dw = col^T @ dy``, ``dx = col2im(dy @ W^T)``, ``db = sum dy`` (chunked as the forward).
+
+    >>> x = np.ones((1, 4, 4, 2)); w = np.ones((3, 3, 2, 1))
+    >>> y, cache = conv2d_forward(x, w, padding="valid")
+    >>> dx, dw, db = conv2d_backward(np.ones_like(y), cache)
+    >>> dx[0, :, :, 0].astype(int).tolist()   # how many output windows cover each input pixel
+    [[1, 2, 2, 1], [2, 4, 4, 2], [2, 4, 4, 2], [1, 2, 2, 1]]
+    """
+    x, w, plan = cache["x"], cache["w"], cache["plan"]
+    n, h, wd, c = x.shape
+    kh, kw, _, f = w.shape
+    ho, wo = cache["out_hw"]
+    stride, pads = cache["stride"], cache["pads"]
+    (pt, _), (pl, _) = pads
+    check_grad_shape(dy, (n, ho, wo, f))
+    dy2 = np.ascontiguousarray(dy, dtype=x.dtype).reshape(-1, f)   # (P, F)
+    wmat = _live_weights(np.ascontiguousarray(w), plan)            # (T_live * C, F)
+
+    dw_live = np.zeros(wmat.shape, dtype=x.dtype)                  # (T_live * C, F)
+    if plan["gemm_only"]:
+        x2 = x.reshape(-1, c)                                      # (P, C)
+        dx = (dy2 @ wmat.T).reshape(n, h, wd, c)
+        np.matmul(x2.T, dy2, out=dw_live)
+    else:
+        dx = np.zeros_like(x)                                      # (N, H, W, C)
+        if wmat.shape[0] > 0:
+            tmp = None
+            for g0, g1, col in _col_chunks(x, plan, stride, pads, cache["out_hw"]):
+                dy_c = dy2[g0 * wo:g1 * wo]                        # (rows, F)
+                if tmp is None and g1 == n * ho:
+                    np.matmul(col.T, dy_c, out=dw_live)            # single chunk: write directly
+                else:
+                    tmp = np.matmul(col.T, dy_c, out=tmp)          # (T*C, F)
+                    dw_live += tmp
+                dcol = np.matmul(dy_c, wmat.T, out=col)            # (rows, T*C), reusing col's buffer
+                col2im_rows(dcol, dx, g0, g1, ho, wo, plan["tap_h"], plan["tap_w"],
+                            stride[0], stride[1], pt, pl)
+    dw = np.zeros_like(w)                                          # dead taps keep a zero gradient
+    dw[np.ix_(plan["idx_h"], plan["idx_w"])] = dw_live.reshape(
+        plan["idx_h"].size, plan["idx_w"].size, c, f)
+    db = dy2.sum(axis=0).astype(w.dtype) if cache["has_bias"] else None
+    return dx, dw, db

@@ -1,0 +1,246 @@
+"""ResNet image encoder with KerasHub's ``ResNetBackbone`` arguments and pyramid outputs P2..P5.
+
+Structure of v1 (``use_pre_activation=False``, DeepLab's default), as KerasHub builds it::
+
+    stem     ZeroPadding((k-1)//2) -> Conv k x k /2 "valid"  [-> BN -> ReLU -> Conv k' "same"]...
+             -> BN -> ReLU -> ZeroPadding(1) -> MaxPool 3x3 /2 "valid"
+    stack s, block b  (stride only in block 0; 1x1 conv + BN shortcut in block 0, except for
+                       basic blocks in stack 0, which keep the identity)
+      bottleneck   1x1 (f) -> BN -> ReLU -> 3x3 (f, stride) -> BN -> ReLU -> 1x1 (4f) -> BN
+      basic        3x3 (f, stride) -> BN -> ReLU -> 3x3 (f) -> BN
+      y = ReLU(residual(x) + shortcut(x))
+    P{s+2} = output of stack s       (P2 at 1/4 of the input, ... P5 at 1/32)
+
+A strided 3x3 is ``ZeroPadding(1)`` followed by a "valid" convolution. That is *not* Keras
+"same" padding on even sizes ("same" would pad (0, 1)), which is why KerasHub does it.
+
+v2 (``use_pre_activation=True``): every block starts with BN -> ReLU ("pre-activation") that feeds
+both branches when the shortcut is a convolution; convolutions are followed by BN only inside the
+block, the add has no ReLU, the stem has no BN/ReLU and pads with -inf before the max pool, and a
+final ``post_bn`` (unused by DeepLab's pyramid outputs) closes the network.
+
+Beyond KerasHub, ``output_stride`` 16 or 8 turns the stride of the last one or two stacks into
+dilation (DeepLab's atrous backbone): such a stack keeps stride 1 and its 3x3 convolutions use
+dilation 2 (and 4), so P4/P5 stay at 1/16 or 1/8 resolution.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..nn import BatchNorm, Conv2D, MaxPool2D, Module, ReLU, Sequential, ZeroPadding2D
+from ..nn.layers import _OpLayer
+
+BN_EPS, BN_MOMENTUM = 1e-5, 0.9  # KerasHub ResNet batch-norm settings
+BLOCK_TYPES = ("bottleneck_block", "basic_block")
+
+
+def _bn(channels):
+    return BatchNorm(channels, epsilon=BN_EPS, momentum=BN_MOMENTUM)
+
+
+def conv_unit(c_in, filters, kernel, *, strides=1, dilation=1, bn=True, relu=True, seed=None):
+    """[ZeroPadding] -> Conv (no bias) [-> BN] [-> ReLU] as a Sequential named pad / conv / bn / relu.
+
+    A strided convolution is KerasHub's ``ZeroPadding((k-1)//2)`` + "valid"; stride 1 uses "same".
+    """
+    layers = []
+    if strides > 1 and kernel > 1:
+        layers.append(("pad", ZeroPadding2D((kernel - 1) // 2)))
+    layers.append(("conv", Conv2D(c_in, filters, kernel, strides=strides, dilation_rate=dilation,
+                                  padding="valid" if strides > 1 else "same", seed=seed)))
+    if bn:
+        layers.append(("bn", _bn(filters)))
+    if relu:
+        layers.append(("relu", ReLU()))
+    return Sequential(*layers)
+
+
+class Block(Module):
+    """One residual block: ``y = ReLU(residual(x) + shortcut(x))`` (v2: ``y = residual(p) + shortcut``
+    with ``p = ReLU(BN(x))`` and no final ReLU).
+
+    Backward: through the final ReLU, then the add *copies* the gradient to both branches, and the
+    two input gradients are summed where the branches split.
+    """
+
+    def __init__(self, c_in, filters, *, strides, dilation, block_type, conv_shortcut, pre_activation, rng):
+        super().__init__()
+        seed = lambda: int(rng.integers(2**31))  # noqa: E731
+        post = not pre_activation  # v1: BN after every conv, ReLU after the add
+        if pre_activation:
+            self.preact = Sequential(("bn", _bn(c_in)), ("relu", ReLU()))
+        if block_type == "bottleneck_block":
+            c_out = 4 * filters
+            self.conv1 = conv_unit(c_in, filters, 1, seed=seed())
+            self.conv2 = conv_unit(filters, filters, 3, strides=strides, dilation=dilation, seed=seed())
+            self.conv3 = conv_unit(filters, c_out, 1, bn=post, relu=False, seed=seed())
+        elif block_type == "basic_block":
+            c_out = filters
+            self.conv1 = conv_unit(c_in, filters, 3, strides=strides, dilation=dilation, seed=seed())
+            self.conv2 = conv_unit(filters, filters, 3, dilation=dilation, bn=post, relu=False, seed=seed())
+        else:
+            raise ValueError(f"block_type must be one of {BLOCK_TYPES}, got {block_type!r}")
+        self.shortcut = (conv_unit(c_in, c_out, 1, strides=strides, bn=post, relu=False, seed=seed())
+                         if conv_shortcut else None)
+        self.out_relu = ReLU() if post else None
+        self.pre_activation = pre_activation
+        self.out_channels = c_out
+
+    def residual_layers(self):
+        return [m for name, m in self.children() if name.startswith("conv")]
+
+    def forward(self, x, training=False):
+        p = self.preact.forward(x, training) if self.pre_activation else x
+        r = p
+        for layer in self.residual_layers():
+            r = layer.forward(r, training)                                   # (N, H', W', C_out)
+        if self.shortcut is not None:
+            s = self.shortcut.forward(p, training)                           # projection of p
+        else:
+            s = x                                                            # identity: always x itself
+        y = r + s
+        return self.out_relu.forward(y) if self.out_relu is not None else y
+
+    def backward(self, dy):
+        d = self.out_relu.backward(dy) if self.out_relu is not None else dy
+        d_residual, d_shortcut = d, d                                        # the add copies d
+        for layer in reversed(self.residual_layers()):
+            d_residual = layer.backward(d_residual)                          # gradient w.r.t. p
+        if self.shortcut is not None:
+            d_p = d_residual + self.shortcut.backward(d_shortcut)            # both branches read p
+            return self.preact.backward(d_p) if self.pre_activation else d_p
+        dx = self.preact.backward(d_residual) if self.pre_activation else d_residual
+        return dx + d_shortcut
+
+
+class _NegInfPad(_OpLayer):
+    """v2 stem: pad with -inf so padded cells never win the following max pool.
+
+    Implemented as a zero pad plus a -inf border; the gradient of the border is zero.
+    """
+
+    def forward(self, x, training=False):
+        y = self._run("zero_pad2d", x, 1)
+        y[:, 0, :, :] = y[:, -1, :, :] = -np.inf
+        y[:, :, 0, :] = y[:, :, -1, :] = -np.inf
+        return y
+
+    def backward(self, dout):
+        return self._back("zero_pad2d", dout)
+
+
+class ResNetBackbone(Module):
+    """ResNet encoder returning ``{"P2": ..., "P5": ...}`` (KerasHub ``ResNetBackbone`` arguments).
+
+    >>> enc = ResNetBackbone([64], [7], [64, 16], [1, 1], [1, 2], seed=0)
+    >>> {k: v.shape for k, v in enc(np.zeros((1, 64, 64, 3), np.float32)).items()}
+    {'P2': (1, 16, 16, 256), 'P3': (1, 8, 8, 64)}
+    """
+
+    def __init__(self, input_conv_filters=(64,), input_conv_kernel_sizes=(7,),
+                 stackwise_num_filters=(64, 128, 256, 512), stackwise_num_blocks=(3, 4, 6, 3),
+                 stackwise_num_strides=(1, 2, 2, 2), block_type="bottleneck_block",
+                 use_pre_activation=False, in_channels=3, output_stride=None, seed=None):
+        super().__init__()
+        n = len(stackwise_num_filters)
+        if not (len(stackwise_num_blocks) == len(stackwise_num_strides) == n) or n == 0:
+            raise ValueError("stackwise_num_filters, stackwise_num_blocks and stackwise_num_strides must be "
+                             f"non-empty with equal lengths, got {n}, {len(stackwise_num_blocks)}, "
+                             f"{len(stackwise_num_strides)}")
+        if len(input_conv_filters) != len(input_conv_kernel_sizes) or not input_conv_filters:
+            raise ValueError("input_conv_filters and input_conv_kernel_sizes must be non-empty with equal lengths")
+        if block_type not in BLOCK_TYPES:
+            raise ValueError(f"block_type must be one of {BLOCK_TYPES}, got {block_type!r} "
+                             "(the ResNet-vd blocks are not supported)")
+        self.config = dict(input_conv_filters=list(input_conv_filters),
+                           input_conv_kernel_sizes=list(input_conv_kernel_sizes),
+                           stackwise_num_filters=list(stackwise_num_filters),
+                           stackwise_num_blocks=list(stackwise_num_blocks),
+                           stackwise_num_strides=list(stackwise_num_strides),
+                           block_type=block_type, use_pre_activation=bool(use_pre_activation))
+        self.output_stride = output_stride
+        rng = np.random.default_rng(seed)
+        seed_ = lambda: int(rng.integers(2**31))  # noqa: E731
+        strides, dilations = atrous_schedule(list(stackwise_num_strides), output_stride)
+
+        # Stem: strided first conv, then stride-1 convs, each conv followed by BN -> ReLU (v1).
+        stem, c = [], in_channels
+        for i, (f, k) in enumerate(zip(input_conv_filters, input_conv_kernel_sizes)):
+            last = i == len(input_conv_filters) - 1
+            post = not (last and use_pre_activation)
+            stem.append((f"conv{i + 1}", conv_unit(c, f, k, strides=2 if i == 0 else 1, bn=post, relu=post,
+                                                   seed=seed_())))
+            c = f
+        stem.append(("pool_pad", _NegInfPad() if use_pre_activation else ZeroPadding2D(1)))
+        stem.append(("pool", MaxPool2D(3, 2, "valid")))
+        self.stem = Sequential(*stem)
+
+        for s, (f, nb) in enumerate(zip(stackwise_num_filters, stackwise_num_blocks)):
+            blocks = []
+            first_shortcut = block_type != "basic_block" or s > 0
+            for b in range(nb):
+                block = Block(c, f, strides=strides[s] if b == 0 else 1, dilation=dilations[s],
+                              block_type=block_type, conv_shortcut=first_shortcut and b == 0,
+                              pre_activation=use_pre_activation, rng=rng)
+                blocks.append((f"block{b}", block))
+                c = block.out_channels
+            setattr(self, f"stack{s}", Sequential(*blocks))
+        if use_pre_activation:
+            self.post_bn = _bn(c)  # KerasHub keeps it after the last stack; not part of P2..P5
+        self.pyramid_channels = {f"P{s + 2}": self.blocks(s)[-1].out_channels for s in range(n)}
+        self.pyramid_strides = {f"P{s + 2}": 4 * int(np.prod(strides[:s + 1])) for s in range(n)}
+
+    @property
+    def num_stacks(self) -> int:
+        return len(self.config["stackwise_num_filters"])
+
+    def blocks(self, s):
+        return [m for _, m in getattr(self, f"stack{s}").children()]
+
+    def forward(self, x, training=False):
+        """``x`` (N, H, W, C) -> ``{"P2": (N, H/4, W/4, C2), ..., "P5": (N, H/32, W/32, C5)}``."""
+        outputs = {}
+        x = self.stem.forward(x, training)
+        for s in range(self.num_stacks):
+            x = getattr(self, f"stack{s}").forward(x, training)
+            outputs[f"P{s + 2}"] = x
+        return outputs
+
+    def backward(self, d_pyramid):
+        """``d_pyramid``: gradients for some P levels; a stack gets the sum of what flows down from
+        the stack above and the gradient of its own pyramid output."""
+        dx = None
+        for s in reversed(range(self.num_stacks)):
+            g = d_pyramid.get(f"P{s + 2}")
+            if g is not None:
+                dx = g if dx is None else dx + g
+            if dx is not None:
+                dx = getattr(self, f"stack{s}").backward(dx)
+        if dx is None:
+            raise ValueError(f"backward needs a gradient for at least one of {list(self.pyramid_channels)}")
+        return self.stem.backward(dx)
+
+
+def atrous_schedule(strides, output_stride):
+    """Per-stack strides and dilations reaching ``output_stride`` (None keeps KerasHub's strides).
+
+    The stem already divides by 4. A stack whose stride would push the total past
+    ``output_stride`` keeps stride 1 and multiplies the dilation instead.
+
+    >>> atrous_schedule([1, 2, 2, 2], 8)
+    ([1, 2, 1, 1], [1, 1, 2, 4])
+    """
+    dilations = [1] * len(strides)
+    if output_stride is None:
+        return strides, dilations
+    if output_stride not in (8, 16, 32):
+        raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+    total, dilation = 4, 1
+    for s, st in enumerate(strides):
+        if total * st > output_stride:
+            dilation *= st
+            strides[s] = 1
+        else:
+            total *= st
+        dilations[s] = dilation
+    return strides, dilations

@@ -1,0 +1,207 @@
+"""Layers: thin stateful wrappers around the op pairs of the current backend.
+
+Each layer's ``forward`` calls ``<op>_forward`` of the backend selected by
+:func:`tinydeeplab.backend.ops`, keeps the cache (and which backend made it), and its
+``backward`` hands that cache to the matching ``<op>_backward``. Names and defaults follow
+Keras (``filters``, ``kernel_size``, ``strides``, ``dilation_rate``, ``epsilon``, ``momentum``),
+so a KerasHub config reads the same here.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import ops
+from ..functional._checks import pair
+from .module import Module
+
+
+def _rng(seed_or_rng) -> np.random.Generator:
+    return seed_or_rng if isinstance(seed_or_rng, np.random.Generator) else np.random.default_rng(seed_or_rng)
+
+
+class _OpLayer(Module):
+    """Remembers the backend module and cache of the last forward for the backward."""
+
+    def _run(self, op: str, *args, **kwargs):
+        self._ops = ops()
+        out, self._cache = getattr(self._ops, op + "_forward")(*args, **kwargs)
+        return out
+
+    def _back(self, op: str, dout):
+        if getattr(self, "_cache", None) is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        return getattr(self._ops, op + "_backward")(dout, self._cache)
+
+
+class Conv2D(_OpLayer):
+    """2-D convolution, NHWC input, HWIO ``kernel``: ``y = sum_taps x_window @ kernel[i, j] (+ bias)``.
+
+    >>> conv = Conv2D(3, 8, kernel_size=3, strides=2, seed=0)
+    >>> conv(np.zeros((1, 9, 9, 3), np.float32)).shape      # Keras "same": ceil(9 / 2) = 5
+    (1, 5, 5, 8)
+    """
+
+    def __init__(self, in_channels: int, filters: int, kernel_size=1, *, strides=1, dilation_rate=1,
+                 padding="same", use_bias: bool = False, seed=None):
+        super().__init__()
+        kh, kw = pair(kernel_size, "kernel_size")
+        self.strides = pair(strides, "strides")
+        self.dilation_rate = pair(dilation_rate, "dilation_rate")
+        self.padding = padding
+        fan_in = kh * kw * in_channels
+        # He-normal initialisation: keeps activation variance ~constant through ReLU layers.
+        w = _rng(seed).normal(0.0, np.sqrt(2.0 / fan_in), size=(kh, kw, in_channels, filters))
+        self.params["kernel"] = w.astype(np.float32)  # (KH, KW, C_in, C_out)
+        if use_bias:
+            self.params["bias"] = np.zeros(filters, np.float32)
+
+    def forward(self, x, training=False):
+        return self._run("conv2d", x, self.params["kernel"], self.params.get("bias"),
+                         stride=self.strides, dilation=self.dilation_rate, padding=self.padding)
+
+    def backward(self, dout):
+        dx, dw, db = self._back("conv2d", dout)
+        self.grads["kernel"] = dw
+        if db is not None:
+            self.grads["bias"] = db
+        return dx
+
+
+class BatchNorm(_OpLayer):
+    """Batch normalisation over N, H, W per channel.
+
+    ``y = gamma * (x - mean) / sqrt(var + epsilon) + beta`` with batch statistics (biased
+    variance) when training, moving statistics otherwise; after a training step
+    ``moving = moving * momentum + batch * (1 - momentum)`` (Keras convention).
+    """
+
+    def __init__(self, channels: int, *, epsilon: float = 1e-3, momentum: float = 0.99):
+        super().__init__()
+        self.epsilon, self.momentum = float(epsilon), float(momentum)
+        self.params["gamma"] = np.ones(channels, np.float32)
+        self.params["beta"] = np.zeros(channels, np.float32)
+        self.buffers["moving_mean"] = np.zeros(channels, np.float32)
+        self.buffers["moving_variance"] = np.ones(channels, np.float32)
+
+    def forward(self, x, training=False):
+        y = self._run("batchnorm", x, self.params["gamma"], self.params["beta"],
+                      self.buffers["moving_mean"], self.buffers["moving_variance"],
+                      training=training, eps=self.epsilon)
+        if training:
+            update = self._ops.moving_average
+            self.buffers["moving_mean"] = update(self.buffers["moving_mean"], self._cache["mean"], self.momentum)
+            self.buffers["moving_variance"] = update(self.buffers["moving_variance"], self._cache["var"],
+                                                     self.momentum)
+        return y
+
+    def backward(self, dout):
+        dx, self.grads["gamma"], self.grads["beta"] = self._back("batchnorm", dout)
+        return dx
+
+
+class ReLU(_OpLayer):
+    """``y = max(x, 0)``."""
+
+    def forward(self, x, training=False):
+        return self._run("relu", x)
+
+    def backward(self, dout):
+        return self._back("relu", dout)
+
+
+class ZeroPadding2D(_OpLayer):
+    """Pads H and W with zeros: int, ``(ph, pw)`` or ``((top, bottom), (left, right))``."""
+
+    def __init__(self, padding):
+        super().__init__()
+        self.padding = padding
+
+    def forward(self, x, training=False):
+        return self._run("zero_pad2d", x, self.padding)
+
+    def backward(self, dout):
+        return self._back("zero_pad2d", dout)
+
+
+class MaxPool2D(_OpLayer):
+    """Max over ``pool_size`` windows moved by ``strides``."""
+
+    def __init__(self, pool_size=3, strides=2, padding="valid"):
+        super().__init__()
+        self.pool_size, self.strides, self.padding = pool_size, strides, padding
+
+    def forward(self, x, training=False):
+        return self._run("max_pool2d", x, pool_size=self.pool_size, stride=self.strides, padding=self.padding)
+
+    def backward(self, dout):
+        return self._back("max_pool2d", dout)
+
+
+class GlobalAveragePooling2D(_OpLayer):
+    """Mean over H and W, kept as ``(N, 1, 1, C)``."""
+
+    def forward(self, x, training=False):
+        return self._run("global_avg_pool", x)
+
+    def backward(self, dout):
+        return self._back("global_avg_pool", dout)
+
+
+class Resize(_OpLayer):
+    """Bilinear resize (half-pixel centres) to a size given at call time: ``forward(x, size=(H, W))``."""
+
+    def forward(self, x, training=False, *, size=None):
+        if size is None:
+            raise ValueError("Resize.forward needs size=(H, W)")
+        return self._run("bilinear_resize", x, tuple(size))
+
+    def backward(self, dout):
+        return self._back("bilinear_resize", dout)
+
+
+class UpSampling2D(_OpLayer):
+    """Bilinear upsampling by an integer factor (Keras ``UpSampling2D(interpolation="bilinear")``)."""
+
+    def __init__(self, size):
+        super().__init__()
+        self.size = pair(size, "size")
+
+    def forward(self, x, training=False):
+        return self._run("upsample_bilinear", x, self.size)
+
+    def backward(self, dout):
+        return self._back("upsample_bilinear", dout)
+
+
+class Dropout(Module):
+    """Inverted dropout: training ``y = x * mask / (1 - rate)`` with ``mask ~ Bernoulli(1 - rate)``;
+    inference ``y = x``. The backward applies the same mask."""
+
+    def __init__(self, rate: float = 0.0, seed=None):
+        super().__init__()
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+        self.rate = float(rate)
+        self._rng = _rng(seed)
+        self._scale = None
+
+    def forward(self, x, training=False):
+        if not training or self.rate == 0.0:
+            self._scale = None
+            return x
+        keep = self._rng.random(x.shape) >= self.rate
+        self._scale = (keep / (1.0 - self.rate)).astype(x.dtype)
+        return x * self._scale
+
+    def backward(self, dout):
+        return dout if self._scale is None else dout * self._scale
+
+
+class Concatenate(_OpLayer):
+    """Concatenation along channels: ``forward([a, b, ...])``; ``backward`` returns the list of slices."""
+
+    def forward(self, xs, training=False):
+        return self._run("concat", list(xs))
+
+    def backward(self, dout):
+        return self._back("concat", dout)

@@ -1,0 +1,148 @@
+"""The Module base class: parameters, gradients, buffers and child modules.
+
+A module owns three dicts with string keys:
+
+* ``params``  — trainable arrays (``kernel``, ``bias``, ``gamma``, ``beta``);
+* ``grads``   — the same keys, filled by :meth:`backward`;
+* ``buffers`` — non-trainable state (batch norm's ``moving_mean`` / ``moving_variance``).
+
+Child modules assigned as attributes are registered in assignment order, so every
+array is reachable by a readable dotted name such as
+``backbone.image_encoder.stack2.block1.conv2.kernel``.
+
+There is no autograd tape: ``forward(x, training)`` stores what ``backward`` needs on the
+module itself, and a composite module writes its backward out by hand in reverse order.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Iterator
+
+import numpy as np
+
+
+class Module:
+    def __init__(self):
+        object.__setattr__(self, "_children", OrderedDict())
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}
+
+    # -- registration -------------------------------------------------------------------------
+    def __setattr__(self, name, value):
+        if isinstance(value, Module):
+            self._children[name] = value
+        object.__setattr__(self, name, value)
+
+    def children(self) -> Iterator[tuple[str, "Module"]]:
+        return iter(self._children.items())
+
+    def modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
+        """Yield ``(dotted_name, module)`` for this module and every descendant, depth first."""
+        yield prefix, self
+        for name, child in self._children.items():
+            yield from child.modules(f"{prefix}.{name}" if prefix else name)
+
+    def named_parameters(self) -> Iterator[tuple[str, np.ndarray]]:
+        for path, mod in self.modules():
+            for key, value in mod.params.items():
+                yield (f"{path}.{key}" if path else key), value
+
+    def named_gradients(self) -> Iterator[tuple[str, np.ndarray]]:
+        """Gradients by dotted name; a parameter the last backward did not reach (e.g. ResNet v2's
+        ``post_bn``, which no pyramid output uses) has gradient zero."""
+        for path, mod in self.modules():
+            for key, value in mod.params.items():
+                g = mod.grads.get(key)
+                yield (f"{path}.{key}" if path else key), np.zeros_like(value) if g is None else g
+
+    def named_buffers(self) -> Iterator[tuple[str, np.ndarray]]:
+        for path, mod in self.modules():
+            for key, value in mod.buffers.items():
+                yield (f"{path}.{key}" if path else key), value
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """All parameters and buffers by dotted name (the checkpoint content)."""
+        return {**dict(self.named_parameters()), **dict(self.named_buffers())}
+
+    def load_state_dict(self, state: dict[str, np.ndarray], *, strict: bool = True, source: str = "state") -> None:
+        """Copy arrays into this module, checking every name and shape.
+
+        Raises ``ValueError`` listing missing / unexpected names (``strict``) or the first
+        shape mismatch, naming ``source`` (for example the checkpoint path).
+        """
+        own = self._slots()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if strict and (missing or unexpected):
+            raise ValueError(f"{source}: missing {missing[:10]}{'...' if len(missing) > 10 else ''}, "
+                             f"unexpected {unexpected[:10]}{'...' if len(unexpected) > 10 else ''}")
+        for name, (table, key) in own.items():
+            if name not in state:
+                continue
+            value = np.asarray(state[name])
+            if value.shape != table[key].shape:
+                raise ValueError(f"{source}: {name} has shape {value.shape}, the model expects {table[key].shape}")
+            table[key] = value.astype(table[key].dtype, copy=True)
+
+    def _slots(self) -> dict[str, tuple[dict, str]]:
+        slots = {}
+        for path, mod in self.modules():
+            for table in (mod.params, mod.buffers):
+                for key in table:
+                    slots[f"{path}.{key}" if path else key] = (table, key)
+        return slots
+
+    def astype(self, dtype) -> "Module":
+        """Cast every parameter and buffer in place (float64 for gradient checks); returns self."""
+        for _, mod in self.modules():
+            for table in (mod.params, mod.buffers):
+                for key in table:
+                    table[key] = table[key].astype(dtype)
+        return self
+
+    def num_parameters(self) -> int:
+        return int(sum(p.size for _, p in self.named_parameters()))
+
+    def zero_grad(self) -> None:
+        for _, mod in self.modules():
+            mod.grads = {k: np.zeros_like(v) for k, v in mod.params.items()}
+
+    # -- computation --------------------------------------------------------------------------
+    def forward(self, x, training: bool = False):
+        raise NotImplementedError
+
+    def backward(self, dout):
+        raise NotImplementedError
+
+    def __call__(self, x, training: bool = False):
+        return self.forward(x, training=training)
+
+    def __repr__(self) -> str:
+        lines = [type(self).__name__ + "("]
+        for name, child in self._children.items():
+            lines.append(f"  ({name}): " + repr(child).replace("\n", "\n  "))
+        return "\n".join(lines) + ")" if len(lines) > 1 else type(self).__name__ + "()"
+
+
+class Sequential(Module):
+    """Modules applied in order; backward runs them in reverse.
+
+    Children are named ``"0"``, ``"1"``, ... unless given as ``(name, module)`` pairs.
+    """
+
+    def __init__(self, *layers):
+        super().__init__()
+        for i, layer in enumerate(layers):
+            name, module = layer if isinstance(layer, tuple) else (str(i), layer)
+            setattr(self, name, module)
+
+    def forward(self, x, training: bool = False):
+        for _, layer in self.children():
+            x = layer.forward(x, training=training)
+        return x
+
+    def backward(self, dout):
+        for _, layer in reversed(list(self.children())):
+            dout = layer.backward(dout)
+        return dout

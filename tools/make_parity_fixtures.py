@@ -1,0 +1,782 @@
+#!/usr/bin/env python
+"""Regenerate the KerasHub parity fixtures under tests/fixtures/.
+
+This is a developer tool. It needs keras-hub and jax (keep them in a separate
+virtualenv, e.g. ``python3 -m venv /work/kerasenv && /work/kerasenv/bin/pip
+install keras-hub jax``). Neither the tinydeeplab package nor its tests import
+it: the tests only read the files it writes (numpy + h5py + json).
+
+Modes
+-----
+(default)                 build the small fixture models, write
+                          tests/fixtures/<name>/{preset/, cases.npz,
+                          activations.npz, activations.json, weights.json}
+--full DIR                build the pascalvoc-shaped DeepLabV3+ ResNet50 (random
+                          weights), print its parameter counts, write DIR/preset
+                          and DIR/cases.npz (512x512 and 512x384 input/logits)
+--count-only              with --full: only build and print parameter counts
+--check-roundtrip DIR     load the preset directory DIR (written by anyone) with
+                          DeepLabV3ImageSegmenter.from_preset, run it on the
+                          stored inputs and print the max abs diff to the stored
+                          logits (cases file: --cases, default DIR/../cases.npz
+                          or DIR/cases.npz)
+--verify-layout           check the HDF5 path rule documented in
+                          docs/keras_layout.md (re-implemented here in plain
+                          Python as ``expected_weight_paths``) against what
+                          Keras actually writes, for the fixture configs,
+                          ResNet50 and a basic-block ResNet18 variant.
+
+Everything runs with KERAS_BACKEND=jax (set below unless already set).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_OUT = os.path.join(REPO, "tests", "fixtures")
+SEED = 20240611
+
+# ---------------------------------------------------------------------------
+# Fixture configurations
+# ---------------------------------------------------------------------------
+# KerasHub forces 64 filters in the first ResNet stack and 256 channels in the
+# ASPP and in the segmentation-head conv; everything else is kept tiny.
+FIXTURES = {
+    # DeepLabV3+ shaped like the pascalvoc preset (4 stacks, ASPP on P5,
+    # low-level P2, upsampling 8 then 4), but tiny. stack1 has 2 blocks so that
+    # the conv2d_N / batch_normalization_N counters cross an identity block.
+    "v3plus_tiny": dict(
+        encoder=dict(
+            input_conv_filters=[16],
+            input_conv_kernel_sizes=[7],
+            stackwise_num_filters=[64, 16, 8, 4],
+            stackwise_num_blocks=[1, 2, 1, 1],
+            stackwise_num_strides=[1, 2, 2, 2],
+            block_type="bottleneck_block",
+        ),
+        backbone=dict(
+            spatial_pyramid_pooling_key="P5",
+            upsampling_size=8,
+            dilation_rates=[2, 3],
+            low_level_feature_key="P2",
+            projection_filters=8,
+        ),
+        num_classes=5,
+        # Preprocessor: per-channel scale/offset (ImageNet mean/std style),
+        # resize to 64x64 with crop_to_aspect_ratio=True.
+        converter=dict(
+            image_size=(64, 64),
+            scale=[1.0 / (255.0 * s) for s in (0.229, 0.224, 0.225)],
+            offset=[-m / s for m, s in zip((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))],
+            crop_to_aspect_ratio=True,
+            interpolation="bilinear",
+        ),
+        # (name, H, W): the first two get gradients; "odd" is a side length
+        # that is not a multiple of 32 but still runs in Keras (H % 32 in
+        # 29..31 or 0 for V3+), logits only.
+        cases=[("sq", 64, 64), ("nsq", 64, 96), ("odd", 62, 93)],
+        grad_cases=["sq", "nsq"],
+        train_grad_cases=["sq"],
+        act_hw=(32, 32),
+    ),
+    # Plain DeepLabV3 (no low-level branch), 3 stacks, ASPP on P4, one dilation
+    # rate, upsampling 2 then 8. Different factors from the V3+ fixture on
+    # purpose, so code that hard-codes pascalvoc numbers fails.
+    "v3_tiny": dict(
+        encoder=dict(
+            input_conv_filters=[8],
+            input_conv_kernel_sizes=[7],
+            stackwise_num_filters=[64, 16, 4],
+            stackwise_num_blocks=[1, 1, 2],
+            stackwise_num_strides=[1, 2, 2],
+            block_type="bottleneck_block",
+        ),
+        backbone=dict(
+            spatial_pyramid_pooling_key="P4",
+            upsampling_size=2,
+            dilation_rates=[3],
+            low_level_feature_key=None,
+        ),
+        num_classes=5,
+        converter=dict(
+            image_size=(64, 96),
+            scale=1.0 / 127.5,
+            offset=-1.0,
+            crop_to_aspect_ratio=False,
+            interpolation="bilinear",
+        ),
+        # V3 without the decoder runs at any size; the output is then
+        # 16*ceil(H/16) x 16*ceil(W/16) here (not the input size!).
+        cases=[("sq", 64, 64), ("nsq", 64, 96), ("odd", 50, 70)],
+        grad_cases=["sq"],
+        train_grad_cases=["sq"],
+        act_hw=(32, 32),
+    ),
+}
+
+FULL = dict(
+    encoder=dict(
+        input_conv_filters=[64],
+        input_conv_kernel_sizes=[7],
+        stackwise_num_filters=[64, 128, 256, 512],
+        stackwise_num_blocks=[3, 4, 6, 3],
+        stackwise_num_strides=[1, 2, 2, 2],
+        block_type="bottleneck_block",
+    ),
+    backbone=dict(
+        spatial_pyramid_pooling_key="P5",
+        upsampling_size=8,
+        dilation_rates=[6, 12, 18],
+        low_level_feature_key="P2",
+        projection_filters=48,
+    ),
+    num_classes=21,
+    converter=None,
+)
+
+IGNORE = 255
+
+
+# ---------------------------------------------------------------------------
+# Model construction and randomisation
+# ---------------------------------------------------------------------------
+def _keras():
+    import keras
+    import keras_hub
+
+    return keras, keras_hub
+
+
+def build_segmenter(cfg, use_preprocessor=True):
+    keras, keras_hub = _keras()
+    enc = keras_hub.models.ResNetBackbone(**cfg["encoder"])
+    bkw = dict(cfg["backbone"])
+    if bkw.get("low_level_feature_key") is None:
+        bkw.pop("low_level_feature_key", None)
+        bkw.pop("projection_filters", None)
+    bb = keras_hub.models.DeepLabV3Backbone(image_encoder=enc, **bkw)
+    pre = None
+    if use_preprocessor and cfg.get("converter"):
+        conv = keras_hub.layers.DeepLabV3ImageConverter(**cfg["converter"])
+        pre = keras_hub.models.DeepLabV3ImageSegmenterPreprocessor(image_converter=conv)
+    seg = keras_hub.models.DeepLabV3ImageSegmenter(
+        backbone=bb, num_classes=cfg["num_classes"], preprocessor=pre
+    )
+    return seg
+
+
+def _bn_layers(model):
+    keras, _ = _keras()
+    return [l for l in model._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)]
+
+
+def randomise(seg, rng, calib_x):
+    """Random conv kernels (He-normal), random BN gamma/beta, and moving stats
+    that are the batch statistics of a calibration batch, perturbed (mean
+    +- 0.2 std, variance x U(0.6, 1.6)) so that inference-mode and
+    training-mode BN differ but activations stay O(1)."""
+    keras, _ = _keras()
+    for v in seg.weights:
+        name = v.name
+        shape = tuple(v.shape)
+        if name == "kernel":
+            fan_in = int(np.prod(shape[:-1]))
+            v.assign(rng.normal(0.0, np.sqrt(2.0 / fan_in), size=shape).astype("float32"))
+        elif name == "gamma":
+            v.assign(rng.uniform(0.5, 1.5, size=shape).astype("float32"))
+        elif name == "beta":
+            v.assign(rng.normal(0.0, 0.2, size=shape).astype("float32"))
+        elif name == "moving_mean":
+            v.assign(np.zeros(shape, "float32"))
+        elif name == "moving_variance":
+            v.assign(np.ones(shape, "float32"))
+        elif name == "bias":
+            v.assign(rng.normal(0.0, 0.1, size=shape).astype("float32"))
+    # Calibrate: one training-mode forward with momentum 0 gives batch stats.
+    bns = _bn_layers(seg)
+    saved = [b.momentum for b in bns]
+    for b in bns:
+        b.momentum = 0.0
+    tv = [v.value for v in seg.trainable_variables]
+    ntv = [v.value for v in seg.non_trainable_variables]
+    _, new_ntv = seg.stateless_call(tv, ntv, calib_x, training=True)
+    for b, m in zip(bns, saved):
+        b.momentum = m
+    for v, val in zip(seg.non_trainable_variables, new_ntv):
+        v.assign(np.asarray(val))
+    for b in bns:
+        mean = np.asarray(b.moving_mean.value)
+        var = np.asarray(b.moving_variance.value)
+        std = np.sqrt(var + b.epsilon)
+        b.moving_mean.assign(
+            (mean + 0.2 * std * rng.standard_normal(mean.shape)).astype("float32")
+        )
+        b.moving_variance.assign(
+            (var * rng.uniform(0.6, 1.6, size=var.shape) + 1e-3).astype("float32")
+        )
+
+
+# ---------------------------------------------------------------------------
+# HDF5 helpers
+# ---------------------------------------------------------------------------
+def h5_datasets(path):
+    """{dataset path: array} of an HDF5 file (h5py iterates alphabetically)."""
+    import h5py
+
+    out = {}
+    with h5py.File(path, "r") as f:
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                out[name] = obj[()]
+
+        f.visititems(visit)
+    return out
+
+
+def h5_group_names(path):
+    """{'.../vars' group: the Keras layer name stored in its 'name' attr}."""
+    import h5py
+
+    out = {}
+    with h5py.File(path, "r") as f:
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Group) and "name" in obj.attrs:
+                out[name] = str(obj.attrs["name"])
+
+        f.visititems(visit)
+    return out
+
+
+def variable_paths(seg, preset_dir):
+    """Map id(variable) -> (file, HDF5 path), by exact value matching (every
+    variable is random, so the match is unique; asserted)."""
+    files = {
+        "model.weights.h5": h5_datasets(os.path.join(preset_dir, "model.weights.h5")),
+        "task.weights.h5": h5_datasets(os.path.join(preset_dir, "task.weights.h5")),
+    }
+    mapping = {}
+    used = set()
+    for v in seg.weights:
+        val = np.asarray(v.value)
+        hits = [
+            (fn, p)
+            for fn, d in files.items()
+            for p, a in d.items()
+            if not p.startswith("optimizer/") and a.shape == val.shape and np.array_equal(a, val)
+        ]
+        assert len(hits) == 1, (v.path, hits)
+        assert hits[0] not in used, hits
+        used.add(hits[0])
+        mapping[id(v)] = hits[0]
+    leftover = [
+        (fn, p)
+        for fn, d in files.items()
+        for p in d
+        if (fn, p) not in used and not p.startswith("optimizer/")
+    ]
+    assert not leftover, leftover
+    return mapping
+
+
+# ---------------------------------------------------------------------------
+# The documented path rule, re-implemented (used by --verify-layout)
+# ---------------------------------------------------------------------------
+def expected_weight_paths(cfg):
+    """Return [(file, hdf5 path, shape, role)] in the order Keras writes them.
+
+    Only for ResNet v1 (use_pre_activation=False) with "bottleneck_block" or
+    "basic_block" and a single input conv or several (all plain convs).
+    """
+    enc = cfg["encoder"]
+    bkw = cfg["backbone"]
+    rows = []
+    counters = {}
+
+    def name(scope, cls):
+        key = (scope, cls)
+        n = counters.get(key, 0)
+        counters[key] = n + 1
+        return cls if n == 0 else f"{cls}_{n}"
+
+    def conv(scope, prefix, shape, role, lname):
+        nm = name(scope, "conv2d")
+        rows.append(("model.weights.h5", f"{prefix}{nm}/vars/0", tuple(shape), role + " kernel", lname))
+
+    def bn(scope, prefix, c, role, lname):
+        nm = name(scope, "batch_normalization")
+        for i, what in enumerate(["gamma", "beta", "moving_mean", "moving_variance"]):
+            rows.append(("model.weights.h5", f"{prefix}{nm}/vars/{i}", (c,), f"{role} BN {what}", lname))
+
+    R = "layers/functional/layers/"
+    # Stem: conv1 [BN, ReLU, conv2 ...] BN.
+    cin = 3
+    ks = enc["input_conv_kernel_sizes"]
+    fs = enc["input_conv_filters"]
+    for i, (k, f) in enumerate(zip(ks, fs)):
+        if i > 0:
+            bn("enc", R, cin, f"stem conv{i}", f"conv{i}_bn")
+        conv("enc", R, (k, k, cin, f), f"stem conv{i + 1} ({k}x{k}{'/2' if i == 0 else ''})", f"conv{i + 1}_conv")
+        cin = f
+    bn("enc", R, cin, f"stem conv{len(fs)}", f"conv{len(fs)}_bn")
+    bottleneck = enc["block_type"] == "bottleneck_block"
+    assert enc["block_type"] in ("bottleneck_block", "basic_block")
+    level_channels = {}
+    for s, (f, nb, st) in enumerate(
+        zip(enc["stackwise_num_filters"], enc["stackwise_num_blocks"], enc["stackwise_num_strides"])
+    ):
+        for b in range(nb):
+            stride = st if b == 0 else 1
+            shortcut = b == 0 and (bottleneck or s > 0)
+            tag = f"stack{s} block{b}"
+            cout = 4 * f if bottleneck else f
+            if bottleneck:
+                main = [
+                    ((1, 1, cin, f), "conv1 1x1", 1),
+                    ((3, 3, f, f), f"conv2 3x3{'/%d' % stride if stride > 1 else ''}", 2),
+                    ((1, 1, f, 4 * f), "conv3 1x1", 3),
+                ]
+            else:
+                main = [
+                    ((3, 3, cin, f), f"conv1 3x3{'/%d' % stride if stride > 1 else ''}", 1),
+                    ((3, 3, f, f), "conv2 3x3", 2),
+                ]
+            sc = ((1, 1, cin, cout), f"shortcut conv0 1x1{'/%d' % stride if stride > 1 else ''}", 0)
+            # Functional layers are sorted by depth (distance to the output),
+            # ties by DFS order, and the shortcut (first input of Add) is
+            # visited first: so the shortcut conv/BN come right before the
+            # LAST main-branch conv/BN.
+            convs = main[:-1] + ([sc] if shortcut else []) + main[-1:]
+            for shp, role, j in convs:
+                conv("enc", R, shp, f"{tag} {role}", f"stack{s}_block{b}_{j}_conv")
+            for shp, role, j in convs:
+                bn("enc", R, shp[-1], f"{tag} {role.split()[0]}", f"stack{s}_block{b}_{j}_bn")
+            cin = cout
+        level_channels[f"P{s + 2}"] = cin
+    # DeepLabV3Backbone top level.
+    T = "layers/"
+    c_spp = level_channels[bkw["spatial_pyramid_pooling_key"]]
+    low = bkw.get("low_level_feature_key")
+    P = bkw.get("projection_filters", 48)
+    if low:
+        conv("top", T, (1, 1, level_channels[low], P), f"decoder low-level projection ({low})", "decoder_conv")
+        bn("top", T, P, "decoder low-level projection", "decoder_norm")
+    S = "layers/spatial_pyramid_pooling/"
+    rates = bkw["dilation_rates"]
+    branches = [((1, 1, c_spp, 256), "ASPP branch 0 (1x1)")]
+    branches += [((3, 3, c_spp, 256), f"ASPP branch {i + 1} (3x3 rate {r})") for i, r in enumerate(rates)]
+    branches += [((1, 1, c_spp, 256), f"ASPP branch {len(rates) + 1} (image pooling 1x1)")]
+    for i, (shp, role) in enumerate(branches):
+        seq = "sequential" if i == 0 else f"sequential_{i}"
+        pre = f"{S}aspp_parallel_channels/{seq}/layers/"
+        last = i == len(branches) - 1
+        conv(("aspp", i), pre, shp, role, "conv_pooling" if last else f"aspp_conv_{i + 1}")
+        bn(("aspp", i), pre, 256, role, "bn_pooling" if last else f"aspp_bn_{i + 1}")
+    pre = f"{S}projection/layers/"
+    conv("proj", pre, (1, 1, 256 * (len(rates) + 2), 256), "ASPP projection 1x1", "conv_projection")
+    bn("proj", pre, 256, "ASPP projection", "bn_projection")
+    cat = 256 + (P if low else 0)
+    conv("top", T, (1, 1, cat, 256), "segmentation_head_conv 1x1", "segmentation_head_conv")
+    bn("top", T, 256, "segmentation_head_norm", "segmentation_head_norm")
+    rows.append(
+        ("task.weights.h5", "layers/conv2d/vars/0", (1, 1, 256, cfg["num_classes"]),
+         "segmentation_output 1x1 kernel", "segmentation_output")
+    )
+    return rows
+
+
+def verify_layout(cfg, workdir, quiet=False):
+    seg = build_segmenter(cfg, use_preprocessor=False)
+    d = os.path.join(workdir, "preset")
+    seg.save_to_preset(d)
+    actual = {}
+    for fn in ("model.weights.h5", "task.weights.h5"):
+        for p, a in h5_datasets(os.path.join(d, fn)).items():
+            if not p.startswith("optimizer/"):
+                actual[(fn, p)] = a.shape
+    exp = expected_weight_paths(cfg)
+    expd = {(fn, p): shp for fn, p, shp, _, _ in exp}
+    ok = expd == actual and len(exp) == len(expd)
+    if not ok:
+        print("  missing:", sorted(set(expd) - set(actual))[:10])
+        print("  unexpected:", sorted(set(actual) - set(expd))[:10])
+        print("  shape mismatch:", [k for k in expd if k in actual and expd[k] != actual[k]][:10])
+    # The roles must also agree with the layer names Keras stores in attrs.
+    names = {}
+    for fn in ("model.weights.h5", "task.weights.h5"):
+        for g, n in h5_group_names(os.path.join(d, fn)).items():
+            names[(fn, g)] = n
+    bad_names = [(p, ln, names.get((fn, p.rsplit("/", 1)[0]))) for fn, p, _, _, ln in exp
+                 if names.get((fn, p.rsplit("/", 1)[0])) != ln]
+    if bad_names:
+        print("  layer-name mismatch:", bad_names[:10])
+        ok = False
+    if not quiet:
+        for fn, p, shp, role, ln in exp:
+            print(f"  {fn:17s} {p:95s} {str(shp):20s} {ln:28s} {role}")
+    return ok, exp, names
+
+
+# ---------------------------------------------------------------------------
+# Forward / loss / gradients with JAX
+# ---------------------------------------------------------------------------
+def make_loss_and_grad(seg):
+    import jax
+
+    keras, _ = _keras()
+    loss_obj = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=IGNORE)
+
+    def loss_fn(tv, ntv, x, y, training):
+        logits, new_ntv = seg.stateless_call(tv, ntv, x, training=training)
+        return loss_obj(y, logits), (logits, new_ntv)
+
+    def run(x, y, training):
+        tv = [v.value for v in seg.trainable_variables]
+        ntv = [v.value for v in seg.non_trainable_variables]
+        (loss, (logits, new_ntv)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            tv, ntv, x, y, training
+        )
+        return float(loss), np.asarray(logits), [np.asarray(g) for g in grads], [np.asarray(n) for n in new_ntv]
+
+    return run
+
+
+def make_labels(rng, n, h, w, k):
+    y = rng.integers(0, k, size=(n, h, w)).astype("int32")
+    # a few ignored pixels (Keras: ignore_class=255 -> masked, mean over the
+    # remaining valid pixels)
+    m = rng.random((n, h, w)) < 0.05
+    y[m] = IGNORE
+    return y
+
+
+# ---------------------------------------------------------------------------
+# Activations
+# ---------------------------------------------------------------------------
+def _inbound_names(layer):
+    try:
+        node = layer._inbound_nodes[0]
+        return [p.operation.name for p in node.parent_nodes]
+    except Exception:
+        return []
+
+
+def collect_activations(seg, x):
+    """Inference-mode outputs of every layer (first sample only is stored by
+    the caller). Returns (acts, meta) keyed 'scope/layer_name'."""
+    keras, _ = _keras()
+    bb = seg.backbone
+    fpn = [l for l in bb.layers if isinstance(l, keras.Model)][0]
+    acts, meta = {}, {}
+
+    # 1. ResNet functional (the `functional` inside DeepLabV3Backbone).
+    enc_layers = [l for l in fpn.layers]
+    m = keras.Model(fpn.inputs, [l.output for l in enc_layers])
+    outs = m(x, training=False)
+    for l, o in zip(enc_layers, outs):
+        key = f"encoder/{l.name}"
+        acts[key] = np.asarray(o)
+        meta[key] = dict(
+            class_name=type(l).__name__, inbound=_inbound_names(l), output_shape=list(acts[key].shape)
+        )
+    # 2. DeepLabV3Backbone top-level layers (skip the input and the functional).
+    top = [l for l in bb.layers if not isinstance(l, (keras.Model, keras.layers.InputLayer))]
+    m = keras.Model(bb.inputs, [l.output for l in top])
+    outs = m(x, training=False)
+    for l, o in zip(top, outs):
+        key = f"backbone/{l.name}"
+        acts[key] = np.asarray(o)
+        inb = _inbound_names(l)
+        meta[key] = dict(class_name=type(l).__name__, inbound=inb, output_shape=list(acts[key].shape))
+    # 3. Inside SpatialPyramidPooling (sequentials are called step by step).
+    spp = [l for l in bb.layers if type(l).__name__ == "SpatialPyramidPooling"][0]
+    spp_in_name = _inbound_names(spp)
+    level = bb.spatial_pyramid_pooling_key
+    feat = np.asarray(
+        keras.Model(bb.image_encoder.inputs, bb.image_encoder.pyramid_outputs[level])(x, training=False)
+    )
+    branch_outs = []
+    for bi, seq in enumerate(spp.aspp_parallel_channels):
+        h = feat
+        prev = f"(input of spatial_pyramid_pooling = {level})"
+        for l in seq.layers:
+            h = np.asarray(l(h, training=False))
+            key = f"spp/{l.name}"
+            acts[key] = h
+            meta[key] = dict(
+                class_name=type(l).__name__, inbound=[prev], output_shape=list(h.shape), branch=bi
+            )
+            prev = l.name
+        branch_outs.append(h)
+    H, W = feat.shape[1:3]
+    branch_outs[-1] = np.broadcast_to(branch_outs[-1], branch_outs[-1].shape[:1] + (H, W) + branch_outs[-1].shape[3:])
+    acts["spp/resizing"] = np.ascontiguousarray(branch_outs[-1])
+    meta["spp/resizing"] = dict(
+        class_name="Resizing", inbound=["activation_pooling"], output_shape=list(branch_outs[-1].shape),
+        note="bilinear resize of the 1x1 pooled branch back to HxW = broadcast",
+    )
+    h = np.concatenate(branch_outs, axis=-1)
+    acts["spp/concat"] = h
+    meta["spp/concat"] = dict(
+        class_name="ops.concatenate", inbound=[f"branch {i}" for i in range(len(branch_outs))],
+        output_shape=list(h.shape),
+    )
+    prev = "spp/concat"
+    for l in spp.projection.layers:
+        h = np.asarray(l(h, training=False))
+        key = f"spp/{l.name}"
+        acts[key] = h
+        meta[key] = dict(class_name=type(l).__name__, inbound=[prev], output_shape=list(h.shape))
+        prev = l.name
+    assert np.allclose(h, acts["backbone/" + spp.name], atol=1e-5), "SPP re-computation mismatch"
+    # 4. Segmenter head.
+    out = np.asarray(seg(x, training=False))
+    key = "segmenter/segmentation_output"
+    acts[key] = out
+    meta[key] = dict(
+        class_name="Conv2D", inbound=[bb.name], output_shape=list(out.shape)
+    )
+    return acts, meta
+
+
+# ---------------------------------------------------------------------------
+# Fixture generation
+# ---------------------------------------------------------------------------
+def make_fixture(name, cfg, out_root):
+    keras, keras_hub = _keras()
+    keras.utils.set_random_seed(SEED)
+    rng = np.random.default_rng(SEED + sum(map(ord, name)))
+    out = os.path.join(out_root, name)
+    preset = os.path.join(out, "preset")
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+
+    seg = build_segmenter(cfg)
+    H0, W0 = cfg["cases"][0][1:]
+    calib = rng.standard_normal((4, H0, W0, 3)).astype("float32")
+    randomise(seg, rng, calib)
+    seg.save_to_preset(preset)
+    vmap = variable_paths(seg, preset)
+
+    # Re-load from disk and use the loaded model for everything (proves the
+    # preset is complete and that the stored logits are what from_preset gives).
+    seg = keras_hub.models.DeepLabV3ImageSegmenter.from_preset(preset)
+    vmap_loaded = variable_paths(seg, preset)
+    tpaths = [vmap_loaded[id(v)][1] for v in seg.trainable_variables]
+    ntpaths = [vmap_loaded.get(id(v), (None, None))[1] for v in seg.non_trainable_variables]
+    run = make_loss_and_grad(seg)
+
+    arrays = {}
+    k = cfg["num_classes"]
+    summary = {}
+    for case, h, w in cfg["cases"]:
+        x = rng.standard_normal((2, h, w, 3)).astype("float32")
+        logits_direct = np.asarray(seg(x, training=False))
+        oh, ow = logits_direct.shape[1:3]
+        y = make_labels(rng, 2, oh, ow, k)
+        arrays[f"input_{case}"] = x
+        arrays[f"labels_{case}"] = y
+        loss, logits, grads, _ = run(x, y, False)
+        assert np.allclose(logits, logits_direct, atol=1e-5)
+        arrays[f"logits_{case}"] = logits.astype("float32")
+        arrays[f"loss_{case}"] = np.float32(loss)
+        if case in cfg["grad_cases"]:
+            for p, g in zip(tpaths, grads):
+                arrays[f"grad_{case}/{p}"] = g.astype("float32")
+        lt, logits_t, grads_t, new_ntv = run(x, y, True)
+        arrays[f"logits_train_{case}"] = logits_t.astype("float32")
+        arrays[f"loss_train_{case}"] = np.float32(lt)
+        for p, n in zip(ntpaths, new_ntv):
+            if p is not None:
+                arrays[f"moving_train_{case}/{p}"] = n.astype("float32")
+        if case in cfg["train_grad_cases"]:
+            for p, g in zip(tpaths, grads_t):
+                arrays[f"grad_train_{case}/{p}"] = g.astype("float32")
+        summary[case] = dict(
+            input=list(x.shape), logits=list(logits.shape), loss=loss, loss_train=lt,
+            logits_absmax=float(np.abs(logits).max()), logits_std=float(logits.std()),
+        )
+
+    # Preprocessor case: raw 0..255 images of another size through
+    # seg.preprocessor (resize/crop + scale/offset) and seg.predict().
+    if seg.preprocessor is not None:
+        raw = rng.integers(0, 256, size=(2, 50, 70, 3)).astype("float32")
+        pre = np.asarray(seg.preprocessor(raw))
+        arrays["raw_pp"] = raw
+        arrays["pre_pp"] = pre.astype("float32")
+        arrays["logits_pp"] = np.asarray(seg.predict(raw, verbose=0)).astype("float32")
+        assert np.allclose(arrays["logits_pp"], np.asarray(seg(pre)), atol=1e-4)
+
+    np.savez_compressed(os.path.join(out, "cases.npz"), **arrays)
+
+    # Activations (inference mode) for one small image.
+    ah, aw = cfg["act_hw"]
+    xa = rng.standard_normal((1, ah, aw, 3)).astype("float32")
+    acts, meta = collect_activations(seg, xa)
+    act_arrays = {"input_act": xa}
+    for key, a in acts.items():
+        act_arrays[f"act/{key}"] = np.ascontiguousarray(a).astype("float32")
+    np.savez_compressed(os.path.join(out, "activations.npz"), **act_arrays)
+    with open(os.path.join(out, "activations.json"), "w") as f:
+        json.dump(
+            dict(
+                note="act/<scope>/<keras layer name> in activations.npz; scopes: encoder = the "
+                "ResNet functional inside DeepLabV3Backbone, backbone = DeepLabV3Backbone "
+                "top-level layers, spp = inside SpatialPyramidPooling (recomputed layer by "
+                "layer), segmenter = the task head. Inference mode, input act input_act.",
+                layers=meta,
+            ),
+            f,
+            indent=1,
+        )
+
+    # weights.json: every weight with file, HDF5 path, shape, Keras layer and
+    # variable name, trainable flag, in seg.weights order.
+    names = {}
+    for fn in ("model.weights.h5", "task.weights.h5"):
+        for g, n in h5_group_names(os.path.join(preset, fn)).items():
+            names[(fn, g)] = n
+    roles = {(fn, p): role for fn, p, _, role, _ in expected_weight_paths(cfg)}
+    trainable_ids = {id(v) for v in seg.trainable_variables}
+    wl = []
+    for v in seg.weights:
+        fn, p = vmap_loaded[id(v)]
+        wl.append(
+            dict(
+                file=fn, path=p, shape=list(v.shape), layer=names.get((fn, p.rsplit("/", 1)[0])),
+                variable=v.name, trainable=id(v) in trainable_ids, role=roles.get((fn, p)),
+            )
+        )
+    with open(os.path.join(out, "weights.json"), "w") as f:
+        json.dump(
+            dict(
+                config={k2: v2 for k2, v2 in cfg.items() if k2 in ("encoder", "backbone", "num_classes", "converter")},
+                cases=cfg["cases"], grad_cases=cfg["grad_cases"], train_grad_cases=cfg["train_grad_cases"],
+                ignore_class=IGNORE, summary=summary, weights=wl,
+            ),
+            f,
+            indent=1,
+        )
+    sizes = {
+        fn: os.path.getsize(os.path.join(out, fn))
+        for fn in ("cases.npz", "activations.npz", "activations.json", "weights.json")
+    }
+    psize = sum(os.path.getsize(os.path.join(preset, f)) for f in os.listdir(preset))
+    print(f"[{name}] params: backbone {seg.backbone.count_params():,} total {seg.count_params():,}")
+    print(f"[{name}] preset {psize:,} B; " + "; ".join(f"{k2} {v2:,} B" for k2, v2 in sizes.items()))
+    for case, s in summary.items():
+        print(f"[{name}] {case}: {s}")
+    return seg
+
+
+# ---------------------------------------------------------------------------
+# --full and --check-roundtrip
+# ---------------------------------------------------------------------------
+def full_mode(outdir, count_only=False):
+    keras, keras_hub = _keras()
+    keras.utils.set_random_seed(SEED)
+    rng = np.random.default_rng(SEED)
+    seg = build_segmenter(FULL, use_preprocessor=False)
+    nb = seg.backbone.count_params()
+    nt = seg.count_params()
+    print(f"full DeepLabV3+ ResNet50: backbone params {nb:,} (pascalvoc preset metadata: 39,190,656); "
+          f"head {nt - nb:,} (expect 5,376); total {nt:,}")
+    if count_only:
+        return
+    os.makedirs(outdir, exist_ok=True)
+    randomise(seg, rng, rng.standard_normal((2, 128, 128, 3)).astype("float32"))
+    preset = os.path.join(outdir, "preset")
+    shutil.rmtree(preset, ignore_errors=True)
+    seg.save_to_preset(preset)
+    arrays = {}
+    for case, (h, w) in (("sq", (512, 512)), ("nsq", (512, 384))):
+        x = rng.standard_normal((1, h, w, 3)).astype("float32")
+        arrays[f"input_{case}"] = x
+        arrays[f"logits_{case}"] = np.asarray(seg.predict(x, verbose=0) if seg.preprocessor is None else seg(x))
+    np.savez_compressed(os.path.join(outdir, "cases.npz"), **arrays)
+    print("wrote", preset, "and", os.path.join(outdir, "cases.npz"))
+
+
+def check_roundtrip(preset_dir, cases_path=None, tol=1e-4):
+    keras, keras_hub = _keras()
+    if cases_path is None:
+        for c in (os.path.join(os.path.dirname(os.path.abspath(preset_dir.rstrip("/"))), "cases.npz"),
+                  os.path.join(preset_dir, "cases.npz")):
+            if os.path.exists(c):
+                cases_path = c
+                break
+    if cases_path is None:
+        sys.exit("no cases.npz found; pass --cases")
+    seg = keras_hub.models.DeepLabV3ImageSegmenter.from_preset(preset_dir)
+    data = np.load(cases_path, allow_pickle=False)
+    worst = 0.0
+    for key in sorted(data.files):
+        if not key.startswith("input_") or key == "input_act":
+            continue
+        case = key[len("input_"):]
+        ref = data.get(f"logits_{case}")
+        if ref is None:
+            continue
+        got = np.asarray(seg(data[key], training=False))
+        if got.shape != ref.shape:
+            print(f"{case}: SHAPE MISMATCH {got.shape} vs {ref.shape}")
+            worst = np.inf
+            continue
+        d = float(np.abs(got - ref).max())
+        scale = float(np.abs(ref).max())
+        worst = max(worst, d / max(scale, 1.0))
+        print(f"{case}: input {data[key].shape} max|diff| {d:.3e} (max|ref| {scale:.3f})")
+    print(f"worst relative diff {worst:.3e} -> {'OK' if worst <= tol else 'FAIL'}")
+    return 0 if worst <= tol else 1
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=DEFAULT_OUT, help="fixture root (default tests/fixtures)")
+    ap.add_argument("--only", nargs="*", choices=sorted(FIXTURES), help="fixtures to build")
+    ap.add_argument("--full", metavar="DIR", help="build the pascalvoc-shaped model into DIR")
+    ap.add_argument("--count-only", action="store_true", help="with --full: only print parameter counts")
+    ap.add_argument("--check-roundtrip", metavar="DIR", help="load preset DIR and compare to stored logits")
+    ap.add_argument("--cases", help="cases.npz for --check-roundtrip")
+    ap.add_argument("--tol", type=float, default=1e-4)
+    ap.add_argument("--verify-layout", action="store_true", help="check the documented HDF5 path rule")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+
+    if args.check_roundtrip:
+        return check_roundtrip(args.check_roundtrip, args.cases, args.tol)
+    if args.full:
+        full_mode(args.full, args.count_only)
+        return 0
+    if args.verify_layout:
+        cfgs = dict(FIXTURES)
+        cfgs["resnet50_v3plus_pascalvoc_shape"] = FULL
+        r18 = json.loads(json.dumps(FULL))
+        r18["encoder"].update(stackwise_num_blocks=[2, 2, 2, 2], block_type="basic_block")
+        r18["backbone"].update(spatial_pyramid_pooling_key="P4", upsampling_size=4, low_level_feature_key="P3")
+        cfgs["resnet18_basic_v3plus_P4_P3"] = r18
+        allok = True
+        for n, c in cfgs.items():
+            with tempfile.TemporaryDirectory() as td:
+                ok, exp, _ = verify_layout(c, td, quiet=args.quiet or n not in FIXTURES)
+            print(f"verify-layout {n}: {len(exp)} datasets, {'OK' if ok else 'MISMATCH'}")
+            allok &= ok
+        return 0 if allok else 1
+    os.makedirs(args.out, exist_ok=True)
+    for name in args.only or sorted(FIXTURES):
+        make_fixture(name, FIXTURES[name], args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
