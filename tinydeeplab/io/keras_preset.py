@@ -118,7 +118,12 @@ def _datasets(f) -> dict[str, object]:
     import h5py
 
     found = {}
-    f.visititems(lambda name, obj: found.setdefault(name, obj) if isinstance(obj, h5py.Dataset) else None)
+
+    def visit(name, obj):  # must return None, or h5py stops walking
+        if isinstance(obj, h5py.Dataset):
+            found[name] = obj
+
+    f.visititems(visit)
     return found
 
 
@@ -204,3 +209,99 @@ def load_keras_preset(path, *, output_stride=None) -> DeepLabV3ImageSegmenter:
     model.preprocessor = ImageConverter.from_preset_dir(directory)
     model.preset_dir = directory
     return model
+
+
+# -- writing ------------------------------------------------------------------------------------
+def _serialized(module: str, class_name: str, config: dict, registered: str | None) -> dict:
+    dtype = {"module": "keras", "class_name": "DTypePolicy", "config": {"name": "float32"}, "registered_name": None}
+    return {"module": module, "class_name": class_name,
+            "config": {"name": config.pop("name"), "trainable": True, "dtype": dtype, **config},
+            "registered_name": registered}
+
+
+def backbone_config(model: DeepLabV3ImageSegmenter) -> dict:
+    """The config.json object KerasHub writes for this model's DeepLabV3Backbone."""
+    bb = model.backbone
+    enc = _serialized("keras_hub.src.models.resnet.resnet_backbone", "ResNetBackbone",
+                      {"name": "res_net_backbone", **bb.image_encoder.config, "image_shape": [None, None, 3]},
+                      "keras_hub>ResNetBackbone")
+    c = bb.config
+    return _serialized("keras_hub.src.models.deeplab_v3.deeplab_v3_backbone", "DeepLabV3Backbone",
+                       {"name": "deep_lab_v3_backbone", "image_encoder": enc,
+                        "projection_filters": c["projection_filters"], "dilation_rates": c["dilation_rates"],
+                        "upsampling_size": c["upsampling_size"], "low_level_feature_key": c["low_level_feature_key"],
+                        "spatial_pyramid_pooling_key": c["spatial_pyramid_pooling_key"],
+                        "image_shape": [None, None, 3]},
+                       "keras_hub>DeepLabV3Backbone")
+
+
+def preprocessor_config(converter: ImageConverter) -> dict:
+    conv_cfg = converter.get_config()
+    scale = conv_cfg["scale"] if conv_cfg["scale"] is not None else None
+    image_converter = _serialized(
+        "keras_hub.src.models.deeplab_v3.deeplab_v3_image_converter", "DeepLabV3ImageConverter",
+        {"name": "deep_lab_v3_image_converter", "image_size": conv_cfg["image_size"], "scale": scale,
+         "offset": conv_cfg["offset"], "interpolation": conv_cfg["interpolation"], "antialias": False,
+         "crop_to_aspect_ratio": conv_cfg["crop_to_aspect_ratio"], "pad_to_aspect_ratio": False,
+         "bounding_box_format": "yxyx"},
+        "keras_hub>DeepLabV3ImageConverter")
+    return _serialized(
+        "keras_hub.src.models.deeplab_v3.deeplab_v3_image_segmeter_preprocessor",
+        "DeepLabV3ImageSegmenterPreprocessor",
+        {"name": "deep_lab_v3_image_segmenter_preprocessor", "image_converter": image_converter,
+         "config_file": "preprocessor.json"},
+        "keras_hub>DeepLabV3ImageSegmenterPreprocessor")
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.write_text(json.dumps(obj, indent=4) + "\n", encoding="utf-8")
+
+
+def save_keras_preset(model: DeepLabV3ImageSegmenter, directory) -> Path:
+    """Write ``model`` as a KerasHub preset directory that ``DeepLabV3ImageSegmenter.from_preset`` loads.
+
+    Files are first written into a temporary sibling directory, which is then renamed into place,
+    so an interrupted export never leaves a half-written preset behind.
+    """
+    import shutil
+    import tempfile
+
+    import h5py
+
+    from .. import __version__
+
+    directory = Path(directory)
+    if directory.exists() and any(directory.iterdir()):
+        raise PresetError(f"{directory}: exists and is not empty; choose a new directory")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        backbone = backbone_config(model)
+        prep = preprocessor_config(model.preprocessor)
+        task = _serialized("keras_hub.src.models.deeplab_v3.deeplab_v3_segmenter", "DeepLabV3ImageSegmenter",
+                           {"name": "deep_lab_v3_image_segmenter", "backbone": backbone, "preprocessor": prep,
+                            "num_classes": model.num_classes, "activation": model.activation},
+                           "keras_hub>DeepLabV3ImageSegmenter")
+        _write_json(tmp / "config.json", backbone)
+        _write_json(tmp / "task.json", task)
+        _write_json(tmp / "preprocessor.json", prep)
+        _write_json(tmp / "image_converter.json", prep["config"]["image_converter"])
+        n_weights = model.num_parameters() + sum(b.size for _, b in model.named_buffers())
+        _write_json(tmp / "metadata.json", {"keras_version": "3.15.1", "keras_hub_version": "0.32.0",
+                                            "parameter_count": int(n_weights), "tasks": ["ImageSegmenter"],
+                                            "saved_by": f"tinydeeplab {__version__}"})
+        state = model.state_dict()
+        files = {}
+        for name, (fname, h5path) in keras_weight_paths(model).items():
+            if fname not in files:
+                files[fname] = h5py.File(tmp / fname, "w")
+            files[fname].create_dataset(h5path, data=np.asarray(state[name], np.float32))
+        for f in files.values():
+            f.close()
+        if directory.exists():
+            directory.rmdir()
+        tmp.rename(directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
