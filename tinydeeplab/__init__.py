@@ -5,6 +5,7 @@ Layers: :mod:`tinydeeplab.functional` (reference maths), :mod:`tinydeeplab.kerne
 :mod:`tinydeeplab.models` (ResNet, ASPP, DeepLab), :mod:`tinydeeplab.io` (Keras presets).
 """
 from .backend import get_backend, set_backend, use_backend
+from .io.keras_preset import load_keras_preset, save_keras_preset
 
 __version__ = "0.1.0"
-__all__ = ["get_backend", "set_backend", "use_backend", "__version__"]
+__all__ = ["get_backend", "set_backend", "use_backend", "load_keras_preset", "save_keras_preset", "__version__"]
