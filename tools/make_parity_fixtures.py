@@ -572,8 +572,9 @@ def make_fixture(name, cfg, out_root):
     # preset is complete and that the stored logits are what from_preset gives).
     seg = keras_hub.models.DeepLabV3ImageSegmenter.from_preset(preset)
     vmap_loaded = variable_paths(seg, preset)
-    tpaths = [vmap_loaded[id(v)][1] for v in seg.trainable_variables]
-    ntpaths = [vmap_loaded.get(id(v), (None, None))[1] for v in seg.non_trainable_variables]
+    # keys "<file>/<HDF5 path>": model.weights.h5 and task.weights.h5 both have layers/conv2d/vars/0
+    tpaths = ["/".join(vmap_loaded[id(v)]) for v in seg.trainable_variables]
+    ntpaths = ["/".join(vmap_loaded[id(v)]) if id(v) in vmap_loaded else None for v in seg.non_trainable_variables]
     run = make_loss_and_grad(seg)
 
     arrays = {}
