@@ -21,7 +21,7 @@ import pytest
 from tinydeeplab import functional as F
 from tinydeeplab import load_keras_preset, use_backend
 from tinydeeplab.io.keras_layout import keras_weight_paths
-from tinydeeplab.models.preprocessor import resize
+from tinydeeplab.parity import logits_at_size
 
 FIXTURES = Path(__file__).parent / "fixtures"
 NAMES = ["v3_tiny", "v3plus_tiny"]
@@ -68,20 +68,6 @@ def _key(paths, dotted):
     return "/".join(paths[dotted])
 
 
-def _keras_sized_logits(model, x, size, training=False):
-    """Logits at Keras's output size.
-
-    KerasHub upsamples by fixed factors, so for sizes that are not multiples of the output stride its
-    output is larger than the input (e.g. 62x93 -> 64x96), while tinydeeplab resizes to the input size.
-    Classify-before-upsample lets us compare the same computation: classify the 1/4-resolution features
-    (which agree) and upsample them to Keras's size.
-    """
-    if tuple(size) == tuple(x.shape[1:3]):
-        return model.forward(x, training=training)
-    f = model.backbone.forward(x, training, upsample=False)                          # (N, h, w, 256)
-    return resize(model.output_conv.forward(f), size)                                # (N, H', W', K)
-
-
 def _assert_logits_close(got, want, what):
     assert got.shape == want.shape, f"{what}: shape {got.shape} vs Keras {want.shape}"
     scale = float(np.abs(want).max())
@@ -99,14 +85,14 @@ def test_inference_logits_match_keras(name, case, backend):
         model = _model(name)
         x = data[f"input_{case}"]
         want = data[f"logits_{case}"]
-        _assert_logits_close(_keras_sized_logits(model, x, want.shape[1:3]), want, f"{name}/{case}")
+        _assert_logits_close(logits_at_size(model, x, want.shape[1:3]), want, f"{name}/{case}")
 
 
 @pytest.mark.parametrize("name,case", _case_params("all"))
 def test_training_mode_logits_and_moving_statistics_match_keras(name, case):
     data = _cases(name)
     model = _model(name)
-    logits = _keras_sized_logits(model, data[f"input_{case}"], data[f"logits_train_{case}"].shape[1:3],
+    logits = logits_at_size(model, data[f"input_{case}"], data[f"logits_train_{case}"].shape[1:3],
                                  training=True)
     _assert_logits_close(logits, data[f"logits_train_{case}"], f"{name}/{case} (training mode)")
     paths = keras_weight_paths(model)
@@ -172,3 +158,48 @@ def test_fixture_metadata_names_every_weight_file_dataset():
         ours = {(f, p) for f, p in keras_weight_paths(model).values()}
         theirs = {(w["file"], w["path"]) for w in _meta(name)["weights"]}
         assert ours == theirs
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_stage_matches_stored_keras_activations(name):
+    """The stages of the parity report, against Keras's own per-layer outputs (inference mode)."""
+    from tinydeeplab.parity import stage_names, tinydeeplab_stages
+
+    layers = json.loads((FIXTURES / name / "activations.json").read_text())["layers"]
+    with np.load(FIXTURES / name / "activations.npz", allow_pickle=False) as data:
+        acts = {k: data[k] for k in data.files}
+    model = _model(name)
+    ours = tinydeeplab_stages(model, acts["input_act"])
+    for module, scope, layer in stage_names(model):
+        if layer == "SpatialPyramidPooling":
+            layer = next(k.split("/", 1)[1] for k, v in layers.items()
+                         if k.startswith("backbone/") and v["class_name"] == layer)
+        want = acts[f"act/{scope}/{layer}"]
+        err = float(np.abs(ours[module] - want).max())
+        assert err <= LOGIT_TOL * float(np.abs(want).max()), f"{module} vs Keras {layer}: max|diff| {err:.3e}"
+    _assert_logits_close(ours["logits"], acts["act/segmenter/segmentation_output"], f"{name} logits")
+
+
+def test_parity_command_with_stored_cases(capsys):
+    from tinydeeplab.cli import main
+
+    name = "v3plus_tiny"
+    assert main(["parity", str(FIXTURES / name / "preset"), "--cases", str(FIXTURES / name / "cases.npz")]) == 0
+    out = capsys.readouterr().out
+    assert "logits_odd" in out and "OK" in out
+
+
+def test_parity_command_flags_a_broken_port(tmp_path, capsys):
+    """Damage one weight: the report must say DIFFERENT and exit 1."""
+    import shutil
+
+    import h5py
+
+    from tinydeeplab.cli import main
+
+    name = "v3_tiny"
+    preset = Path(shutil.copytree(FIXTURES / name / "preset", tmp_path / "preset"))
+    with h5py.File(preset / "model.weights.h5", "r+") as f:
+        f["layers/spatial_pyramid_pooling/projection/layers/conv2d/vars/0"][0, 0, 0, :] += 1.0
+    assert main(["parity", str(preset), "--cases", str(FIXTURES / name / "cases.npz")]) == 1
+    assert "DIFFERENT" in capsys.readouterr().out

@@ -49,11 +49,55 @@ def cmd_summary(args) -> int:
     from .io.keras_preset import load_keras_preset
 
     model = load_keras_preset(args.preset)
-    print(f"{args.preset}: {model.num_parameters():,} parameters "
-          f"(backbone {model.backbone.num_parameters():,}), {model.num_classes} classes")
+    n_stats = sum(b.size for _, b in model.named_buffers())
+    print(f"{args.preset}: {model.num_parameters():,} trainable parameters "
+          f"(backbone {model.backbone.num_parameters():,}) + {n_stats:,} batch-norm statistics "
+          f"= {model.num_parameters() + n_stats:,} weights (Keras's count_params); {model.num_classes} classes")
     for name, p in model.named_parameters():
         print(f"  {name:70s} {str(p.shape):>22s}")
     return 0
+
+
+def read_image(path) -> np.ndarray:
+    """An RGB uint8 (H, W, 3) array from an image file, or a one-line ValueError."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: image file not found") from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"{path}: not a readable image ({err})") from None
+
+
+def cmd_parity(args) -> int:
+    from . import parity
+    from .io.keras_preset import load_keras_preset
+
+    model = load_keras_preset(args.preset)
+    if args.cases:
+        with np.load(args.cases, allow_pickle=False) as data:
+            rows = parity.compare_with_cases(model, {k: data[k] for k in data.files})
+        print(f"tinydeeplab vs stored Keras logits in {args.cases}")
+    else:
+        if args.image:
+            x, _ = model.preprocessor(read_image(args.image))                       # (1, h, w, 3)
+        else:
+            h, w = args.size or model.preprocessor.image_size or (512, 512)
+            x = np.random.default_rng(0).normal(size=(1, h, w, 3)).astype(np.float32)
+        try:
+            theirs = parity.keras_stages(args.preset, x, model)
+        except RuntimeError as err:
+            raise ValueError(str(err)) from None
+        rows = parity.compare(parity.tinydeeplab_stages(model, x), theirs)
+        print(f"tinydeeplab vs KerasHub on {'image ' + args.image if args.image else 'a random input'} "
+              f"of shape {x.shape}")
+    print(parity.format_table(rows, args.tolerance))
+    worst = max(r["relative"] for r in rows)
+    print(f"worst relative difference {worst:.3e}: {'OK' if worst <= args.tolerance else 'DIFFERENT'} "
+          f"(tolerance {args.tolerance:g})")
+    return 0 if worst <= args.tolerance else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("summary", help="load a KerasHub preset directory and list its parameters")
     s.add_argument("preset", help="preset directory (or kaggle://... with kagglehub installed)")
     s.set_defaults(func=cmd_summary)
+    q = sub.add_parser("parity", help="compare a preset's outputs in tinydeeplab and KerasHub, layer by layer",
+                       description="Runs the preset in tinydeeplab and in KerasHub (needs keras-hub) on the same "
+                       "input and prints max |diff| and relative difference per stage (stem, every ResNet "
+                       "block, ASPP, decoder, head, logits). With --cases, compares the logits with stored "
+                       "Keras outputs instead and needs no Keras. Exit status 1 when a stage exceeds "
+                       "--tolerance.")
+    q.add_argument("preset", help="preset directory")
+    q.add_argument("--image", help="an image file, preprocessed with the preset's image converter")
+    q.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                   help="size of the random input when no --image (default: the preset's image_size, else 512 512)")
+    q.add_argument("--cases", help="an .npz with input_<case> and logits_<case> arrays written by Keras")
+    q.add_argument("--tolerance", type=float, default=1e-4, help="relative tolerance (default 1e-4)")
+    q.set_defaults(func=cmd_parity)
     return p
 
 
@@ -75,6 +132,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:        # output piped into head & co.
+        return 0
     except (PresetError, FileNotFoundError, ValueError) as err:
         print(f"tinydeeplab {args.command}: error: {err}", file=sys.stderr)
         return 2
