@@ -136,7 +136,7 @@ def test_cli_reports_a_bad_preset_in_one_line(preset, capsys):
 
 def test_export_round_trip_is_exact(tmp_path):
     model = load_keras_preset(PRESET)
-    out = save_keras_preset(model, tmp_path / "exported")
+    out = model.save_keras_preset(tmp_path / "exported")
     again = load_keras_preset(out)
     ref, got = model.state_dict(), again.state_dict()
     assert ref.keys() == got.keys()
@@ -153,3 +153,11 @@ def test_export_refuses_a_non_empty_directory(tmp_path):
     with pytest.raises(PresetError, match="not empty"):
         save_keras_preset(load_keras_preset(PRESET), tmp_path / "taken")
     assert (tmp_path / "taken" / "file.txt").read_text() == "keep me"
+
+
+def test_kaggle_handle_without_kagglehub_says_how_to_get_the_files(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "kagglehub", None)     # makes `import kagglehub` fail
+    msg = _load_error("kaggle://keras/deeplabv3plus/keras/deeplab_v3_plus_resnet50_pascalvoc/4")
+    assert "kagglehub" in msg and "pip install kagglehub" in msg and "directory" in msg

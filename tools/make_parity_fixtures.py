@@ -21,7 +21,7 @@ Modes
                           logits (cases file: --cases, default DIR/../cases.npz
                           or DIR/cases.npz)
 --verify-layout           check the HDF5 path rule documented in
-                          docs/keras_layout.md (re-implemented here in plain
+                          tinydeeplab/io/keras_layout.py (re-implemented here in plain
                           Python as ``expected_weight_paths``) against what
                           Keras actually writes, for the fixture configs,
                           ResNet50 and a basic-block ResNet18 variant.

@@ -162,6 +162,12 @@ class DeepLabV3ImageSegmenter(Module):
             out = 1.0 / (1.0 + np.exp(-out))
         return out
 
+    def save_keras_preset(self, directory):
+        """Write this model as a KerasHub preset directory (see :func:`tinydeeplab.io.keras_preset.save_keras_preset`)."""
+        from ..io.keras_preset import save_keras_preset
+
+        return save_keras_preset(self, directory)
+
     def segment(self, images, *, outside_label: int = 255):
         """Raw RGB images -> label maps at each image's own size.
 
