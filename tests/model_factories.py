@@ -1,5 +1,4 @@
 """Small model builders shared by the model, preset and backend tests."""
-import numpy as np
 
 from tinydeeplab.models import DeepLabV3Backbone, DeepLabV3ImageSegmenter, ResNetBackbone
 

@@ -121,3 +121,41 @@ def check_labels(labels, logits_shape, ignore_label) -> np.ndarray:
         raise ValueError(f"labels must be in [0, {k}) (K = {k} classes from logits {tuple(logits_shape)}) "
                          f"or equal ignore_label={ignore_label}; found bad values {shown}")
     return labels
+
+
+# -- whole-argument checks shared by the reference ops and the kernels -----------------------------
+def check_conv2d_args(x, w, b, stride, dilation):
+    """Validate conv2d inputs; returns ``(stride, dilation)`` as pairs."""
+    check_nhwc(x, "x")
+    check_array(w, "w", 4)
+    check_channels(x.shape, w.shape, "x", "w")
+    if b is not None:
+        check_vector(b, "b", w.shape[3], f"the F axis of w {w.shape}")
+    check_same_dtype(x=x, w=w, b=b)
+    return pair(stride, "stride"), pair(dilation, "dilation")
+
+
+def check_batchnorm_args(x, gamma, beta, moving_mean, moving_var, training, eps):
+    """Validate batch-norm inputs (per-channel vectors of length C, dtypes, flags)."""
+    check_nhwc(x, "x")
+    c = x.shape[3]
+    for name, v in (("gamma", gamma), ("beta", beta), ("moving_mean", moving_mean), ("moving_var", moving_var)):
+        check_vector(v, name, c, f"the channels of x {x.shape}")
+    check_same_dtype(x=x, gamma=gamma, beta=beta, moving_mean=moving_mean, moving_var=moving_var)
+    if not isinstance(training, (bool, np.bool_)):
+        raise ValueError(f"training must be True or False, got {training!r}")
+    if not isinstance(eps, numbers.Real) or not eps >= 0:
+        raise ValueError(f"eps must be a number >= 0, got {eps!r}")
+
+
+def loss_class_weights(logits, labels, ignore_label, class_weights):
+    """Validate cross-entropy inputs; returns the per-class weights (K,) in the logits' dtype."""
+    check_nhwc(logits, "logits")
+    k = logits.shape[3]
+    check_labels(labels, logits.shape, ignore_label)
+    if class_weights is None:
+        return np.ones(k, dtype=logits.dtype)
+    check_vector(class_weights, "class_weights", k, f"the K axis of logits {logits.shape}")
+    if np.any(class_weights < 0) or not np.all(np.isfinite(class_weights)):
+        raise ValueError(f"class_weights must be finite and >= 0, got {class_weights.tolist()}")
+    return class_weights.astype(logits.dtype)

@@ -27,7 +27,7 @@ import numbers
 
 import numpy as np
 
-from ._checks import check_array, check_grad_shape, check_nhwc, check_same_dtype, check_vector
+from ._checks import check_batchnorm_args, check_array, check_grad_shape
 
 
 def batchnorm_forward(x, gamma, beta, moving_mean, moving_var, *, training, eps=1e-3):
@@ -49,15 +49,8 @@ def batchnorm_forward(x, gamma, beta, moving_mean, moving_var, *, training, eps=
     >>> batchnorm_forward(x, ones, zeros, zeros, ones, training=False, eps=0.0)[0].ravel().tolist()
     [1.0, 3.0, 5.0, 7.0]
     """
-    check_nhwc(x, "x")
-    c = x.shape[3]
-    for name, v in (("gamma", gamma), ("beta", beta), ("moving_mean", moving_mean), ("moving_var", moving_var)):
-        check_vector(v, name, c, f"the channels of x {x.shape}")
-    check_same_dtype(x=x, gamma=gamma, beta=beta, moving_mean=moving_mean, moving_var=moving_var)
-    if not isinstance(training, (bool, np.bool_)):
-        raise ValueError(f"training must be True or False, got {training!r}")
-    if not isinstance(eps, numbers.Real) or not eps >= 0:
-        raise ValueError(f"eps must be a number >= 0, got {eps!r}")
+    check_batchnorm_args(x, gamma, beta, moving_mean, moving_var, training, eps)
+
 
     if training:
         mean = x.mean(axis=(0, 1, 2))                       # (C,)

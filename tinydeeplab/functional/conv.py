@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import check_array, check_channels, check_grad_shape, check_nhwc, check_same_dtype, check_vector, pair
+from ._checks import check_conv2d_args, check_grad_shape
 from .geometry import window_geometry
 
 
@@ -68,14 +68,7 @@ def conv2d_forward(x, w, b=None, *, stride=1, dilation=1, padding="same"):
     >>> float(conv2d_forward(x, w, padding="valid")[0][0, 0, 0, 0]) == float(x[0, :3, :3].sum())
     True
     """
-    check_nhwc(x, "x")
-    check_array(w, "w", 4)
-    check_channels(x.shape, w.shape, "x", "w")
-    if b is not None:
-        check_vector(b, "b", w.shape[3], f"the F axis of w {w.shape}")
-    check_same_dtype(x=x, w=w, b=b)
-    stride = pair(stride, "stride")
-    dilation = pair(dilation, "dilation")
+    stride, dilation = check_conv2d_args(x, w, b, stride, dilation)
     kh, kw, c, f = w.shape
     n, h, wd, _ = x.shape
     pads, out_hw = window_geometry(x.shape, (kh, kw), stride, dilation, padding, name="x")

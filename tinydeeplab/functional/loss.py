@@ -16,7 +16,7 @@ import numbers
 
 import numpy as np
 
-from ._checks import check_array, check_labels, check_nhwc, check_vector
+from ._checks import loss_class_weights
 
 
 def softmax_cross_entropy_forward(logits, labels, *, ignore_label=255, class_weights=None):
@@ -38,16 +38,7 @@ def softmax_cross_entropy_forward(logits, labels, *, ignore_label=255, class_wei
     >>> softmax_cross_entropy_forward(logits, np.full((1, 1, 2), 255))[0]   # nothing valid
     0.0
     """
-    check_nhwc(logits, "logits")
-    k = logits.shape[3]
-    check_labels(labels, logits.shape, ignore_label)
-    if class_weights is None:
-        weights = np.ones(k, dtype=logits.dtype)
-    else:
-        check_vector(class_weights, "class_weights", k, f"the K axis of logits {logits.shape}")
-        if np.any(class_weights < 0) or not np.all(np.isfinite(class_weights)):
-            raise ValueError(f"class_weights must be finite and >= 0, got {class_weights.tolist()}")
-        weights = class_weights.astype(logits.dtype)
+    weights = loss_class_weights(logits, labels, ignore_label, class_weights)   # (K,)
 
     valid = np.ones(labels.shape, bool) if ignore_label is None else labels != ignore_label   # (N, H, W)
     safe = np.where(valid, labels, 0).astype(np.int64)        # (N, H, W) ignored pixels read class 0 ...

@@ -23,7 +23,7 @@ import numpy as np
 from ..models import DeepLabV3Backbone, DeepLabV3ImageSegmenter, ResNetBackbone
 from ..models.preprocessor import ImageConverter
 from .errors import PresetError
-from .keras_layout import BACKBONE_FILE, TASK_FILE, keras_weight_paths
+from .keras_layout import TASK_FILE, keras_weight_paths
 
 KAGGLE_PREFIX = "kaggle://"
 SUPPORTED = {"backbone": "DeepLabV3Backbone", "encoder": "ResNetBackbone", "task": "DeepLabV3ImageSegmenter"}

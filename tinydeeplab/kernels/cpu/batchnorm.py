@@ -18,12 +18,11 @@ of threads, so the result is the same on any machine. Mean and variance take two
 """
 from __future__ import annotations
 
-import numbers
 
 import numpy as np
 from numba import njit, prange
 
-from ...functional._checks import check_grad_shape, check_nhwc, check_same_dtype, check_vector
+from ...functional._checks import check_batchnorm_args, check_grad_shape
 
 N_CHUNKS = 64
 """Number of row blocks whose partial sums are computed in parallel (fixed: deterministic results)."""
@@ -113,15 +112,8 @@ def batchnorm_forward(x, gamma, beta, moving_mean, moving_var, *, training, eps=
     >>> cache["mean"].tolist(), cache["var"].tolist()          # biased variance: 20 / 4
     ([4.0], [5.0])
     """
-    check_nhwc(x, "x")
+    check_batchnorm_args(x, gamma, beta, moving_mean, moving_var, training, eps)
     c = x.shape[3]
-    for name, v in (("gamma", gamma), ("beta", beta), ("moving_mean", moving_mean), ("moving_var", moving_var)):
-        check_vector(v, name, c, f"the channels of x {x.shape}")
-    check_same_dtype(x=x, gamma=gamma, beta=beta, moving_mean=moving_mean, moving_var=moving_var)
-    if not isinstance(training, (bool, np.bool_)):
-        raise ValueError(f"training must be True or False, got {training!r}")
-    if not isinstance(eps, numbers.Real) or not eps >= 0:
-        raise ValueError(f"eps must be a number >= 0, got {eps!r}")
 
     x2 = np.ascontiguousarray(x).reshape(-1, c)              # (M, C), M = N*H*W
     if training:

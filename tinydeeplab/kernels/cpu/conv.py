@@ -36,8 +36,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ...functional._checks import (check_array, check_channels, check_grad_shape, check_nhwc,
-                                   check_same_dtype, check_vector, pair)
+from ...functional._checks import check_conv2d_args, check_grad_shape
 from ...functional.geometry import window_geometry
 
 IM2COL_MAX_BYTES = 16 * 2**20
@@ -193,14 +192,7 @@ def conv2d_forward(x, w, b=None, *, stride=1, dilation=1, padding="same"):
     >>> y.shape, float(y[0, 1, 1, 0])                   # "same": ceil(5 / 2) = 3; 27 ones in a window
     ((1, 3, 3, 4), 27.0)
     """
-    check_nhwc(x, "x")
-    check_array(w, "w", 4)
-    check_channels(x.shape, w.shape, "x", "w")
-    if b is not None:
-        check_vector(b, "b", w.shape[3], f"the F axis of w {w.shape}")
-    check_same_dtype(x=x, w=w, b=b)
-    stride = pair(stride, "stride")
-    dilation = pair(dilation, "dilation")
+    stride, dilation = check_conv2d_args(x, w, b, stride, dilation)
     kh, kw, c, f = w.shape
     n = x.shape[0]
     pads, out_hw = window_geometry(x.shape, (kh, kw), stride, dilation, padding, name="x")

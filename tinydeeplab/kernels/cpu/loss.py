@@ -16,7 +16,7 @@ import numbers
 import numpy as np
 from numba import njit, prange
 
-from ...functional._checks import check_labels, check_nhwc, check_vector
+from ...functional._checks import loss_class_weights
 
 
 @njit(parallel=True, cache=True, fastmath=False)
@@ -66,16 +66,8 @@ def softmax_cross_entropy_forward(logits, labels, *, ignore_label=255, class_wei
     >>> round(loss, 6) == round(float(np.log(4)), 6)
     True
     """
-    check_nhwc(logits, "logits")
+    weights = loss_class_weights(logits, labels, ignore_label, class_weights)   # (K,)
     k = logits.shape[3]
-    check_labels(labels, logits.shape, ignore_label)
-    if class_weights is None:
-        weights = np.ones(k, dtype=logits.dtype)
-    else:
-        check_vector(class_weights, "class_weights", k, f"the K axis of logits {logits.shape}")
-        if np.any(class_weights < 0) or not np.all(np.isfinite(class_weights)):
-            raise ValueError(f"class_weights must be finite and >= 0, got {class_weights.tolist()}")
-        weights = class_weights.astype(logits.dtype)
 
     z = np.ascontiguousarray(logits).reshape(-1, k)                      # (P, K)
     lab = np.ascontiguousarray(labels, dtype=np.int64).reshape(-1)       # (P,)
