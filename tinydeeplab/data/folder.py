@@ -1,0 +1,77 @@
+"""Any segmentation data as two folders: images and same-named single-channel label PNGs.
+
+Layout::
+
+    images_dir/{name}.png|.jpg|.jpeg|.bmp       RGB (grey / palette images are converted)
+    masks_dir/{name}.png                       class index per pixel (palette or grey PNG)
+
+Usage::
+
+    ds = FolderDataset("my/images", "my/masks", num_classes=3, class_names=["bg", "cat", "dog"])
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ._io import IMAGE_SUFFIXES, check_label, check_same_size, read_index_png, read_rgb, require_dir
+from .base import IGNORE_LABEL, SegmentationDataset, check_class_names, voc_palette
+from .errors import DatasetError
+
+
+class FolderDataset(SegmentationDataset):
+    """Images and masks paired by file stem (``a.jpg`` with ``a.png``).
+
+    Mask values ``0..num_classes-1`` are classes.  ``ignore_label`` is the value that marks ignored
+    pixels *in the mask files*; it is returned as 255 (the protocol's ignore label), so a folder whose
+    masks use e.g. 254 for void still yields 255.  Any other value raises :class:`DatasetError` on read.
+    """
+
+    def __init__(self, images_dir, masks_dir, num_classes: int, class_names=None, ignore_label: int = 255):
+        num_classes = int(num_classes)
+        if not 1 <= num_classes <= 255:
+            raise DatasetError(f"num_classes must be in 1..255, got {num_classes}")
+        if not num_classes <= int(ignore_label) <= 255:
+            raise DatasetError(f"ignore_label must be in {num_classes}..255 (not one of the classes "
+                               f"0..{num_classes - 1}), got {ignore_label}")
+        self.num_classes = num_classes
+        self.file_ignore_label = int(ignore_label)
+        self.class_names = (check_class_names(class_names, num_classes) if class_names is not None
+                            else [f"class_{c}" for c in range(num_classes)])
+        self.palette = voc_palette(num_classes)
+        self.images_dir = require_dir(Path(images_dir).expanduser(), "FolderDataset images")
+        self.masks_dir = require_dir(Path(masks_dir).expanduser(), "FolderDataset masks")
+
+        images: dict[str, Path] = {}
+        for p in sorted(self.images_dir.iterdir()):
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+                if p.stem in images:
+                    raise DatasetError(f"FolderDataset: two images share the name {p.stem!r}: "
+                                       f"{images[p.stem].name} and {p.name}")
+                images[p.stem] = p
+        masks = {p.stem: p for p in sorted(self.masks_dir.iterdir())
+                 if p.is_file() and p.suffix.lower() == ".png"}
+        if not images:
+            raise DatasetError(f"FolderDataset: no images ({', '.join(IMAGE_SUFFIXES)}) in {self.images_dir}")
+        if not masks:
+            raise DatasetError(f"FolderDataset: no .png masks in {self.masks_dir}")
+        no_mask = sorted(set(images) - set(masks))
+        no_image = sorted(set(masks) - set(images))
+        if no_mask or no_image:
+            raise DatasetError(
+                f"FolderDataset: images and masks must pair up by file stem: {len(no_mask)} images have no "
+                f"mask {masks_dir}/<stem>.png (e.g. {no_mask[:3]}), {len(no_image)} masks have no image in "
+                f"{images_dir} (e.g. {no_image[:3]})")
+        self.names = sorted(images)
+        self._images = images
+        self._masks = masks
+
+    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        name = self.names[i]
+        image = read_rgb(self._images[name])                         # (H, W, 3)
+        label = read_index_png(self._masks[name])                    # (H, W)
+        check_same_size(image, label, f"FolderDataset item {name!r}")
+        check_label(label, self.num_classes, self.file_ignore_label, self._masks[name])
+        label[label == self.file_ignore_label] = IGNORE_LABEL
+        return image, label
