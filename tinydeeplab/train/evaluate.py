@@ -1,0 +1,185 @@
+"""Inference with test-time augmentation and sliding windows, and dataset evaluation (mIoU).
+
+A *view* is one forward pass on a transformed input: the image resized by a scale ``s``
+(bilinear), optionally flipped left-right, optionally cut into overlapping windows. Each view's
+logits are mapped back (un-flipped, resized to the input size) and the views are averaged as
+probabilities::
+
+    p = mean_views softmax(logits_view)          (N, H, W, K)
+    predict_logits(...) = log p                  a logit map whose softmax is p (argmax = argmax p)
+
+With a single view (``scales=(1.0,)``, ``flip=False``, no window or one window equal to the image)
+no averaging happens and the model's own logits come back unchanged.
+
+Sliding window ``(h, w)`` with stride ``(sh, sw)`` (default: half the window): tiles start at
+``0, sh, 2 sh, ...`` and the last one is moved to end at the border, so every pixel is covered;
+where tiles overlap their probabilities are averaged. An input smaller than the window is padded
+with zeros at the bottom/right to the window size and the padding is cut from the output.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+from ..models.preprocessor import resize
+from .metrics import ConfusionMatrix
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _log(p):
+    return np.log(np.maximum(p, np.finfo(p.dtype).tiny))
+
+
+def _starts(size: int, window: int, stride: int) -> list[int]:
+    """Tile origins along one axis: 0, stride, ... and a last tile flush with the end.
+
+    >>> _starts(10, 4, 3), _starts(4, 4, 2), _starts(3, 4, 2)
+    ([0, 3, 6], [0], [0])
+    """
+    if size <= window:
+        return [0]
+    starts = list(range(0, size - window + 1, stride))
+    if starts[-1] != size - window:
+        starts.append(size - window)
+    return starts
+
+
+def sliding_window_logits(model, x, window, stride=None):
+    """Logits (N, H, W, K) of ``x`` (N, H, W, 3) computed tile by tile (see the module docstring).
+
+    One tile: the model's logits of that tile (cropped if the input was padded). Several tiles:
+    ``log`` of the per-pixel mean of the tiles' softmax probabilities.
+    """
+    n, H, W, _ = x.shape
+    wh, ww = int(window[0]), int(window[1])
+    if wh < 1 or ww < 1:
+        raise ValueError(f"window must be positive (h, w), got {window!r}")
+    sh, sw = (max(wh // 2, 1), max(ww // 2, 1)) if stride is None else (int(stride[0]), int(stride[1]))
+    if sh < 1 or sw < 1:
+        raise ValueError(f"stride must be positive (h, w), got {stride!r}")
+    ph, pw = max(wh - H, 0), max(ww - W, 0)
+    if ph or pw:                                                   # smaller than the window: zero-pad
+        x = np.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)))
+    Hp, Wp = x.shape[1:3]
+    tiles = [(t, l) for t in _starts(Hp, wh, sh) for l in _starts(Wp, ww, sw)]
+    if len(tiles) == 1:
+        return model.forward(np.ascontiguousarray(x[:, :wh, :ww]))[:, :H, :W]
+    probs, count = None, np.zeros((1, Hp, Wp, 1), np.float32)
+    for t, l in tiles:
+        p = _softmax(model.forward(np.ascontiguousarray(x[:, t:t + wh, l:l + ww])))      # (N, wh, ww, K)
+        if probs is None:
+            probs = np.zeros((n, Hp, Wp, p.shape[-1]), p.dtype)
+        probs[:, t:t + wh, l:l + ww] += p
+        count[:, t:t + wh, l:l + ww] += 1
+    return _log(probs / count)[:, :H, :W]
+
+
+def predict_logits(model, x, *, scales=(1.0,), flip=False, window=None, stride=None):
+    """Test-time-augmented logits of ``x`` (N, H, W, 3) model-ready float32 -> (N, H, W, K).
+
+    ``scales``: input resize factors (bilinear; output resized back); ``flip``: also run the
+    left-right mirrored input; ``window`` / ``stride``: sliding-window inference at each scale.
+
+    >>> from tinydeeplab.cli import small_deeplab_v3_plus
+    >>> model = small_deeplab_v3_plus(num_classes=3, channels=8)
+    >>> x = np.random.default_rng(0).normal(size=(1, 32, 32, 3)).astype(np.float32)
+    >>> bool(np.array_equal(predict_logits(model, x), model.forward(x)))        # one view: plain forward
+    True
+    >>> predict_logits(model, x, scales=(0.75, 1.0), flip=True).shape
+    (1, 32, 32, 3)
+    """
+    x = np.asarray(x, np.float32)
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"x must be (N, H, W, 3), got shape {x.shape}")
+    scales = tuple(float(s) for s in scales)
+    if not scales or min(scales) <= 0:
+        raise ValueError(f"scales must be a non-empty tuple of positive numbers, got {scales!r}")
+    H, W = x.shape[1:3]
+    run = (lambda v: model.forward(v)) if window is None else \
+        (lambda v: sliding_window_logits(model, v, window, stride))
+    views = []
+    for s in scales:
+        size = (max(int(round(H * s)), 1), max(int(round(W * s)), 1))
+        xs = x if size == (H, W) else resize(x, size)              # (N, h, w, 3)
+        for flipped in ((False, True) if flip else (False,)):
+            z = run(np.ascontiguousarray(xs[:, :, ::-1]) if flipped else xs)            # (N, h, w, K)
+            if flipped:
+                z = z[:, :, ::-1]
+            if z.shape[1:3] != (H, W):
+                z = resize(np.ascontiguousarray(z), (H, W))       # (N, H, W, K)
+            views.append(z)
+    if len(views) == 1:
+        return views[0]
+    p = sum(_softmax(z) for z in views) / len(views)
+    return _log(p)
+
+
+class _Progress:
+    """A one-line progress display on stderr, redrawn with ``\\r``."""
+
+    def __init__(self, enabled: bool, stream=None):
+        self.enabled, self.stream, self.width = enabled, stream or sys.stderr, 0
+
+    def show(self, text: str) -> None:
+        if self.enabled:
+            self.stream.write("\r" + text.ljust(self.width))
+            self.stream.flush()
+            self.width = len(text)
+
+    def done(self) -> None:
+        if self.enabled and self.width:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.width = 0
+
+
+def evaluate(model, dataset, preprocess=None, num_classes=None, ignore_label=255, *, progress=True, **tta) -> dict:
+    """Confusion matrix of ``model`` over ``dataset`` -> ``{miou, pixel_accuracy, iou, confusion}``.
+
+    ``dataset``: iterable of ``(image uint8 (H, W, 3), label (H, W))``. ``preprocess(image)`` ->
+    ``(x (1, h, w, 3) float32, (top, left, crop_h, crop_w))`` (default ``model.preprocessor``);
+    logits are resized back to the crop and pixels outside it count as ``ignore_label``.
+    ``tta``: keyword arguments of :func:`predict_logits` (``scales``, ``flip``, ``window``, ``stride``).
+    ``iou`` is a list (NaN for classes absent from labels and predictions); ``confusion`` the
+    :class:`ConfusionMatrix` (``.table(names)`` prints it).
+    """
+    preprocess = model.preprocessor if preprocess is None else preprocess
+    num_classes = getattr(model, "num_classes", None) if num_classes is None else num_classes
+    cm = ConfusionMatrix(num_classes, ignore_label)
+    try:
+        total = len(dataset)
+    except TypeError:
+        total = None
+    bar = _Progress(progress)
+    t0 = time.perf_counter()
+    i = 0
+    for i, (image, label) in enumerate(dataset, 1):
+        image, label = np.asarray(image), np.asarray(label)
+        if label.shape != image.shape[:2]:
+            raise ValueError(f"item {i - 1}: label shape {label.shape} does not match image shape {image.shape}")
+        x, (top, left, ch, cw) = preprocess(image)                 # (1, h, w, 3)
+        logits = predict_logits(model, x, **tta)                   # (1, h, w, K)
+        if logits.shape[1:3] != (ch, cw):
+            logits = resize(np.ascontiguousarray(logits), (ch, cw))  # (1, ch, cw, K)
+        pred = np.zeros(label.shape, np.int64)                     # outside the crop: label ignored below
+        pred[top:top + ch, left:left + cw] = logits[0].argmax(-1)
+        seen = np.zeros(label.shape, bool)
+        seen[top:top + ch, left:left + cw] = True
+        target = label.astype(np.int64)
+        if not seen.all():
+            if ignore_label is None:
+                raise ValueError("ignore_label=None but the preprocessor crops the image; pixels outside "
+                                 "the crop need an ignore label")
+            target = np.where(seen, target, ignore_label)
+        cm.update(pred, target)
+        rate = i / max(time.perf_counter() - t0, 1e-9)
+        bar.show(f"eval {i}/{total if total is not None else '?'}  mIoU {cm.miou():.4f}  "
+                 f"pixel acc {cm.pixel_accuracy():.4f}  {rate:.2f} img/s")
+    bar.done()
+    return {"miou": cm.miou(), "pixel_accuracy": cm.pixel_accuracy(), "iou": cm.iou().tolist(), "confusion": cm}
