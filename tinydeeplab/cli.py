@@ -1,4 +1,4 @@
-"""Command line: ``tinydeeplab demo | summary | parity``.
+"""Command line: ``tinydeeplab demo | train | evaluate | predict | summary | parity``.
 
 Errors in what the user typed (bad paths, bad presets) are printed as one line and exit with
 status 2; a traceback means a bug in tinydeeplab.
@@ -8,40 +8,166 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from .io.errors import PresetError
 
 
-def small_deeplab_v3_plus(num_classes=5, seed=0, channels=32):
-    """A small DeepLabV3+ (ResNet with one bottleneck block per stack) for demos and tests."""
-    from .models import DeepLabV3Backbone, DeepLabV3ImageSegmenter, ResNetBackbone
-
-    enc = ResNetBackbone([64], [7], [64, 16, 16, 16], [1, 1, 1, 1], [1, 2, 2, 2], seed=seed)
-    backbone = DeepLabV3Backbone(enc, "P5", 8, [6, 12, 18], low_level_feature_key="P2", projection_filters=16,
-                                 num_channels=channels, seed=seed + 1)
-    return DeepLabV3ImageSegmenter(backbone, num_classes, seed=seed + 2)
-
-
 def cmd_demo(args) -> int:
-    from . import backend
-    from .backend import ops
+    from .demo import run_demo
 
-    backend.set_backend(args.backend)
-    model = small_deeplab_v3_plus()
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(args.batch, args.size, args.size, 3)).astype(np.float32)
-    labels = rng.integers(0, model.num_classes, size=x.shape[:3])
-    print(f"DeepLabV3+ (small ResNet encoder), {model.num_parameters():,} parameters, backend {args.backend!r}")
-    for step in range(args.steps):
-        t0 = time.perf_counter()
-        logits = model.forward(x, training=True)
-        loss, cache = ops().softmax_cross_entropy_forward(logits, labels)
-        model.backward(ops().softmax_cross_entropy_backward(1.0, cache))
-        dt = time.perf_counter() - t0
-        print(f"step {step}: input {x.shape} -> logits {logits.shape}, loss {float(loss):.4f}, "
-              f"forward+backward {dt * 1000:.0f} ms" + (" (includes JIT compilation)" if step == 0 else ""))
+    t0 = time.perf_counter()
+    print(f"training a small DeepLabV3+ on synthetic shapes ({args.epochs} epochs x {args.steps_per_epoch} steps "
+          f"of {args.batch_size} images {args.size}x{args.size}); outputs in {args.out}", file=sys.stderr)
+    r = run_demo(args.out, model_name=args.model, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+                 batch_size=args.batch_size, size=args.size, lr=args.lr, seed=args.seed, resume=args.resume)
+    print(f"\n{r['num_parameters']:,} parameters trained in {time.perf_counter() - t0:.0f} s")
+    print(r["confusion"].table(r["class_names"]))
+    print(f"validation mIoU {r['miou']:.4f}, pixel accuracy {r['pixel_accuracy']:.4f}")
+    out = r["out_dir"]
+    print(f"wrote {out / 'predictions.png'} (overlays), {out / 'curves.png'} (training curves), "
+          f"{out / 'metrics.csv'}, {out / 'checkpoint.npz'}, {out / 'preset'}")
+    return 0
+
+
+# -- datasets and models from the command line ---------------------------------------------------
+DATASETS = ("voc", "sbd", "camvid", "folder", "shapes")
+
+
+def open_dataset(name, root, split, num_classes=None):
+    from . import data
+
+    if name == "shapes":
+        return data.SyntheticShapes(length=400 if split == "train" else 100, seed=0 if split == "train" else 1000,
+                                    colour_hints=True)
+    if root is None:
+        raise ValueError(f"--data DIR is required for --dataset {name}")
+    if name == "voc":
+        return data.VOCSegmentation(root, split)
+    if name == "sbd":
+        return data.SBDSegmentation(root, split)
+    if name == "camvid":
+        return data.CamVid(root, split)
+    if num_classes is None:
+        raise ValueError("--dataset folder needs --num-classes")
+    base = Path(root) / split if (Path(root) / split).is_dir() else Path(root)
+    return data.FolderDataset(base / "images", base / "masks", num_classes)
+
+
+def load_model(args):
+    """The model of ``--preset`` or ``--checkpoint`` (exactly one)."""
+    from .io.keras_preset import load_keras_preset, model_from_configs
+    from .train.checkpoint import load_checkpoint, read_checkpoint
+
+    if bool(args.preset) == bool(args.checkpoint):
+        raise ValueError("give exactly one of --preset DIR or --checkpoint FILE")
+    if args.preset:
+        return load_keras_preset(args.preset)
+    header = read_checkpoint(args.checkpoint)[0]
+    configs = header.get("meta", {}).get("model_configs")
+    if configs is None:
+        raise ValueError(f"{args.checkpoint}: this checkpoint does not record its architecture "
+                         "(written by tinydeeplab train / demo?)")
+    model = model_from_configs(configs, source=str(args.checkpoint))
+    load_checkpoint(args.checkpoint, model)
+    return model
+
+
+def cmd_train(args) -> int:
+    from .data import BatchLoader, Compose, RandomCrop, RandomHorizontalFlip, RandomScale
+    from .io.keras_preset import load_keras_preset, preset_configs
+    from .models.recipes import build_model
+    from .train import SGD, Cosine, Poly, Trainer, evaluate
+
+    train_set = open_dataset(args.dataset, args.data, args.split, args.num_classes)
+    val_set = open_dataset(args.dataset, args.data, args.val_split, args.num_classes) if args.val_split else None
+    k = train_set.num_classes
+    if args.init_preset:
+        model = load_keras_preset(args.init_preset)
+        if model.num_classes != k:
+            raise ValueError(f"{args.init_preset} has {model.num_classes} classes, the dataset {k}")
+    else:
+        model = build_model(args.model, k, seed=args.seed)
+    crop = tuple(args.crop)
+    transform = Compose([RandomScale(args.min_scale, args.max_scale), RandomCrop(crop), RandomHorizontalFlip()])
+    conv = model.preprocessor
+    loader = BatchLoader(train_set, args.batch_size, transform=transform, seed=args.seed,
+                         scale=float(conv.scale.ravel()[0]) if conv.scale is not None else 1.0,
+                         offset=float(conv.offset.ravel()[0]) if conv.offset is not None else 0.0)
+    if conv.scale is not None and conv.scale.size > 1:
+        raise ValueError("training needs one scale/offset for all channels (this preset has per-channel values)")
+    total = args.epochs * len(loader)
+    warmup = min(args.warmup, total // 2)
+    schedule = (Cosine(total, args.lr, warmup=warmup) if args.schedule == "cosine"
+                else Poly(total, args.lr, warmup=warmup))
+    val_fn = (lambda m: evaluate(m, val_set, progress=False)) if val_set is not None else None
+    trainer = Trainer(model, SGD(model, args.lr, momentum=args.momentum, weight_decay=args.weight_decay), loader,
+                      epochs=args.epochs, lr_schedule=schedule, out_dir=args.out, clip_norm=args.clip_norm,
+                      val_fn=val_fn, checkpoint_meta={"model_configs": preset_configs(model)})
+    print(f"training {model.num_parameters():,} parameters on {len(train_set)} {args.dataset} images "
+          f"({len(loader)} batches of {args.batch_size} per epoch); outputs in {args.out}", file=sys.stderr)
+    trainer.fit(resume=not args.restart)
+    preset = Path(args.out) / "preset"
+    if not preset.exists():
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.save_keras_preset(preset)
+    print(f"done: {Path(args.out) / 'checkpoint.npz'}, {Path(args.out) / 'metrics.csv'}, "
+          f"{Path(args.out) / 'curves.png'}, {preset}")
+    return 0
+
+
+def _tta(args) -> dict:
+    tta = {"scales": tuple(args.scales), "flip": args.flip}
+    if args.window:
+        tta["window"] = tuple(args.window)
+    return tta
+
+
+def cmd_evaluate(args) -> int:
+    from .train import evaluate
+
+    model = load_model(args)
+    dataset = open_dataset(args.dataset, args.data, args.split, args.num_classes)
+    if dataset.num_classes != model.num_classes:
+        raise ValueError(f"the model predicts {model.num_classes} classes, {args.dataset} has {dataset.num_classes}")
+    t0 = time.perf_counter()
+    r = evaluate(model, dataset, **_tta(args))
+    print(r["confusion"].table(dataset.class_names))
+    print(f"{args.dataset} {args.split}: {len(dataset)} images, mIoU {r['miou']:.4f}, "
+          f"pixel accuracy {r['pixel_accuracy']:.4f} ({time.perf_counter() - t0:.0f} s)")
+    if args.json:
+        import json
+        Path(args.json).write_text(json.dumps({"miou": r["miou"], "pixel_accuracy": r["pixel_accuracy"],
+                                               "iou": r["iou"], "class_names": dataset.class_names,
+                                               "confusion": r["confusion"].matrix.tolist()}, indent=1))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .train import predict_logits
+    from .models.preprocessor import resize
+    from .viz import default_palette, overlay, save_png
+
+    model = load_model(args)
+    out = Path(args.out)
+    palette = default_palette(model.num_classes)
+    for path in args.images:
+        image = read_image(path)
+        x, (top, left, ch, cw) = model.preprocessor(image)                          # (1, h, w, 3)
+        logits = predict_logits(model, x, **_tta(args))                             # (1, h, w, K)
+        if logits.shape[1:3] != (ch, cw):
+            logits = resize(logits, (ch, cw))
+        labels = np.full(image.shape[:2], 255, np.uint8)
+        labels[top:top + ch, left:left + cw] = logits[0].argmax(-1)
+        stem = Path(path).stem
+        save_png(out / f"{stem}_labels.png", labels)
+        save_png(out / f"{stem}_overlay.png", overlay(image, labels, palette))
+        print(f"{path}: {image.shape[1]}x{image.shape[0]} -> {out / (stem + '_labels.png')}, "
+              f"{out / (stem + '_overlay.png')}")
     return 0
 
 
@@ -103,12 +229,66 @@ def cmd_parity(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tinydeeplab", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="run a small DeepLabV3+ forward + backward pass and print shapes and timing")
-    d.add_argument("--size", type=int, default=128, help="input height and width (default 128)")
-    d.add_argument("--batch", type=int, default=2, help="batch size (default 2)")
-    d.add_argument("--steps", type=int, default=3, help="number of forward+backward steps (default 3)")
-    d.add_argument("--backend", choices=("numpy", "cpu", "cuda"), default="cpu", help="op implementation")
+    d = sub.add_parser("demo", help="train a small DeepLabV3+ on synthetic shapes (offline), evaluate, draw",
+                       description="Trains a small DeepLabV3+ on generated shapes (circles, squares, triangles; "
+                       "about two minutes on 2 CPU cores), prints the per-class IoU and mIoU, and writes "
+                       "predictions.png, curves.png, metrics.csv/json, checkpoint.npz and a preset to --out.")
+    d.add_argument("--out", default="tinydeeplab-demo", help="output directory (default tinydeeplab-demo)")
+    d.add_argument("--model", default="small", help="architecture recipe: tiny, small (default)")
+    d.add_argument("--epochs", type=int, default=14, help="epochs (default 14)")
+    d.add_argument("--steps-per-epoch", type=int, default=50, help="batches per epoch (default 50)")
+    d.add_argument("--batch-size", type=int, default=8, help="images per batch (default 8)")
+    d.add_argument("--size", type=int, default=96, help="image side in pixels (default 96)")
+    d.add_argument("--lr", type=float, default=0.1, help="peak learning rate (default 0.1)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--resume", action="store_true", help="continue an interrupted demo in --out")
     d.set_defaults(func=cmd_demo)
+    t = sub.add_parser("train", help="train DeepLabV3+ on a dataset",
+                       description="Trains with SGD + momentum, weight decay, cosine/poly schedule with warm-up, "
+                       "random scale/crop/flip. Writes checkpoint.npz after every epoch (resumed automatically "
+                       "when --out already has one), metrics.csv/json, curves.png and finally a preset.")
+    t.add_argument("--dataset", choices=DATASETS, required=True)
+    t.add_argument("--data", help="dataset root directory (not needed for shapes)")
+    t.add_argument("--split", default="train", help="training split (default train)")
+    t.add_argument("--val-split", help="split to evaluate after every epoch (e.g. val)")
+    t.add_argument("--num-classes", type=int, help="classes of a folder dataset")
+    t.add_argument("--model", default="small", help="architecture: tiny, small, resnet18, resnet50 (default small)")
+    t.add_argument("--init-preset", help="start from the weights of a preset directory instead")
+    t.add_argument("--epochs", type=int, default=30)
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--crop", type=int, nargs=2, default=(256, 256), metavar=("H", "W"), help="training crop")
+    t.add_argument("--min-scale", type=float, default=0.5)
+    t.add_argument("--max-scale", type=float, default=2.0)
+    t.add_argument("--lr", type=float, default=0.05)
+    t.add_argument("--schedule", choices=("cosine", "poly"), default="poly")
+    t.add_argument("--warmup", type=int, default=50, help="warm-up steps (default 50)")
+    t.add_argument("--momentum", type=float, default=0.9)
+    t.add_argument("--weight-decay", type=float, default=1e-4)
+    t.add_argument("--clip-norm", type=float, default=5.0)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", required=True, help="output directory")
+    t.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
+    t.set_defaults(func=cmd_train)
+    for name, helptext in (("evaluate", "per-class IoU and mIoU of a preset or checkpoint on a dataset split"),
+                           ("predict", "label PNGs and colour overlays for image files")):
+        c = sub.add_parser(name, help=helptext, description=helptext)
+        c.add_argument("--preset", help="KerasHub preset directory")
+        c.add_argument("--checkpoint", help="checkpoint.npz written by tinydeeplab train or demo")
+        c.add_argument("--scales", type=float, nargs="+", default=(1.0,), help="test-time scales (default 1)")
+        c.add_argument("--flip", action="store_true", help="also average the horizontally flipped image")
+        c.add_argument("--window", type=int, nargs=2, metavar=("H", "W"),
+                       help="sliding-window inference with this window (for images larger than the training crop)")
+        if name == "evaluate":
+            c.add_argument("--dataset", choices=DATASETS, required=True)
+            c.add_argument("--data", help="dataset root directory")
+            c.add_argument("--split", default="val")
+            c.add_argument("--num-classes", type=int, help="classes of a folder dataset")
+            c.add_argument("--json", help="also write the metrics to this JSON file")
+            c.set_defaults(func=cmd_evaluate)
+        else:
+            c.add_argument("images", nargs="+", help="image files")
+            c.add_argument("--out", required=True, help="output directory")
+            c.set_defaults(func=cmd_predict)
     s = sub.add_parser("summary", help="load a KerasHub preset directory and list its parameters")
     s.add_argument("preset", help="preset directory (or kaggle://... with kagglehub installed)")
     s.set_defaults(func=cmd_summary)
@@ -134,6 +314,10 @@ def main(argv=None) -> int:
         return args.func(args)
     except BrokenPipeError:        # output piped into head & co.
         return 0
+    except KeyboardInterrupt:
+        print(f"tinydeeplab {args.command}: interrupted (a training run resumes from its last checkpoint)",
+              file=sys.stderr)
+        return 130
     except (PresetError, FileNotFoundError, ValueError) as err:
         print(f"tinydeeplab {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -65,7 +65,8 @@ class SyntheticShapes(SegmentationDataset):
 
     num_classes = len(SHAPE_CLASSES)
 
-    def __init__(self, length: int = 1000, size=(96, 96), seed: int = 0, max_shapes: int = 4):
+    def __init__(self, length: int = 1000, size=(96, 96), seed: int = 0, max_shapes: int = 4,
+                 colour_hints: bool = False):
         if int(length) < 1:
             raise DatasetError(f"length must be >= 1, got {length}")
         h, w = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
@@ -77,6 +78,7 @@ class SyntheticShapes(SegmentationDataset):
         self.size = (h, w)
         self.seed = int(seed)
         self.max_shapes = int(max_shapes)
+        self.colour_hints = bool(colour_hints)
         self.class_names = list(SHAPE_CLASSES)
         self.palette = SHAPE_PALETTE.copy()
 
@@ -98,7 +100,20 @@ class SyntheticShapes(SegmentationDataset):
             phi, period = rng.uniform(0, 2 * np.pi), rng.uniform(0.2, 0.6) * min(h, w)
             stripes = np.sin(2 * np.pi * (np.cos(phi) * xx + np.sin(phi) * yy) / period)
             bg = bg + rng.uniform(10, 30) * stripes[..., None]
+        if self.colour_hints:                                                  # greyish, so hue marks shapes
+            bg = bg.mean(axis=2, keepdims=True) + 0.25 * (bg - bg.mean(axis=2, keepdims=True))
         return bg
+
+    def _colour(self, rng, cls: int) -> np.ndarray:
+        """A random RGB colour; with ``colour_hints`` its hue lies near the class's own hue
+        (circle red, square green, triangle blue, +- 30 degrees), so colour helps, shape decides
+        between close hues."""
+        if not self.colour_hints:
+            return rng.uniform(0, 255, 3)
+        hue = ((cls - 1) / 3 + rng.uniform(-1 / 12, 1 / 12)) % 1.0
+        sat, val = rng.uniform(0.5, 1.0), rng.uniform(0.5, 1.0)
+        k = (np.array([5.0, 3.0, 1.0]) + hue * 6) % 6                           # HSV -> RGB
+        return 255 * val * (1 - sat * np.clip(np.minimum(k, 4 - k), 0, 1))
 
     def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng([self.seed, i])
@@ -122,7 +137,7 @@ class SyntheticShapes(SegmentationDataset):
                 continue                                                       # no room: skip it
             under = image[mask].mean(axis=0)
             for _attempt in range(20):                                         # stand out locally
-                colour = rng.uniform(0, 255, 3)
+                colour = self._colour(rng, cls)
                 if np.linalg.norm(colour - under) >= MIN_CONTRAST:
                     break
             image[mask] = colour

@@ -86,7 +86,8 @@ def build_from_configs(backbone_cfg: dict, task_cfg: dict | None, *, source: str
         up = cfg["upsampling_size"]
         backbone = DeepLabV3Backbone(
             encoder, cfg["spatial_pyramid_pooling_key"], up[0] if isinstance(up, (list, tuple)) else up,
-            cfg["dilation_rates"], cfg.get("low_level_feature_key"), cfg.get("projection_filters", 48))
+            cfg["dilation_rates"], cfg.get("low_level_feature_key"), cfg.get("projection_filters", 48),
+            num_channels=int(cfg.get("num_channels", 256)))   # num_channels: a tinydeeplab extension
         num_classes, activation = 1, None
         if task_cfg is not None:
             task_name = _class_name(task_cfg, "task.json")
@@ -231,7 +232,8 @@ def backbone_config(model: DeepLabV3ImageSegmenter) -> dict:
                         "projection_filters": c["projection_filters"], "dilation_rates": c["dilation_rates"],
                         "upsampling_size": c["upsampling_size"], "low_level_feature_key": c["low_level_feature_key"],
                         "spatial_pyramid_pooling_key": c["spatial_pyramid_pooling_key"],
-                        "image_shape": [None, None, 3]},
+                        "image_shape": [None, None, 3],
+                        **({} if bb.out_channels == 256 else {"num_channels": bb.out_channels})},
                        "keras_hub>DeepLabV3Backbone")
 
 
@@ -253,6 +255,27 @@ def preprocessor_config(converter: ImageConverter) -> dict:
         "keras_hub>DeepLabV3ImageSegmenterPreprocessor")
 
 
+def preset_configs(model: DeepLabV3ImageSegmenter) -> dict:
+    """``{"config": ..., "task": ..., "preprocessor": ...}``: the JSON objects of config.json, task.json
+    and preprocessor.json (also stored in training checkpoints to rebuild the model)."""
+    backbone = backbone_config(model)
+    prep = preprocessor_config(model.preprocessor)
+    task = _serialized("keras_hub.src.models.deeplab_v3.deeplab_v3_segmenter", "DeepLabV3ImageSegmenter",
+                       {"name": "deep_lab_v3_image_segmenter", "backbone": backbone, "preprocessor": prep,
+                        "num_classes": model.num_classes, "activation": model.activation},
+                       "keras_hub>DeepLabV3ImageSegmenter")
+    return {"config": backbone, "task": task, "preprocessor": prep}
+
+
+def model_from_configs(configs: dict, *, source: str) -> DeepLabV3ImageSegmenter:
+    """Inverse of :func:`preset_configs` (weights not loaded)."""
+    model = build_from_configs(configs["config"], configs["task"], source=source)
+    prep = configs.get("preprocessor")
+    if prep:
+        model.preprocessor = ImageConverter.from_config(prep["config"]["image_converter"]["config"])
+    return model
+
+
 def _write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=4) + "\n", encoding="utf-8")
 
@@ -261,7 +284,9 @@ def save_keras_preset(model: DeepLabV3ImageSegmenter, directory) -> Path:
     """Write ``model`` as a KerasHub preset directory that ``DeepLabV3ImageSegmenter.from_preset`` loads.
 
     Files are first written into a temporary sibling directory, which is then renamed into place,
-    so an interrupted export never leaves a half-written preset behind.
+    so an interrupted export never leaves a half-written preset behind. A model whose ASPP and head
+    are narrower than KerasHub's fixed 256 channels (``num_channels``) is written with an extra
+    ``num_channels`` config key: tinydeeplab loads it, KerasHub cannot (a warning says so).
     """
     import shutil
     import tempfile
@@ -271,17 +296,16 @@ def save_keras_preset(model: DeepLabV3ImageSegmenter, directory) -> Path:
     from .. import __version__
 
     directory = Path(directory)
+    if model.backbone.out_channels != 256:
+        import warnings
+        warnings.warn(f"{directory}: this model has {model.backbone.out_channels}-channel ASPP/head; "
+                      "KerasHub only builds 256, so only tinydeeplab can load this preset", stacklevel=2)
     if directory.exists() and any(directory.iterdir()):
         raise PresetError(f"{directory}: exists and is not empty; choose a new directory")
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        backbone = backbone_config(model)
-        prep = preprocessor_config(model.preprocessor)
-        task = _serialized("keras_hub.src.models.deeplab_v3.deeplab_v3_segmenter", "DeepLabV3ImageSegmenter",
-                           {"name": "deep_lab_v3_image_segmenter", "backbone": backbone, "preprocessor": prep,
-                            "num_classes": model.num_classes, "activation": model.activation},
-                           "keras_hub>DeepLabV3ImageSegmenter")
+        backbone, task, prep = preset_configs(model).values()
         _write_json(tmp / "config.json", backbone)
         _write_json(tmp / "task.json", task)
         _write_json(tmp / "preprocessor.json", prep)

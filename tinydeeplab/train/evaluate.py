@@ -86,8 +86,8 @@ def predict_logits(model, x, *, scales=(1.0,), flip=False, window=None, stride=N
     ``scales``: input resize factors (bilinear; output resized back); ``flip``: also run the
     left-right mirrored input; ``window`` / ``stride``: sliding-window inference at each scale.
 
-    >>> from tinydeeplab.cli import small_deeplab_v3_plus
-    >>> model = small_deeplab_v3_plus(num_classes=3, channels=8)
+    >>> from tinydeeplab.models.recipes import build_model
+    >>> model = build_model("tiny", num_classes=3)
     >>> x = np.random.default_rng(0).normal(size=(1, 32, 32, 3)).astype(np.float32)
     >>> bool(np.array_equal(predict_logits(model, x), model.forward(x)))        # one view: plain forward
     True

@@ -95,7 +95,7 @@ class Trainer:
 
     def __init__(self, model, optimizer, train_loader, *, epochs: int, lr_schedule, out_dir,
                  class_weights=None, ignore_label=255, clip_norm=None, val_fn=None, log_every: int = 1,
-                 progress: bool = True, stream=None):
+                 progress: bool = True, stream=None, checkpoint_meta=None):
         if int(epochs) < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
         if not callable(lr_schedule):
@@ -109,6 +109,7 @@ class Trainer:
         self.ignore_label, self.clip_norm, self.val_fn = ignore_label, clip_norm, val_fn
         self.log_every, self.progress = max(int(log_every), 1), bool(progress)
         self.stream = stream
+        self.checkpoint_meta = dict(checkpoint_meta or {})   # extra JSON stored in every checkpoint
         self.epoch = 0            # completed epochs
         self.global_step = 0      # optimizer steps taken
         self.history: list[dict] = []
@@ -204,7 +205,7 @@ class Trainer:
         """Write the checkpoint (first: it is the source of truth), the metrics files and the plot."""
         save_checkpoint(self.checkpoint_path, self.model, self.optimizer, epoch=self.epoch,
                         global_step=self.global_step, epochs=self.epochs, history=self.history,
-                        rng=_rng_states(self.model))
+                        rng=_rng_states(self.model), **self.checkpoint_meta)
         self._write_metrics()
         self._plot()
 
