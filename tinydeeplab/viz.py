@@ -14,19 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def default_palette(num_classes: int) -> np.ndarray:
-    """The Pascal VOC colour map (bit-interleaved RGB), ``(num_classes, 3)`` uint8; class 0 is black."""
-    palette = np.zeros((num_classes, 3), np.uint8)
-    for k in range(num_classes):
-        c, r, g, b = k, 0, 0, 0
-        for shift in range(7, -1, -1):
-            r |= (c & 1) << shift
-            g |= ((c >> 1) & 1) << shift
-            b |= ((c >> 2) & 1) << shift
-            c >>= 3
-        palette[k] = (r, g, b)
-    return palette
+from .data.base import voc_palette as default_palette  # noqa: F401  (the VOC colour map)
 
 
 def colorize(labels, palette, ignore_label: int = 255) -> np.ndarray:
