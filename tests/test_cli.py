@@ -55,7 +55,8 @@ def test_train_evaluate_predict_on_a_folder_dataset(tmp_path, capsys):
     capsys.readouterr()
     metrics = tmp_path / "metrics.json"
     assert main(["evaluate", "--checkpoint", str(out / "checkpoint.npz"), *common, "--split", "val",
-                 "--json", str(metrics)]) == 0
+                 "--json", str(metrics), "--figure", str(tmp_path / "figure.png")]) == 0
+    assert Image.open(tmp_path / "figure.png").size[1] > 100
     printed = capsys.readouterr().out
     saved = json.loads(metrics.read_text())
     assert f"mIoU {saved['miou']:.4f}" in printed

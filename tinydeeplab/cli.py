@@ -139,6 +139,14 @@ def cmd_evaluate(args) -> int:
     print(r["confusion"].table(dataset.class_names))
     print(f"{args.dataset} {args.split}: {len(dataset)} images, mIoU {r['miou']:.4f}, "
           f"pixel accuracy {r['pixel_accuracy']:.4f} ({time.perf_counter() - t0:.0f} s)")
+    if args.figure:
+        from .viz import prediction_figure
+
+        shown = [dataset[i] for i in np.linspace(0, len(dataset) - 1, min(4, len(dataset))).astype(int)]
+        prediction_figure(args.figure, [im for im, _ in shown], [model.segment(im) for im, _ in shown],
+                          dataset.palette, dataset.class_names, labels=[lab for _, lab in shown],
+                          title=f"{args.dataset} {args.split}: mIoU {r['miou']:.3f}")
+        print(f"wrote {args.figure}")
     if args.json:
         import json
         Path(args.json).write_text(json.dumps({"miou": r["miou"], "pixel_accuracy": r["pixel_accuracy"],
@@ -284,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--split", default="val")
             c.add_argument("--num-classes", type=int, help="classes of a folder dataset")
             c.add_argument("--json", help="also write the metrics to this JSON file")
+            c.add_argument("--figure", help="also draw 4 images with ground truth and prediction to this PNG")
             c.set_defaults(func=cmd_evaluate)
         else:
             c.add_argument("images", nargs="+", help="image files")
