@@ -138,6 +138,22 @@ def test_conv2d_chunking_on_a_wider_case(rng):
         assert_all_close(grads, g_ref)
 
 
+def test_conv2d_reuses_its_im2col_buffer_across_calls(rng):
+    """The second and third convolutions (smaller, then of another layer shape) allocate no new im2col
+    buffer, and the stale contents left by the first never leak into a result."""
+    big_x, big_w = normal(rng, (2, 12, 12, 6), np.float32), normal(rng, (3, 3, 6, 4), np.float32)
+    K.conv2d_forward(big_x, big_w)                    # grows the buffer
+    buffer = kconv.scratch((1, 1), np.float32)
+    for shape, wshape, dilation in [((1, 7, 5, 3), (3, 3, 3, 2), 1), ((2, 6, 6, 2), (2, 3, 2, 5), 2)]:
+        x, w = normal(rng, shape, np.float32), normal(rng, wshape, np.float32)
+        y, cache = K.conv2d_forward(x, w, dilation=dilation)
+        y_ref, c_ref = R.conv2d_forward(x, w, dilation=dilation)
+        dy = normal(rng, y.shape, np.float32)
+        assert_close(y, y_ref)
+        assert_all_close(K.conv2d_backward(dy, cache), R.conv2d_backward(dy, c_ref))
+        assert np.shares_memory(kconv.scratch((1, 1), np.float32), buffer)
+
+
 @pytest.mark.parametrize("dilation", [6, 12, 18])
 def test_conv2d_dead_taps_are_skipped(rng, dilation):
     """ASPP at 5x5 with a large rate: only the centre tap is live, the conv becomes one GEMM."""

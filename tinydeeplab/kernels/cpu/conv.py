@@ -12,7 +12,8 @@ Same maths as :mod:`tinydeeplab.functional.conv` (NHWC activations, HWIO kernels
 
 The copy is cheap (memory bound, Numba ``prange`` over output rows) and the GEMM runs at BLAS speed.
 To bound memory, ``col`` is built for a *chunk* of output rows at a time, at most
-:data:`IM2COL_MAX_BYTES` large, and the same buffer is reused for every chunk.
+:data:`IM2COL_MAX_BYTES` large, in one scratch buffer that is reused for every chunk and kept between
+calls (:func:`scratch`), so a forward/backward pass through a network allocates it once, not per layer.
 
 **Backward**, per chunk (``dy`` rows of the chunk ``dy_c``, ``col_c`` recomputed instead of cached)::
 
@@ -32,6 +33,8 @@ A 1x1 convolution with stride 1 and no padding (or a conv that collapses to one 
 im2col at all: ``y = x.reshape(P, C) @ w.reshape(C, F)``.
 """
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 from numba import njit, prange
@@ -138,6 +141,33 @@ def col2im_rows(dcol, dx, g0, g1, out_h, out_w, tap_h, tap_w, sh, sw, pt, pl):
 
 
 # ---------------------------------------------------------------------------------------------------
+# The im2col buffer, reused across calls
+# ---------------------------------------------------------------------------------------------------
+
+_SCRATCH = threading.local()  # one buffer per thread and dtype: two threads never share a buffer
+
+
+def scratch(shape, dtype) -> np.ndarray:
+    """A C-contiguous ``(rows, cols)`` array of ``dtype`` over a per-thread buffer kept between calls.
+
+    The buffer only grows (up to one chunk, :data:`IM2COL_MAX_BYTES`), so after the largest layer of
+    the first pass no convolution allocates its im2col matrix again. The contents are garbage: every
+    caller overwrites what it uses. Valid until the next call of ``scratch`` in the same thread.
+
+    >>> a = scratch((4, 8), np.float32); b = scratch((2, 3), np.float32)
+    >>> np.shares_memory(a, b)                      # the same memory, handed out again
+    True
+    """
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape))
+    buffers = _SCRATCH.__dict__.setdefault("buffers", {})
+    buf = buffers.get(dtype)
+    if buf is None or buf.size < size:
+        buf = buffers[dtype] = np.empty(size, dtype)
+    return buf[:size].reshape(shape)
+
+
+# ---------------------------------------------------------------------------------------------------
 # Geometry shared by forward and backward
 # ---------------------------------------------------------------------------------------------------
 
@@ -217,14 +247,14 @@ def conv2d_forward(x, w, b=None, *, stride=1, dilation=1, padding="same"):
 
 
 def _col_chunks(x, plan, stride, pads, out_hw):
-    """Yield ``(g0, g1, col)``: the im2col matrix of output rows ``[g0, g1)``, in one reused buffer."""
+    """Yield ``(g0, g1, col)``: the im2col matrix of output rows ``[g0, g1)``, in the reused buffer."""
     n, _, _, c = x.shape
     ho, wo = out_hw
     (pt, _), (pl, _) = pads
     width = plan["tap_h"].size * plan["tap_w"].size * c          # T_live * C
     rows = _chunk_rows(wo, width, x.itemsize)
     total = n * ho
-    buf = np.empty((min(rows, total) * wo, width), dtype=x.dtype)
+    buf = scratch((min(rows, total) * wo, width), x.dtype)
     for g0 in range(0, total, rows):
         g1 = min(g0 + rows, total)
         col = buf[:(g1 - g0) * wo]                               # (rows * W_out, T*C)
