@@ -19,6 +19,8 @@ import contextlib
 import importlib
 import os
 
+import numpy as np
+
 BACKENDS = ("numpy", "cpu", "cuda")
 _MODULES = {
     "numpy": "tinydeeplab.functional",
@@ -57,13 +59,29 @@ def use_backend(name: str):
         set_backend(previous)
 
 
+def to_numpy(a):
+    """``a`` as a host NumPy array: NumPy arrays (and None) pass through, device arrays are copied back.
+
+    >>> to_numpy([1, 2]).tolist()
+    [1, 2]
+    """
+    if a is None or isinstance(a, np.ndarray):
+        return a
+    if hasattr(a, "copy_to_host"):  # a numba.cuda device array
+        return a.copy_to_host()
+    return np.asarray(a)
+
+
 def ops(name: str | None = None):
     """Return the module holding the ops of backend ``name`` (default: the current one)."""
     name = _check(name or get_backend())
     try:
-        return importlib.import_module(_MODULES[name])
+        module = importlib.import_module(_MODULES[name])
+        if name == "cuda":
+            module.check_available()  # no GPU and no simulator: fail here, in one line
+        return module
     except ImportError as err:  # only the cuda backend has an optional dependency
         raise ImportError(
             f"backend {name!r} is not available ({err}). For the GPU install the extra: "
             f"pip install 'tinydeeplab[cuda]', or set NUMBA_ENABLE_CUDASIM=1 to simulate it on the CPU"
-        ) from err
+        ) from None

@@ -64,7 +64,7 @@ def load_model(args):
     if bool(args.preset) == bool(args.checkpoint):
         raise ValueError("give exactly one of --preset DIR or --checkpoint FILE")
     if args.preset:
-        return load_keras_preset(args.preset)
+        return _place(load_keras_preset(args.preset), args)
     header = read_checkpoint(args.checkpoint)[0]
     configs = header.get("meta", {}).get("model_configs")
     if configs is None:
@@ -72,7 +72,12 @@ def load_model(args):
                          "(written by tinydeeplab train / demo?)")
     model = model_from_configs(configs, source=str(args.checkpoint))
     load_checkpoint(args.checkpoint, model)
-    return model
+    return _place(model, args)
+
+
+def _place(model, args):
+    """Move the model's weights to the GPU once when ``--backend cuda`` (inputs/outputs stay on the host)."""
+    return model.to("cuda") if getattr(args, "backend", None) == "cuda" else model
 
 
 def cmd_train(args) -> int:
@@ -110,6 +115,7 @@ def cmd_train(args) -> int:
           f"({len(loader)} batches of {args.batch_size} per epoch); outputs in {args.out}", file=sys.stderr)
     trainer.fit(resume=not args.restart)
     preset = Path(args.out) / "preset"
+    model.to("numpy")                                  # back from the GPU (a no-op on the CPU backends)
     if not preset.exists():
         import warnings
         with warnings.catch_warnings():
@@ -234,6 +240,12 @@ def cmd_parity(args) -> int:
     return 0 if worst <= args.tolerance else 1
 
 
+def _backend_arg(parser) -> None:
+    parser.add_argument("--backend", choices=("numpy", "cpu", "cuda"),
+                        help="ops backend (default: $TINYDEEPLAB_BACKEND or cpu); cuda runs on the GPU "
+                             "(pip install 'tinydeeplab[cuda]')")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tinydeeplab", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -276,11 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", required=True, help="output directory")
     t.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
+    _backend_arg(t)
     t.set_defaults(func=cmd_train)
     for name, helptext in (("evaluate", "per-class IoU and mIoU of a preset or checkpoint on a dataset split"),
                            ("predict", "label PNGs and colour overlays for image files")):
         c = sub.add_parser(name, help=helptext, description=helptext)
         c.add_argument("--preset", help="KerasHub preset directory")
+        _backend_arg(c)
         c.add_argument("--checkpoint", help="checkpoint.npz written by tinydeeplab train or demo")
         c.add_argument("--scales", type=float, nargs="+", default=(1.0,), help="test-time scales (default 1)")
         c.add_argument("--flip", action="store_true", help="also average the horizontally flipped image")
@@ -319,6 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "backend", None):
+        from .backend import set_backend
+        try:
+            set_backend(args.backend)
+        except ImportError as err:                       # e.g. --backend cuda without a GPU
+            print(f"tinydeeplab {args.command}: error: {err}", file=sys.stderr)
+            return 2
     try:
         return args.func(args)
     except BrokenPipeError:        # output piped into head & co.

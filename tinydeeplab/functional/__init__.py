@@ -16,6 +16,7 @@ Activations are NHWC, kernels HWIO, float32 (float64 also works, for gradient ch
 from .activation import relu_backward, relu_forward
 from .batchnorm import batchnorm_backward, batchnorm_forward, moving_average
 from .conv import conv2d_backward, conv2d_forward
+from .dropout import dropout_backward, dropout_forward
 from .loss import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from .padding import zero_pad2d_backward, zero_pad2d_forward
 from .pooling import global_avg_pool_backward, global_avg_pool_forward, max_pool2d_backward, max_pool2d_forward
@@ -24,7 +25,7 @@ from .resize import (bilinear_resize_backward, bilinear_resize_forward, upsample
 from .tensor import add_backward, add_forward, concat_backward, concat_forward, split_backward, split_forward
 
 OPS = ("conv2d", "zero_pad2d", "batchnorm", "relu", "max_pool2d", "global_avg_pool", "bilinear_resize",
-       "upsample_bilinear", "concat", "split", "add", "softmax_cross_entropy")
+       "upsample_bilinear", "concat", "split", "add", "softmax_cross_entropy", "dropout")
 """Names of the op pairs every backend module exports as ``<op>_forward`` / ``<op>_backward``."""
 
 __all__ = [f"{op}_{half}" for op in OPS for half in ("forward", "backward")] + ["moving_average", "OPS"]

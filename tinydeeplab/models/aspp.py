@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backend import ops
 from ..nn import (BatchNorm, Concatenate, Conv2D, Dropout, GlobalAveragePooling2D, Module, ReLU, Resize,
                   Sequential)
 
@@ -65,5 +66,5 @@ class ASPP(Module):
         d_pooled = self.pooling.backward(self.pooling_resize.backward(d_parts[-1]))
         dx = d_pooled                                                             # every branch read x:
         for branch, d in zip(self.branches(), d_parts[:-1]):                      # their gradients add up
-            dx = dx + branch.backward(d)
+            dx = ops().add_forward(dx, branch.backward(d))[0]
         return dx

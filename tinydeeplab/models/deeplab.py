@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backend import get_backend, ops, to_numpy
 from ..nn import BatchNorm, Concatenate, Conv2D, Module, ReLU, Resize, Sequential
 from .aspp import ASPP, conv_bn_relu
 from .preprocessor import ImageConverter, resize
@@ -108,7 +109,7 @@ class DeepLabV3Backbone(Module):
         d_a = self.encoder_upsample.backward(d)
         key = self.config["spatial_pyramid_pooling_key"]
         d_key = self.aspp.backward(d_a)
-        d_pyramid[key] = d_pyramid[key] + d_key if key in d_pyramid else d_key
+        d_pyramid[key] = ops().add_forward(d_pyramid[key], d_key)[0] if key in d_pyramid else d_key
         return self.image_encoder.backward(d_pyramid)
 
 
@@ -133,7 +134,13 @@ class DeepLabV3ImageSegmenter(Module):
         self.preprocessor = ImageConverter()  # identity; presets bring their own
 
     def forward(self, x, training=False):
-        """``x`` (N, H, W, 3) model-ready float32 -> logits (N, H, W, num_classes)."""
+        """``x`` (N, H, W, 3) model-ready float32 -> logits (N, H, W, num_classes).
+
+        On the cuda backend a host (NumPy) ``x`` goes to the GPU and the logits come back: host in, host
+        out, which is what ``predict``, ``segment`` and evaluation use; device in, device out for training.
+        """
+        if get_backend() == "cuda" and isinstance(x, np.ndarray):
+            return to_numpy(self.forward(ops().to_device(x), training))
         if not self.classify_before_upsample:
             return self.output_conv.forward(self.backbone.forward(x, training))
         f = self.backbone.forward(x, training, upsample=False)                       # (N, H/4, W/4, 256)

@@ -173,9 +173,10 @@ class UpSampling2D(_OpLayer):
         return self._back("upsample_bilinear", dout)
 
 
-class Dropout(Module):
-    """Inverted dropout: training ``y = x * mask / (1 - rate)`` with ``mask ~ Bernoulli(1 - rate)``;
-    inference ``y = x``. The backward applies the same mask."""
+class Dropout(_OpLayer):
+    """Inverted dropout: training ``y = x * mask / (1 - rate)`` with ``mask ~ Bernoulli(1 - rate)``
+    (the ``dropout`` op, drawing from this layer's generator); inference ``y = x``. The backward applies
+    the same mask."""
 
     def __init__(self, rate: float = 0.0, seed=None):
         super().__init__()
@@ -183,18 +184,16 @@ class Dropout(Module):
             raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
         self.rate = float(rate)
         self._rng = _rng(seed)
-        self._scale = None
+        self._cache = None
 
     def forward(self, x, training=False):
         if not training or self.rate == 0.0:
-            self._scale = None
+            self._cache = None
             return x
-        keep = self._rng.random(x.shape) >= self.rate
-        self._scale = (keep / (1.0 - self.rate)).astype(x.dtype)
-        return x * self._scale
+        return self._run("dropout", x, rate=self.rate, rng=self._rng)
 
     def backward(self, dout):
-        return dout if self._scale is None else dout * self._scale
+        return dout if self._cache is None else self._back("dropout", dout)
 
 
 class Concatenate(_OpLayer):

@@ -21,6 +21,22 @@ from typing import Iterator
 import numpy as np
 
 
+def _zeros_like(a):
+    """Zeros shaped like ``a`` where ``a`` lives: a NumPy array, or a device array on the cuda backend."""
+    if isinstance(a, np.ndarray):
+        return np.zeros_like(a)
+    from ..kernels.cuda import zeros_like   # only device arrays get here
+
+    return zeros_like(a)
+
+
+def _on_device(a):
+    """Copy ``a`` to the GPU (``tinydeeplab.kernels.cuda.to_device``), checking first that one is usable."""
+    from ..backend import ops
+
+    return ops("cuda").to_device(a)
+
+
 class Module:
     def __init__(self):
         object.__setattr__(self, "_children", OrderedDict())
@@ -54,7 +70,7 @@ class Module:
         for path, mod in self.modules():
             for key, value in mod.params.items():
                 g = mod.grads.get(key)
-                yield (f"{path}.{key}" if path else key), np.zeros_like(value) if g is None else g
+                yield (f"{path}.{key}" if path else key), _zeros_like(value) if g is None else g
 
     def named_buffers(self) -> Iterator[tuple[str, np.ndarray]]:
         for path, mod in self.modules():
@@ -83,7 +99,8 @@ class Module:
             value = np.asarray(state[name])
             if value.shape != table[key].shape:
                 raise ValueError(f"{source}: {name} has shape {value.shape}, the model expects {table[key].shape}")
-            table[key] = value.astype(table[key].dtype, copy=True)
+            new = value.astype(table[key].dtype, copy=True)
+            table[key] = new if isinstance(table[key], np.ndarray) else _on_device(new)   # stay where it was
 
     def _slots(self) -> dict[str, tuple[dict, str]]:
         slots = {}
@@ -101,12 +118,35 @@ class Module:
                     table[key] = table[key].astype(dtype)
         return self
 
+    def to(self, name: str) -> "Module":
+        """Move every parameter and buffer to the memory of backend ``name``; drops the gradients; returns self.
+
+        ``"cuda"``: Numba device arrays (copied once; the ops then keep everything on the GPU);
+        ``"numpy"`` / ``"cpu"``: host NumPy arrays. Select the same backend for the ops, e.g.
+        ``backend.set_backend("cuda"); model.to("cuda")``.
+
+        >>> from tinydeeplab.nn import Conv2D
+        >>> type(Conv2D(1, 2, 1, seed=0).to("numpy").params["kernel"]).__name__
+        'ndarray'
+        """
+        from ..backend import BACKENDS, to_numpy
+
+        if name not in BACKENDS:
+            raise ValueError(f"Module.to: name must be one of {BACKENDS}, got {name!r}")
+        move = _on_device if name == "cuda" else to_numpy
+        for _, mod in self.modules():
+            for table in (mod.params, mod.buffers):
+                for key in table:
+                    table[key] = move(table[key])
+            mod.grads = {}
+        return self
+
     def num_parameters(self) -> int:
         return int(sum(p.size for _, p in self.named_parameters()))
 
     def zero_grad(self) -> None:
         for _, mod in self.modules():
-            mod.grads = {k: np.zeros_like(v) for k, v in mod.params.items()}
+            mod.grads = {k: _zeros_like(v) for k, v in mod.params.items()}
 
     # -- computation --------------------------------------------------------------------------
     def forward(self, x, training: bool = False):

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..backend import to_numpy
+
 FORMAT = "tinydeeplab-checkpoint"
 VERSION = 1
 _MODEL, _OPTIM, _META = "model/", "optimizer/", "meta.json"
@@ -43,7 +45,7 @@ def save_checkpoint(path, model, optimizer=None, **meta) -> Path:
                              else None}, allow_nan=True)
     except TypeError as err:
         raise ValueError(f"{path}: checkpoint metadata must be JSON-serialisable ({err})") from None
-    arrays = {_MODEL + name: np.ascontiguousarray(a) for name, a in model.state_dict().items()}
+    arrays = {_MODEL + name: np.ascontiguousarray(to_numpy(a)) for name, a in model.state_dict().items()}
     if optimizer is not None:
         arrays.update({_OPTIM + name: np.ascontiguousarray(v) for name, v in optimizer.state_dict().items()})
     arrays[_META] = np.frombuffer(header.encode("utf-8"), np.uint8)

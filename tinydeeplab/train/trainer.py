@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backend import ops
+from ..backend import get_backend, ops
 from .checkpoint import load_checkpoint, save_checkpoint
 from .optim import clip_grad_norm
 
@@ -126,6 +126,8 @@ class Trainer:
             self.resume()
         else:
             self.epoch, self.global_step, self.history = 0, 0, []
+        if get_backend() == "cuda":
+            self.model.to("cuda")        # parameters, buffers and momentum live on the GPU from here on
         while self.epoch < self.epochs:
             row = self.train_epoch(self.epoch)
             self.epoch += 1
@@ -161,6 +163,8 @@ class Trainer:
         try:
             for i, (x, y) in enumerate(loader):
                 lr = float(self.lr_schedule(self.global_step))
+                if get_backend() == "cuda":
+                    x = ce.to_device(x)                                               # images to the GPU
                 logits = self.model.forward(x, training=True)                         # (N, H, W, K)
                 loss, cache = ce.softmax_cross_entropy_forward(logits, y, ignore_label=self.ignore_label,
                                                                class_weights=self.class_weights)

@@ -9,7 +9,7 @@ Kernels live next to their wrappers: ``conv.py`` (im2col + BLAS GEMM, col2im gat
 ``batchnorm.py`` (chunked per-channel sums), ``resize.py`` (bilinear, gather adjoint),
 ``pooling.py`` (max pool, gather backward), ``activation.py`` (ReLU), ``loss.py`` (softmax CE).
 Ops that are a single NumPy call already (concat, split, add, zero padding, global average pooling,
-the moving average) are re-exported from the reference.
+dropout, the moving average) are re-exported from the reference.
 
 All kernels are ``@njit(parallel=True, cache=True)``: the first call of a process compiles (or loads
 the on-disk cache from ``__pycache__``); set ``NUMBA_DISABLE_JIT=1`` to step through them as Python.
@@ -24,6 +24,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before Numba starts its thread pool
 
 from ...functional import (OPS, add_backward, add_forward, concat_backward, concat_forward,  # noqa: E402
+                           dropout_backward, dropout_forward,
                            global_avg_pool_backward, global_avg_pool_forward, moving_average,
                            split_backward, split_forward, zero_pad2d_backward, zero_pad2d_forward)
 from .activation import relu_backward, relu_forward  # noqa: E402

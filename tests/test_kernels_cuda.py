@@ -1,0 +1,428 @@
+"""CUDA backend (``tinydeeplab.kernels.cuda``) against the NumPy reference (``tinydeeplab.functional``).
+
+Runs on Numba's CUDA simulator (``tests/conftest.py`` sets ``NUMBA_ENABLE_CUDASIM=1``), where every GPU
+thread is a Python thread, so the shapes are tiny; ``TINYDEEPLAB_REAL_CUDA=1`` runs the same tests on a
+GPU. Every op, forward and backward, is compared with the reference (never with itself), plus the tiled
+GEMM in both tile configurations, the SGD/clipping kernels, ``Module.to`` and a whole DeepLabV3+
+training step (logits, loss, every gradient, the weights after SGD) on cuda vs numpy.
+"""
+import inspect
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from model_factories import randomize_batchnorm, tiny_segmenter
+from tinydeeplab import backend
+from tinydeeplab import functional as R
+from tinydeeplab.kernels import cuda as G
+from tinydeeplab.kernels.cuda import conv as gconv
+from tinydeeplab.kernels.cuda import gemm as ggemm
+from tinydeeplab.kernels.cuda.memory import SIMULATED
+
+try:
+    G.check_available()
+except ImportError as err:  # TINYDEEPLAB_REAL_CUDA=1 on a machine without a GPU
+    pytest.skip(str(err), allow_module_level=True)
+
+dev, host = G.to_device, G.to_host
+
+
+def assert_close(actual, expected, rtol=1e-4, atol_scale=1e-5):
+    """``actual`` (device or host) against the reference: rtol plus an atol relative to the values' magnitude."""
+    actual = host(actual)
+    expected = np.asarray(expected)
+    assert isinstance(actual, np.ndarray) and actual.shape == expected.shape, (getattr(actual, "shape", None),
+                                                                               expected.shape)
+    assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
+    scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
+    tight = expected.dtype == np.float64
+    np.testing.assert_allclose(actual, expected, rtol=1e-10 if tight else rtol,
+                               atol=(1e-12 if tight else atol_scale) * scale)
+
+
+def normal(rng, shape, dtype=np.float32):
+    return rng.normal(size=shape).astype(dtype)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The module is a drop-in for the reference
+# ---------------------------------------------------------------------------------------------------
+
+def test_exports_the_reference_ops_with_the_same_signatures():
+    assert backend.ops("cuda") is G
+    for name in R.__all__:
+        assert hasattr(G, name), name
+        if callable(getattr(R, name)):
+            assert inspect.signature(getattr(G, name)) == inspect.signature(getattr(R, name)), name
+
+
+def test_host_arrays_are_refused_with_a_clear_message():
+    with pytest.raises(ValueError, match="device array on the cuda backend.*to_device"):
+        G.relu_forward(np.zeros((1, 2, 2, 1), np.float32))
+
+
+def test_validation_is_shared_with_the_reference(rng):
+    x, w = dev(normal(rng, (1, 4, 4, 3))), dev(normal(rng, (3, 3, 2, 4)))
+    with pytest.raises(ValueError, match="channel mismatch"):
+        G.conv2d_forward(x, w)
+    with pytest.raises(ValueError, match="float32 or float64"):
+        G.relu_forward(dev(np.zeros((2, 2), np.int32)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tiled GEMM
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("tiles", [ggemm.SIMULATOR_TILES, ggemm.GPU_TILES], ids=["sim16", "gpu64"])
+@pytest.mark.parametrize("trans_a,trans_b,accumulate", [(False, False, False), (True, False, True),
+                                                        (False, True, False)])
+def test_gemm_matches_numpy(rng, tiles, trans_a, trans_b, accumulate):
+    m, k, n = 37, 21, 19                                   # not multiples of any tile: edge handling
+    a = normal(rng, (k, m) if trans_a else (m, k))
+    b = normal(rng, (n, k) if trans_b else (k, n))
+    c0 = normal(rng, (m, n))
+    expected = (a.T if trans_a else a) @ (b.T if trans_b else b) + (c0 if accumulate else 0)
+    out = dev(c0)
+    ggemm.matmul(dev(a), dev(b), out, trans_a=trans_a, trans_b=trans_b, accumulate=accumulate, tiles=tiles)
+    assert_close(out, expected)
+
+
+def test_a_wrong_kernel_result_is_caught(rng):
+    """The comparison can fail: a GEMM asked for A @ B but checked against A^T @ B must not pass."""
+    a, b = normal(rng, (5, 5)), normal(rng, (5, 3))
+    with pytest.raises(AssertionError):
+        assert_close(ggemm.matmul(dev(a), dev(b)), a.T @ b)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Convolution
+# ---------------------------------------------------------------------------------------------------
+
+CONV_CASES = [  # x shape, w shape, stride, dilation, padding, bias
+    ((2, 5, 6, 3), (3, 3, 3, 4), 1, 1, "same", True),
+    ((1, 6, 5, 2), (3, 3, 2, 3), 2, 1, "same", False),
+    ((1, 7, 7, 2), (3, 3, 2, 2), 1, 2, "same", False),
+    ((2, 5, 5, 2), (2, 2, 2, 3), 1, 1, "same", True),          # even kernel: asymmetric Keras padding
+    ((1, 6, 6, 2), (4, 4, 2, 2), 2, 1, "same", False),
+    ((1, 6, 5, 3), (3, 2, 3, 2), (2, 1), 1, "valid", True),
+    ((1, 5, 5, 2), (3, 3, 2, 2), 2, (1, 2), ((1, 0), (2, 1)), False),   # explicit padding
+    ((2, 4, 4, 3), (1, 1, 3, 5), 1, 1, "same", True),          # 1x1: one GEMM, no im2col
+    ((1, 3, 3, 2), (3, 3, 2, 2), 1, 4, "same", False),         # dilation > input: only the centre tap
+    ((1, 5, 5, 2), (1, 1, 2, 3), 2, 1, "valid", False),        # strided 1x1 (ResNet shortcut)
+]
+
+
+def check_conv(ops, rng, x_shape, w_shape, stride, dilation, padding, bias, dtype=np.float32):
+    x, w = normal(rng, x_shape, dtype), normal(rng, w_shape, dtype)
+    b = normal(rng, w_shape[3:], dtype) if bias else None
+    kw = dict(stride=stride, dilation=dilation, padding=padding)
+    y_ref, c_ref = R.conv2d_forward(x, w, b, **kw)
+    y, cache = ops.conv2d_forward(dev(x), dev(w), None if b is None else dev(b), **kw)
+    assert_close(y, y_ref)
+    dy = normal(rng, y_ref.shape, dtype)
+    for got, ref in zip(ops.conv2d_backward(dev(dy), cache), R.conv2d_backward(dy, c_ref)):
+        if ref is None:
+            assert got is None
+        else:
+            assert_close(got, ref)
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=[f"conv{i}" for i in range(len(CONV_CASES))])
+def test_conv2d_forward_backward(rng, case):
+    check_conv(G, rng, *case)
+
+
+def test_conv2d_float64(rng):
+    check_conv(G, rng, (1, 5, 4, 2), (3, 3, 2, 2), 2, 1, "same", True, dtype=np.float64)
+
+
+def test_conv2d_chunked_im2col(rng, monkeypatch):
+    monkeypatch.setattr(gconv, "IM2COL_MAX_BYTES", 64)     # one output row per chunk
+    check_conv(G, rng, (2, 4, 5, 2), (3, 3, 2, 3), 1, 1, "same", True)
+
+
+def test_a_wrong_conv_is_caught(rng):
+    """A kernel that ignores the dilation would pass a test against itself, not against the reference."""
+    class IgnoresDilation:
+        conv2d_backward = staticmethod(G.conv2d_backward)
+
+        @staticmethod
+        def conv2d_forward(x, w, b=None, **kw):
+            return G.conv2d_forward(x, w, b, **{**kw, "dilation": 1})
+    with pytest.raises(AssertionError):
+        check_conv(IgnoresDilation, rng, (1, 7, 7, 2), (3, 3, 2, 2), 1, 2, "same", False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The other ops
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm(rng, training):
+    x = normal(rng, (2, 3, 4, 5)) * 3 + 1
+    gamma, beta = rng.uniform(0.5, 1.5, 5).astype(np.float32), normal(rng, (5,))
+    mm, mv = normal(rng, (5,)), rng.uniform(0.5, 1.5, 5).astype(np.float32)
+    y_ref, c_ref = R.batchnorm_forward(x, gamma, beta, mm, mv, training=training, eps=1e-3)
+    y, cache = G.batchnorm_forward(*map(dev, (x, gamma, beta, mm, mv)), training=training, eps=1e-3)
+    assert_close(y, y_ref)
+    assert_close(cache["mean"], c_ref["mean"])
+    assert_close(cache["var"], c_ref["var"])
+    dy = normal(rng, x.shape)
+    for got, ref in zip(G.batchnorm_backward(dev(dy), cache), R.batchnorm_backward(dy, c_ref)):
+        assert_close(got, ref)
+    assert_close(G.moving_average(dev(mm), cache["mean"], 0.9), R.moving_average(mm, c_ref["mean"], 0.9))
+
+
+def test_relu(rng):
+    x = normal(rng, (2, 3, 3, 2))
+    x[0, 0, 0, 0] = 0.0
+    y_ref, c_ref = R.relu_forward(x)
+    y, cache = G.relu_forward(dev(x))
+    assert_close(y, y_ref)
+    dy = normal(rng, x.shape)
+    assert_close(G.relu_backward(dev(dy), cache), R.relu_backward(dy, c_ref))
+
+
+def test_dropout_draws_the_reference_mask(rng):
+    x, dy = normal(rng, (2, 3, 3, 4)), normal(rng, (2, 3, 3, 4))
+    y_ref, c_ref = R.dropout_forward(x, rate=0.3, rng=np.random.default_rng(7))
+    y, cache = G.dropout_forward(dev(x), rate=0.3, rng=np.random.default_rng(7))
+    assert_close(y, y_ref)
+    assert_close(G.dropout_backward(dev(dy), cache), R.dropout_backward(dy, c_ref))
+
+
+@pytest.mark.parametrize("pool,stride,padding", [(3, 2, "valid"), (2, 2, "valid"), (3, 2, "same"), (2, 1, 1)])
+def test_max_pool2d(rng, pool, stride, padding):
+    x = normal(rng, (2, 5, 6, 2))
+    x[0, 0, :2, 0] = 1.5                                     # a tie: the first maximum wins
+    y_ref, c_ref = R.max_pool2d_forward(x, pool_size=pool, stride=stride, padding=padding)
+    y, cache = G.max_pool2d_forward(dev(x), pool_size=pool, stride=stride, padding=padding)
+    assert_close(y, y_ref)
+    dy = normal(rng, y_ref.shape)
+    assert_close(G.max_pool2d_backward(dev(dy), cache), R.max_pool2d_backward(dy, c_ref))
+
+
+def test_global_avg_pool(rng):
+    x = normal(rng, (2, 3, 5, 4))
+    y_ref, c_ref = R.global_avg_pool_forward(x)
+    y, cache = G.global_avg_pool_forward(dev(x))
+    assert_close(y, y_ref)
+    dy = normal(rng, y_ref.shape)
+    assert_close(G.global_avg_pool_backward(dev(dy), cache), R.global_avg_pool_backward(dy, c_ref))
+
+
+@pytest.mark.parametrize("in_hw,out_hw", [((2, 3), (5, 7)), ((7, 6), (3, 4)), ((4, 4), (4, 4)), ((1, 3), (4, 2))])
+def test_bilinear_resize(rng, in_hw, out_hw):
+    x = normal(rng, (2, *in_hw, 3))
+    y_ref, c_ref = R.bilinear_resize_forward(x, out_hw)
+    y, cache = G.bilinear_resize_forward(dev(x), out_hw)
+    assert_close(y, y_ref)
+    dy = normal(rng, y_ref.shape)
+    assert_close(G.bilinear_resize_backward(dev(dy), cache), R.bilinear_resize_backward(dy, c_ref))
+
+
+def test_upsample_bilinear(rng):
+    x = normal(rng, (1, 3, 2, 2))
+    y_ref, c_ref = R.upsample_bilinear_forward(x, (2, 3))
+    y, cache = G.upsample_bilinear_forward(dev(x), (2, 3))
+    assert_close(y, y_ref)
+    dy = normal(rng, y_ref.shape)
+    assert_close(G.upsample_bilinear_backward(dev(dy), cache), R.upsample_bilinear_backward(dy, c_ref))
+
+
+def test_concat_split_add_zero_pad(rng):
+    a, b = normal(rng, (2, 3, 2, 2)), normal(rng, (2, 3, 2, 3))
+    y, cache = G.concat_forward([dev(a), dev(b)])
+    y_ref, c_ref = R.concat_forward([a, b])
+    assert_close(y, y_ref)
+    dy = normal(rng, y_ref.shape)
+    for got, ref in zip(G.concat_backward(dev(dy), cache), R.concat_backward(dy, c_ref)):
+        assert_close(got, ref)
+    parts, cache = G.split_forward(dev(y_ref), [2, 3])
+    for got, ref in zip(parts, [a, b]):
+        assert_close(got, ref)
+    assert_close(G.split_backward([dev(a), dev(b)], cache), y_ref)
+    s, cache = G.add_forward(dev(a), dev(a * 2))
+    assert_close(s, a * 3)
+    for got in G.add_backward(dev(a), cache):
+        assert_close(got, a)
+    pads = ((1, 0), (2, 1))
+    p, cache = G.zero_pad2d_forward(dev(a), pads)
+    p_ref, pc_ref = R.zero_pad2d_forward(a, pads)
+    assert_close(p, p_ref)
+    assert_close(G.zero_pad2d_backward(dev(p_ref * 2), cache), R.zero_pad2d_backward(p_ref * 2, pc_ref))
+
+
+@pytest.mark.parametrize("ignore_label,weighted,label_dtype", [(255, False, np.int64), (255, True, np.uint8),
+                                                               (None, True, np.int32)])
+def test_softmax_cross_entropy(rng, ignore_label, weighted, label_dtype):
+    logits = normal(rng, (2, 3, 4, 5)) * 4
+    labels = rng.integers(0, 5, (2, 3, 4)).astype(label_dtype)
+    if ignore_label is not None:
+        labels[0, 0, :3] = ignore_label
+    cw = rng.uniform(0.2, 2.0, 5).astype(np.float32) if weighted else None
+    loss_ref, c_ref = R.softmax_cross_entropy_forward(logits, labels, ignore_label=ignore_label, class_weights=cw)
+    loss, cache = G.softmax_cross_entropy_forward(dev(logits), labels, ignore_label=ignore_label, class_weights=cw)
+    assert isinstance(loss, float)
+    np.testing.assert_allclose(loss, loss_ref, rtol=1e-5)
+    assert_close(G.softmax_cross_entropy_backward(0.5, cache), R.softmax_cross_entropy_backward(0.5, c_ref))
+
+
+def test_softmax_cross_entropy_device_labels_and_nothing_valid(rng):
+    logits = normal(rng, (1, 2, 2, 3))
+    labels = np.full((1, 2, 2), 255, np.int64)
+    loss, cache = G.softmax_cross_entropy_forward(dev(logits), dev(labels))
+    assert loss == 0.0
+    assert_close(G.softmax_cross_entropy_backward(1.0, cache), np.zeros_like(logits))
+    with pytest.raises(ValueError, match="bad values 7"):
+        G.softmax_cross_entropy_forward(dev(logits), dev(np.full((1, 2, 2), 7)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Optimizer kernels, Module.to, backend errors
+# ---------------------------------------------------------------------------------------------------
+
+def _conv_with_grads(seed):
+    from tinydeeplab.nn import Conv2D
+    r = np.random.default_rng(seed)
+    conv = Conv2D(2, 3, 3, use_bias=True, seed=seed)
+    conv.grads = {k: r.normal(size=v.shape).astype(np.float32) for k, v in conv.params.items()}
+    return conv
+
+
+@pytest.mark.parametrize("momentum,nesterov", [(0.9, False), (0.9, True), (0.0, False)])
+def test_sgd_and_clipping_on_device_match_the_host(momentum, nesterov):
+    from tinydeeplab.train.optim import SGD, clip_grad_norm
+    on_host, on_gpu = _conv_with_grads(3), _conv_with_grads(3).to("cuda")
+    on_gpu.grads = {k: dev(g) for k, g in on_host.grads.items()}
+    norms = [clip_grad_norm(m, 0.5) for m in (on_host, on_gpu)]
+    np.testing.assert_allclose(norms[1], norms[0], rtol=1e-6)
+    opts = [SGD(m, 0.1, momentum=momentum, weight_decay=0.01, nesterov=nesterov) for m in (on_host, on_gpu)]
+    for _ in range(2):
+        for opt in opts:
+            opt.step()
+    for key, p in on_host.params.items():
+        assert G.is_device_array(on_gpu.params[key])
+        assert_close(on_gpu.params[key], p)
+    for name, v in opts[0].state_dict().items():
+        assert_close(opts[1].state_dict()[name], v)
+
+
+def test_module_to_moves_params_and_buffers_and_back():
+    from tinydeeplab.nn import BatchNorm
+    bn = BatchNorm(3)
+    bn.grads = {"gamma": np.ones(3, np.float32)}
+    bn.to("cuda")
+    assert all(G.is_device_array(v) for v in (*bn.params.values(), *bn.buffers.values())) and bn.grads == {}
+    bn.to("numpy")
+    assert all(isinstance(v, np.ndarray) for v in (*bn.params.values(), *bn.buffers.values()))
+    with pytest.raises(ValueError, match="must be one of"):
+        bn.to("gpu")
+
+
+@pytest.mark.skipif(not SIMULATED, reason="needs a machine where the simulator is the only CUDA")
+def test_set_backend_cuda_without_gpu_fails_in_one_line():
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}
+    code = "from tinydeeplab import backend; backend.set_backend('cuda')"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("a CUDA GPU is available here")
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: backend 'cuda' is not available (no usable CUDA GPU")
+    assert "NUMBA_ENABLE_CUDASIM=1" in last
+    assert "During handling" not in proc.stderr and proc.stderr.count("File ") <= 4   # a short traceback
+
+
+# ---------------------------------------------------------------------------------------------------
+# Whole model: one training step on cuda vs numpy
+# ---------------------------------------------------------------------------------------------------
+
+def _training_step(model, x, y, name, cw):
+    """Forward, loss, backward, clip and one SGD step on backend ``name``; everything returned on the host."""
+    from tinydeeplab.train.optim import SGD, clip_grad_norm
+    with backend.use_backend(name):
+        ops = backend.ops()
+        if name == "cuda":
+            model.to("cuda")
+            x = dev(x)
+        logits = model.forward(x, training=True)
+        loss, cache = ops.softmax_cross_entropy_forward(logits, y, class_weights=cw)
+        model.zero_grad()
+        dx = model.backward(ops.softmax_cross_entropy_backward(1.0, cache))
+        grads = {k: backend.to_numpy(g) for k, g in model.named_gradients()}
+        norm = clip_grad_norm(model, 1e3)                  # large: measured, not clipped (clipping: SGD test)
+        SGD(model, 0.05, momentum=0.9, weight_decay=1e-3).step()
+        state = {k: backend.to_numpy(v) for k, v in model.state_dict().items()}
+        if name == "cuda":
+            assert G.is_device_array(logits) and G.is_device_array(dx)
+            assert all(G.is_device_array(v) for v in model.state_dict().values())
+            model.to("numpy")
+        return {"logits": backend.to_numpy(logits), "loss": loss, "dx": backend.to_numpy(dx), "grads": grads,
+                "norm": norm, "state": state}
+
+
+def _compare_training_steps(make_model, x, y, cw):
+    """cuda vs numpy. float32: round-off tolerances (the gradients of a deep net with batch norm amplify
+    round-off; the CPU backend differs from numpy as much). float64: agreement to ~1e-9."""
+    ref = _training_step(make_model(), x, y, "numpy", cw)
+    got = _training_step(make_model(), x, y, "cuda", cw)
+    f64 = x.dtype == np.float64
+    tol = dict(rtol=1e-9, atol_scale=1e-9) if f64 else dict(rtol=1e-3, atol_scale=1e-4)
+    close = (lambda a, e: np.testing.assert_allclose(a, e, rtol=1e-8, atol=1e-9 * max(1.0, np.abs(e).max()))) \
+        if f64 else assert_close
+    close(got["logits"], ref["logits"])
+    np.testing.assert_allclose(got["loss"], ref["loss"], rtol=1e-9 if f64 else 1e-5)
+    np.testing.assert_allclose(got["norm"], ref["norm"], rtol=1e-8 if f64 else 1e-4)
+    assert got["dx"].dtype == ref["dx"].dtype
+    np.testing.assert_allclose(got["dx"], ref["dx"], rtol=tol["rtol"],
+                               atol=tol["atol_scale"] * max(1.0, np.abs(ref["dx"]).max()))
+    assert got["grads"].keys() == ref["grads"].keys()
+    for k in ref["grads"]:                                 # every weight gradient
+        g, e = got["grads"][k], ref["grads"][k]
+        assert g.dtype == e.dtype, k
+        np.testing.assert_allclose(g, e, rtol=tol["rtol"], atol=tol["atol_scale"] * max(1.0, np.abs(e).max()),
+                                   err_msg=k)
+    for k in ref["state"]:                                 # weights after SGD, BN moving statistics
+        close(got["state"][k], ref["state"][k])
+
+
+def test_tiny_segmenter_training_step_matches_numpy():
+    rng = np.random.default_rng(0)
+    x = normal(rng, (2, 16, 16, 3))
+    y = rng.integers(0, 3, (2, 16, 16))
+    y[0, :2] = 255
+    make = lambda: randomize_batchnorm(tiny_segmenter(), np.random.default_rng(1))  # noqa: E731
+    _compare_training_steps(make, x, y, np.array([1.0, 2.0, 0.5], np.float32))
+
+
+@pytest.mark.slow
+def test_tiny_recipe_training_step_matches_numpy_in_float64():
+    """``build_model("tiny")`` at 32x32, batch 2, dropout on. In float32 its P5 batch norms normalise 2 values
+    per channel and amplify round-off ~1000x (cuda and cpu both differ from numpy by ~1e-3 in the gradient
+    norm), so this whole-recipe check runs in float64, where every number must agree to ~1e-9."""
+    from tinydeeplab.models.recipes import build_model
+    rng = np.random.default_rng(0)
+    x = normal(rng, (2, 32, 32, 3), np.float64)
+    y = rng.integers(0, 4, (2, 32, 32))
+    y[1, -3:] = 255
+
+    def make():
+        model = randomize_batchnorm(build_model("tiny", 4, seed=0), np.random.default_rng(1)).astype(np.float64)
+        model.backbone.aspp.projection.dropout.rate = 0.2   # the same host-drawn mask on both backends
+        return model
+    _compare_training_steps(make, x, y, None)
+
+
+def test_predict_is_host_in_host_out(rng):
+    model = tiny_segmenter()
+    x = normal(rng, (1, 16, 16, 3))
+    with backend.use_backend("numpy"):
+        ref = model.predict(x)
+    model.to("cuda")
+    with backend.use_backend("cuda"):
+        out = model.predict(x)
+    assert isinstance(out, np.ndarray)
+    assert_close(out, ref)

@@ -1,0 +1,63 @@
+"""Numba CUDA backend: the same ops as :mod:`tinydeeplab.functional`, on device arrays.
+
+``backend.set_backend("cuda")`` selects this module. It exports exactly the op names of the reference
+(``<op>_forward`` / ``<op>_backward`` for every op in :data:`OPS`, plus ``moving_average``) with the same
+signatures and the same argument validation (shared ``_checks.py``), plus the helpers :func:`to_device`,
+:func:`to_host`, :func:`is_device_array` and :func:`check_available`.
+
+**Arrays stay on the GPU.** The ops take and return Numba device arrays (``DeviceNDArray``) and refuse
+host arrays with a clear message. Copies happen at the ends: ``to_device(images)``, ``to_host(logits)``,
+a model moves once with ``model.to("cuda")``; inside a step only the loss value and the gradient norm
+come back (one float64 each), and dropout's host-drawn mask goes up (see :mod:`.activation`).
+
+Modules, one per op family (mirroring ``kernels/cpu``):
+
+* :mod:`.memory`    to/from the device, allocation, the grid-stride launch configuration;
+* :mod:`.gemm`      tiled shared-memory matrix product (the convolution's work horse);
+* :mod:`.conv`      im2col / col2im kernels around the GEMM;
+* :mod:`.reduce`    deterministic column and vector sums (batch norm, bias gradient, loss, norm);
+* :mod:`.batchnorm`, :mod:`.activation` (ReLU, dropout), :mod:`.pooling`, :mod:`.resize`, :mod:`.loss`,
+  :mod:`.tensor` (concat / split / add / zero padding), :mod:`.optim` (SGD update, gradient norm).
+
+Caches are backend-private: hand a cache only to the backward of the module that made it.
+
+Testing without a GPU: ``NUMBA_ENABLE_CUDASIM=1`` runs every kernel in Numba's CUDA simulator (each
+thread a Python thread: slow, so tests use tiny shapes). ``tests/conftest.py`` sets it unless
+``TINYDEEPLAB_REAL_CUDA=1``. Importing this package never touches the GPU; :func:`check_available`
+(called by ``backend.set_backend("cuda")``) raises a one-line ``ImportError`` when there is neither a
+GPU nor the simulator.
+"""
+from numba import cuda
+
+from ...functional import OPS
+from .activation import dropout_backward, dropout_forward, relu_backward, relu_forward
+from .batchnorm import batchnorm_backward, batchnorm_forward, moving_average
+from .conv import conv2d_backward, conv2d_forward
+from .loss import softmax_cross_entropy_backward, softmax_cross_entropy_forward
+from .memory import SIMULATED, is_device_array, to_device, to_host, zeros_like
+from .pooling import global_avg_pool_backward, global_avg_pool_forward, max_pool2d_backward, max_pool2d_forward
+from .resize import (bilinear_resize_backward, bilinear_resize_forward, upsample_bilinear_backward,
+                     upsample_bilinear_forward)
+from .tensor import (add_backward, add_forward, concat_backward, concat_forward, split_backward, split_forward,
+                     zero_pad2d_backward, zero_pad2d_forward)
+
+
+_available = False
+
+
+def check_available() -> None:
+    """Raise ``ImportError`` (one line, no driver traceback) unless a CUDA GPU or the simulator is usable."""
+    global _available
+    if SIMULATED or _available:
+        return
+    try:
+        _available = bool(cuda.is_available())
+    except Exception:  # a broken driver install: report it the same way
+        _available = False
+    if not _available:
+        raise ImportError("no usable CUDA GPU was found (numba.cuda.is_available() is False); "
+                          "set NUMBA_ENABLE_CUDASIM=1 to run the cuda backend on the CPU simulator")
+
+
+__all__ = ([f"{op}_{half}" for op in OPS for half in ("forward", "backward")]
+           + ["moving_average", "OPS", "to_device", "to_host", "is_device_array", "zeros_like", "check_available"])

@@ -1,0 +1,215 @@
+"""2-D convolution on the GPU: an ``im2col`` kernel feeding the tiled GEMM of :mod:`.gemm`.
+
+Same maths as :mod:`tinydeeplab.functional.conv` (NHWC activations, HWIO kernels)::
+
+    y[n, oh, ow, f] = b[f] + sum_{i, j, c} xpad[n, oh*sh + i*dh, ow*sw + j*dw, c] * w[i, j, c, f]
+
+**im2col** (one thread per element of ``col``, grid-stride): output pixel ``(n, oh, ow)`` becomes row
+``p`` of ``col``, holding the patches of the live kernel taps in HWIO order ``(a, b, c)``::
+
+    col[p, (a * TW + b) * C + c] = x[n, oh*sh - pt + (i0 + a)*dh, ow*sw - pl + (j0 + b)*dw, c]  or 0
+    y = col @ w_live.reshape(TH * TW * C, F)                      # (P, F), P = N * H_out * W_out
+
+The padding is never materialised: an index that falls outside ``x`` reads 0. The live taps (those that
+read at least one real pixel) form a range ``i0 <= i < i0 + TH`` per axis, as in the CPU kernel, so an ASPP
+branch with a rate larger than the map runs as a 1x1 convolution. A 1x1 / stride 1 / unpadded conv
+needs no im2col: ``y = x.reshape(P, C) @ w.reshape(C, F)``. ``col`` is built for a chunk of output rows
+at a time (at most :data:`IM2COL_MAX_BYTES`).
+
+**Backward**, per chunk::
+
+    dw_live += col^T @ dy                  # (T*C, F): the GEMM reads col transposed in place
+    dcol     = dy @ w_live^T               # (rows, T*C), written over col
+    dx      += col2im(dcol)                # the adjoint of im2col
+    db       = column sums of dy           # (F,), deterministic tree reduction
+
+``col2im`` is a *gather*, one thread per element of ``dx``: thread ``(n, h, w, c)`` finds the output pixels
+whose taps read it (``oh = (h + pt - i*dh) / sh`` when that divides) and adds their ``dcol`` entries. No
+two threads write the same address, so no atomics and a reproducible result.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import cuda
+
+from ...functional._checks import check_conv2d_args, check_grad_shape
+from ...functional.geometry import window_geometry
+from .gemm import matmul
+from .memory import empty, launch_1d, require_device, spec, zeros
+from .reduce import column_sums
+from .tensor import add_bias, cast, copy_into_taps
+
+IM2COL_MAX_BYTES = 256 * 2**20
+"""Upper bound on the im2col buffer (bytes); a chunk holds at least one output row."""
+
+
+@cuda.jit
+def _im2col(x, col, g0, out_h, out_w, i0, n_th, j0, n_tw, sh, sw, dh, dw, pt, pl):
+    """Fill ``col`` (rows of output rows ``g >= g0``, ``g = n * H_out + oh``) from ``x`` (N, H, W, C)."""
+    n_img, h_in, w_in, c_in = x.shape                       # (N, H, W, C)
+    width = n_th * n_tw * c_in                              # T * C
+    for idx in range(cuda.grid(1), col.size, cuda.gridsize(1)):
+        r = idx // width                                    # row of col (an output pixel of the chunk)
+        q = idx - r * width                                 # (a, b, c) flattened
+        a = q // (n_tw * c_in)
+        b = (q // c_in) % n_tw
+        c = q % c_in
+        g = g0 + r // out_w                                 # global output row n * H_out + oh
+        ow = r % out_w
+        n = g // out_h
+        oh = g - n * out_h
+        h = oh * sh - pt + (i0 + a) * dh
+        w = ow * sw - pl + (j0 + b) * dw
+        if 0 <= h < h_in and 0 <= w < w_in:
+            col[r, q] = x[n, h, w, c]
+        else:
+            col[r, q] = 0
+
+
+@cuda.jit
+def _col2im(dcol, dx, g0, g1, out_h, out_w, i0, n_th, j0, n_tw, sh, sw, dh, dw, pt, pl):
+    """``dx[n, h, w, c] += sum of dcol[row, tap]`` over the (row, tap) of output rows ``[g0, g1)`` that read it."""
+    n_img, h_in, w_in, c_in = dx.shape                      # (N, H, W, C)
+    for idx in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
+        c = idx % c_in
+        w = (idx // c_in) % w_in
+        h = (idx // (c_in * w_in)) % h_in
+        n = idx // (c_in * w_in * h_in)
+        acc = dx[n, h, w, c]
+        for a in range(n_th):
+            t = h + pt - (i0 + a) * dh                      # = oh * sh if tap row a of output row oh reads h
+            if t < 0 or t % sh != 0:
+                continue
+            oh = t // sh
+            g = n * out_h + oh
+            if oh >= out_h or g < g0 or g >= g1:
+                continue
+            for b in range(n_tw):
+                u = w + pl - (j0 + b) * dw                  # = ow * sw
+                if u < 0 or u % sw != 0:
+                    continue
+                ow = u // sw
+                if ow >= out_w:
+                    continue
+                acc += dcol[(g - g0) * out_w + ow, (a * n_tw + b) * c_in + c]
+        dx[n, h, w, c] = acc
+
+
+def _live_range(k: int, d: int, s: int, pad_before: int, size: int, n_out: int) -> tuple[int, int]:
+    """``(first, count)`` of the kernel taps along one axis that read at least one real pixel.
+
+    Tap ``i`` reads rows ``o*s - pad_before + i*d`` for ``o < n_out``; both ends of that range grow with
+    ``i``, so the live taps are consecutive.
+    """
+    live = [i for i in range(k)
+            if any(0 <= o * s - pad_before + i * d < size for o in range(n_out))]
+    return (live[0], len(live)) if live else (0, 0)
+
+
+def _plan(x_shape, w_shape, stride, dilation, pads, out_hw):
+    kh, kw = w_shape[:2]
+    (pt, _), (pl, _) = pads
+    i0, n_th = _live_range(kh, dilation[0], stride[0], pt, x_shape[1], out_hw[0])
+    j0, n_tw = _live_range(kw, dilation[1], stride[1], pl, x_shape[2], out_hw[1])
+    gemm_only = (n_th == 1 and n_tw == 1 and stride == (1, 1) and i0 * dilation[0] == pt
+                 and j0 * dilation[1] == pl and tuple(out_hw) == tuple(x_shape[1:3]))
+    return {"i0": i0, "n_th": n_th, "j0": j0, "n_tw": n_tw, "gemm_only": gemm_only,
+            "all_live": n_th == kh and n_tw == kw}
+
+
+def _live_weights(w, plan):
+    """The kernel restricted to its live taps, as the GEMM matrix ``(TH * TW * C, F)`` (a view if all live)."""
+    kh, kw, c, f = w.shape
+    if plan["all_live"]:
+        return w.reshape(kh * kw * c, f)
+    out = empty((plan["n_th"] * plan["n_tw"] * c, f), w.dtype)
+    copy_into_taps(w, out, plan["i0"], plan["n_th"], plan["j0"], plan["n_tw"], to_taps=True)
+    return out
+
+
+def _chunks(n_rows_total, out_w, width, itemsize):
+    rows = max(1, IM2COL_MAX_BYTES // max(1, out_w * width * itemsize))
+    for g0 in range(0, n_rows_total, rows):
+        yield g0, min(g0 + rows, n_rows_total)
+
+
+def _geometry_args(plan, cache_or_geom):
+    (pt, _), (pl, _) = cache_or_geom["pads"]
+    (sh, sw), (dh, dw) = cache_or_geom["stride"], cache_or_geom["dilation"]
+    return plan["i0"], plan["n_th"], plan["j0"], plan["n_tw"], sh, sw, dh, dw, pt, pl
+
+
+def conv2d_forward(x, w, b=None, *, stride=1, dilation=1, padding="same"):
+    """2-D convolution ``y = conv(x, w) + b`` on device arrays; returns ``(y, cache)``.
+
+    ``y[n, oh, ow, f] = b[f] + sum_{i,j,c} xpad[n, oh*sh + i*dh, ow*sw + j*dw, c] * w[i, j, c, f]``
+
+    Arguments and results as :func:`tinydeeplab.functional.conv2d_forward`, as device arrays.
+    """
+    stride, dilation = check_conv2d_args(spec(x), spec(w), spec(b), stride, dilation)
+    for a, name in ((x, "x"), (w, "w")) + (((b, "b"),) if b is not None else ()):
+        require_device(a, name)
+    kh, kw, c, f = w.shape
+    n = x.shape[0]
+    pads, out_hw = window_geometry(x.shape, (kh, kw), stride, dilation, padding, name="x")
+    ho, wo = out_hw
+    plan = _plan(x.shape, w.shape, stride, dilation, pads, out_hw)
+    geom = {"pads": pads, "stride": stride, "dilation": dilation}
+    wmat = _live_weights(w, plan)                                      # (T_live * C, F)
+
+    y2 = empty((n * ho * wo, f), x.dtype)                             # (P, F)
+    if plan["gemm_only"]:
+        matmul(x.reshape(n * ho * wo, c), wmat, y2)                   # (P, C) @ (C, F)
+    elif wmat.shape[0] == 0:
+        y2 = zeros((n * ho * wo, f), x.dtype)                          # every tap reads only padding
+    else:
+        width = wmat.shape[0]
+        for g0, g1 in _chunks(n * ho, wo, width, x.dtype.itemsize):
+            col = empty(((g1 - g0) * wo, width), x.dtype)              # (rows, T*C)
+            launch_1d(_im2col, col.size, x, col, g0, ho, wo, *_geometry_args(plan, geom))
+            matmul(col, wmat, y2[g0 * wo:g1 * wo])                     # (rows, T*C) @ (T*C, F)
+    if b is not None:
+        add_bias(y2, b)
+    cache = {"x": x, "w": w, "has_bias": b is not None, "out_hw": out_hw, "plan": plan, **geom}
+    return y2.reshape(n, ho, wo, f), cache                             # (N, H_out, W_out, F)
+
+
+def conv2d_backward(dy, cache):
+    """Gradients of :func:`conv2d_forward`; returns ``(dx, dw, db)`` device arrays (``db`` None without bias).
+
+    ``dw = col^T @ dy``, ``dx = col2im(dy @ W^T)``, ``db = sum dy``.
+    """
+    x, w, plan = cache["x"], cache["w"], cache["plan"]
+    n, h, wd, c = x.shape
+    kh, kw, _, f = w.shape
+    ho, wo = cache["out_hw"]
+    check_grad_shape(spec(dy), (n, ho, wo, f))
+    require_device(dy, "dy")
+    if dy.dtype != x.dtype:
+        dy = cast(dy, x.dtype)
+    dy2 = dy.reshape(n * ho * wo, f)                                   # (P, F)
+    wmat = _live_weights(w, plan)                                      # (T_live * C, F)
+
+    if plan["gemm_only"]:
+        dw_live = matmul(x.reshape(n * h * wd, c), dy2, trans_a=True)   # (C, P) @ (P, F)
+        dx = matmul(dy2, wmat, trans_b=True).reshape(n, h, wd, c)      # (P, F) @ (F, C)
+    else:
+        dx = zeros(x.shape, x.dtype)                                   # (N, H, W, C)
+        dw_live = zeros(wmat.shape, x.dtype)                           # (T_live * C, F)
+        width = wmat.shape[0]
+        if width > 0:
+            args = _geometry_args(plan, cache)
+            for g0, g1 in _chunks(n * ho, wo, width, x.dtype.itemsize):
+                col = empty(((g1 - g0) * wo, width), x.dtype)
+                launch_1d(_im2col, col.size, x, col, g0, ho, wo, *args)
+                dy_c = dy2[g0 * wo:g1 * wo]                            # (rows, F)
+                matmul(col, dy_c, dw_live, trans_a=True, accumulate=True)   # += col^T @ dy_c
+                matmul(dy_c, wmat, col, trans_b=True)                  # dcol = dy_c @ W^T, over col
+                launch_1d(_col2im, dx.size, col, dx, g0, g1, ho, wo, *args)
+    if plan["all_live"]:
+        dw = dw_live.reshape(kh, kw, c, f)
+    else:
+        dw = zeros(w.shape, w.dtype)                                   # dead taps keep a zero gradient
+        copy_into_taps(dw, dw_live, plan["i0"], plan["n_th"], plan["j0"], plan["n_tw"], to_taps=False)
+    db = cast(column_sums(dy2), w.dtype) if cache["has_bias"] else None
+    return dx, dw, db

@@ -1,0 +1,169 @@
+"""Matrix product on the GPU: a tiled shared-memory GEMM with a register micro-tile per thread.
+
+Computes, for row-major device matrices::
+
+    C = op(A) @ op(B)            (or C += op(A) @ op(B) with accumulate=True)
+    op(A) = A or A^T  (M, K),    op(B) = B or B^T  (K, N),    C (M, N)
+
+The transposes are read in place (no transposed copy): ``dw = col^T @ dy`` and ``dcol = dy @ W^T`` in the
+convolution backward are the same kernel with ``trans_a`` / ``trans_b`` set.
+
+**Tiling.** Each block owns one ``BM x BN`` tile of ``C``. It walks along K in steps of ``BK``; at every
+step the block's threads copy an ``(BM, BK)`` tile of ``op(A)`` and a ``(BK, BN)`` tile of ``op(B)`` from
+global memory into shared memory (``cuda.shared.array``), wait (``cuda.syncthreads()``), and multiply
+out of shared memory, which is ~100x faster to read than global memory::
+
+    for k0 in range(0, K, BK):
+        As[:, :] = op(A)[row0 : row0 + BM, k0 : k0 + BK]      # cooperative, coalesced loads
+        Bs[:, :] = op(B)[k0 : k0 + BK, col0 : col0 + BN]      # zeros outside the matrices
+        syncthreads()
+        acc += As @ Bs                                        # each thread: its RM x RN outputs
+        syncthreads()                                         # before the tiles are overwritten
+
+Every element of ``A`` is read from global memory ``N / BN`` times instead of ``N`` times.
+
+**Micro-tile.** A block has ``(BM / RM) x (BN / RN)`` threads, and thread ``(ty, tx)`` accumulates the
+``RM x RN`` outputs at rows ``ty + i * (BM / RM)`` and columns ``tx + j * (BN / RN)`` in registers
+(``cuda.local.array``): each shared-memory value it loads is used ``RN`` (or ``RM``) times, and
+neighbouring threads write neighbouring columns of ``C`` (coalesced stores).
+
+Launch: ``grid = (ceil(N / BN), ceil(M / BM))``, ``block = (BN / RN, BM / RM)``. The GPU default
+(:data:`TILES`) is a 64 x 64 tile with ``BK = 16`` and 4 x 4 per thread: 256 threads per block. Under
+the simulator, where every thread is a Python thread, a 16 x 16 tile (16 threads) keeps the tests fast;
+the tests run both configurations.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import numba
+import numpy as np
+from numba import cuda
+
+from .memory import SIMULATED, empty, is_device_array
+
+
+class Tiles(tuple):
+    """``(BM, BN, BK, RM, RN)``: block tile of C, K step, and the per-thread micro-tile."""
+
+    def __new__(cls, bm, bn, bk, rm, rn):
+        if bm % rm or bn % rn:
+            raise ValueError(f"the micro-tile {rm}x{rn} must divide the block tile {bm}x{bn}")
+        return super().__new__(cls, (bm, bn, bk, rm, rn))
+
+
+GPU_TILES = Tiles(64, 64, 16, 4, 4)
+"""64 x 64 outputs per block, K step 16, 4 x 4 outputs per thread: 256 threads per block."""
+SIMULATOR_TILES = Tiles(16, 16, 16, 4, 4)
+"""16 x 16 outputs per block, 16 threads: the simulator pays per thread and per ``syncthreads``."""
+TILES = SIMULATOR_TILES if SIMULATED else GPU_TILES
+"""The configuration :func:`matmul` uses by default."""
+
+
+@functools.lru_cache(maxsize=None)
+def gemm_kernel(dtype, tiles: Tiles):
+    """Compile (once per dtype and tiling) the kernel ``gemm(a, b, c, trans_a, trans_b, accumulate)``.
+
+    Shared-memory and register arrays need their shape and dtype at compile time, hence the factory.
+    """
+    bm, bn, bk, rm, rn = tiles
+    tm, tn = bm // rm, bn // rn             # threads along the rows / columns of the tile
+    n_threads = tm * tn
+    nb_type = numba.from_dtype(np.dtype(dtype))
+
+    @cuda.jit
+    def gemm(a, b, c, trans_a, trans_b, accumulate):
+        a_tile = cuda.shared.array((bk, bm), nb_type)      # a_tile[k, m] = op(A)[row0 + m, k0 + k]
+        b_tile = cuda.shared.array((bk, bn), nb_type)      # b_tile[k, n] = op(B)[k0 + k, col0 + n]
+        acc = cuda.local.array((rm, rn), nb_type)          # this thread's outputs, in registers
+        a_reg = cuda.local.array(rm, nb_type)
+        b_reg = cuda.local.array(rn, nb_type)
+
+        m_rows, n_cols = c.shape                            # C: (M, N)
+        k_len = a.shape[0] if trans_a else a.shape[1]       # op(A): (M, K)
+        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+        tid = ty * tn + tx
+        row0 = cuda.blockIdx.y * bm
+        col0 = cuda.blockIdx.x * bn
+        for i in range(rm):
+            for j in range(rn):
+                acc[i, j] = 0
+
+        for k0 in range(0, k_len, bk):
+            # Cooperative loads; consecutive threads read consecutive addresses of the stored matrix.
+            for idx in range(tid, bm * bk, n_threads):
+                if trans_a:                                 # A stored (K, M): contiguous along m
+                    kk, mm = idx // bm, idx % bm
+                else:                                       # A stored (M, K): contiguous along k
+                    mm, kk = idx // bk, idx % bk
+                r, k = row0 + mm, k0 + kk
+                if r < m_rows and k < k_len:
+                    a_tile[kk, mm] = a[k, r] if trans_a else a[r, k]
+                else:
+                    a_tile[kk, mm] = 0
+            for idx in range(tid, bk * bn, n_threads):
+                if trans_b:                                 # B stored (N, K): contiguous along k
+                    nn, kk = idx // bk, idx % bk
+                else:                                       # B stored (K, N): contiguous along n
+                    kk, nn = idx // bn, idx % bn
+                col, k = col0 + nn, k0 + kk
+                if col < n_cols and k < k_len:
+                    b_tile[kk, nn] = b[col, k] if trans_b else b[k, col]
+                else:
+                    b_tile[kk, nn] = 0
+            cuda.syncthreads()                              # tiles complete
+
+            for kk in range(bk):                            # acc += a_tile^T @ b_tile, this thread's part
+                for i in range(rm):
+                    a_reg[i] = a_tile[kk, ty + i * tm]
+                for j in range(rn):
+                    b_reg[j] = b_tile[kk, tx + j * tn]
+                for i in range(rm):
+                    for j in range(rn):
+                        acc[i, j] += a_reg[i] * b_reg[j]
+            cuda.syncthreads()                              # everyone done before the next loads
+
+        for i in range(rm):
+            r = row0 + ty + i * tm
+            if r < m_rows:
+                for j in range(rn):
+                    col = col0 + tx + j * tn
+                    if col < n_cols:
+                        if accumulate:
+                            c[r, col] += acc[i, j]
+                        else:
+                            c[r, col] = acc[i, j]
+
+    return gemm
+
+
+def matmul(a, b, out=None, *, trans_a: bool = False, trans_b: bool = False, accumulate: bool = False,
+           tiles: Tiles | None = None):
+    """``out = op(a) @ op(b)`` (``+=`` with ``accumulate``) for 2-D C-contiguous device arrays; returns ``out``.
+
+    ``op(a)`` is ``a.T`` when ``trans_a`` (read in place). ``out`` is allocated when None.
+    """
+    if not (is_device_array(a) and is_device_array(b)) or a.ndim != 2 or b.ndim != 2:
+        raise ValueError("matmul takes two 2-D device arrays")
+    m, k = (a.shape[1], a.shape[0]) if trans_a else (a.shape[0], a.shape[1])
+    k2, n = (b.shape[1], b.shape[0]) if trans_b else (b.shape[0], b.shape[1])
+    if k != k2:
+        raise ValueError(f"matmul: inner sizes differ, op(a) is ({m}, {k}) and op(b) is ({k2}, {n})")
+    if a.dtype != b.dtype:
+        raise ValueError(f"matmul: dtypes differ ({a.dtype}, {b.dtype})")
+    if out is None:
+        if accumulate:
+            raise ValueError("accumulate=True needs out")
+        out = empty((m, n), a.dtype)
+    elif tuple(out.shape) != (m, n):
+        raise ValueError(f"matmul: out has shape {tuple(out.shape)}, expected ({m}, {n})")
+    if m == 0 or n == 0:
+        return out
+    tiles = tiles or TILES
+    bm, bn, _, rm, rn = tiles
+    kernel = gemm_kernel(a.dtype.type, tiles)
+    grid = (math.ceil(n / bn), math.ceil(m / bm))          # (tile columns, tile rows)
+    block = (bn // rn, bm // rm)                            # (threads along N, threads along M)
+    kernel[grid, block](a, b, out, bool(trans_a), bool(trans_b), bool(accumulate))
+    return out
