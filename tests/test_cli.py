@@ -92,3 +92,23 @@ def test_every_command_has_help(capsys):
             main([command, "--help"])
         assert info.value.code == 0
         assert "usage: tinydeeplab " + command in capsys.readouterr().out
+
+
+def test_extending_a_run_replaces_its_preset(tmp_path):
+    """Train 1 epoch, then extend to 2: the preset holds the weights of the end of epoch 2."""
+    from tinydeeplab import load_keras_preset
+    from tinydeeplab.train.checkpoint import read_checkpoint
+
+    data = _folder_dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    args = ["train", "--dataset", "folder", "--data", str(data), "--num-classes", "2", "--model", "tiny",
+            "--batch-size", "2", "--crop", "32", "32", "--out", str(out), "--lr", "0.02", "--warmup", "1"]
+    assert main([*args, "--epochs", "1"]) == 0
+    first = dict(load_keras_preset(out / "preset").named_parameters())
+    assert main([*args, "--epochs", "2"]) == 0                       # resumes from the checkpoint
+    second = dict(load_keras_preset(out / "preset").named_parameters())
+    _, final, _ = read_checkpoint(out / "checkpoint.npz")
+    name = "output_conv.kernel"
+    assert not np.array_equal(first[name], second[name])
+    np.testing.assert_array_equal(second[name], final[name])
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("preset")) == ["preset"]

@@ -114,16 +114,34 @@ def cmd_train(args) -> int:
     print(f"training {model.num_parameters():,} parameters on {len(train_set)} {args.dataset} images "
           f"({len(loader)} batches of {args.batch_size} per epoch); outputs in {args.out}", file=sys.stderr)
     trainer.fit(resume=not args.restart)
-    preset = Path(args.out) / "preset"
     model.to("numpy")                                  # back from the GPU (a no-op on the CPU backends)
-    if not preset.exists():
-        import warnings
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model.save_keras_preset(preset)
+    preset = _replace_preset(model, Path(args.out) / "preset")
     print(f"done: {Path(args.out) / 'checkpoint.npz'}, {Path(args.out) / 'metrics.csv'}, "
           f"{Path(args.out) / 'curves.png'}, {preset}")
     return 0
+
+
+def _replace_preset(model, preset: Path) -> Path:
+    """Write ``model`` as ``preset``, replacing an older one (a resumed or extended run).
+
+    The new preset is complete in ``preset.new`` before the old one moves aside, so an interruption
+    leaves either the old preset or the new one (as ``preset.new``), never a half-written directory.
+    """
+    import shutil
+    import warnings
+
+    fresh, old = preset.with_name(preset.name + ".new"), preset.with_name(preset.name + ".old")
+    for leftover in (fresh, old):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                # narrow models: the tinydeeplab-only warning
+        model.save_keras_preset(fresh)
+    if preset.exists():
+        preset.rename(old)
+    fresh.rename(preset)
+    shutil.rmtree(old, ignore_errors=True)
+    return preset
 
 
 def _tta(args) -> dict:
