@@ -112,3 +112,21 @@ def test_extending_a_run_replaces_its_preset(tmp_path):
     assert not np.array_equal(first[name], second[name])
     np.testing.assert_array_equal(second[name], final[name])
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("preset")) == ["preset"]
+
+
+def test_prediction_figure_leaves_the_matplotlib_backend_alone(tmp_path):
+    """A notebook's inline backend must survive drawing a figure (viz once switched it to Agg)."""
+    import matplotlib
+
+    from tinydeeplab.viz import default_palette, prediction_figure
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")                          # stands in for a notebook's backend: anything but Agg
+    try:
+        image = np.zeros((8, 8, 3), np.uint8)
+        label = np.zeros((8, 8), np.int64)
+        prediction_figure(tmp_path / "f.png", [image], [label], default_palette(2), ["a", "b"], labels=[label])
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+    assert Image.open(tmp_path / "f.png").size[0] > 100

@@ -58,14 +58,13 @@ def save_png(path, array) -> Path:
 def prediction_figure(path, images, predictions, palette, class_names=None, labels=None,
                       ignore_label: int = 255, title=None) -> Path:
     """A grid: one row per image with the image, the ground truth (when ``labels``), the prediction."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: leaves the user's (e.g. notebook) backend alone
     from matplotlib.patches import Patch
 
     cols = 3 if labels is not None else 2
     n = len(images)
-    fig, axes = plt.subplots(n, cols, figsize=(3.2 * cols, 2.6 * n + 0.6), squeeze=False)
+    fig = Figure(figsize=(3.2 * cols, 2.6 * n + 0.6))
+    axes = fig.subplots(n, cols, squeeze=False)
     for i in range(n):
         panels = [("image", images[i])]
         if labels is not None:
@@ -85,5 +84,4 @@ def prediction_figure(path, images, predictions, palette, class_names=None, labe
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
