@@ -81,39 +81,54 @@ def _conv_both(case, dtype=np.float32):
     return (y_cpu, K.conv2d_backward(dy, c_cpu)), (y_ref, R.conv2d_backward(dy, c_ref))
 
 
-@given(conv_cases())
-def test_conv2d_matches_reference(case):
-    (y, grads), (y_ref, grads_ref) = _conv_both(case)
+@contextlib.contextmanager
+def conv_setting(name, value):
+    """Temporarily change a constant of the CPU conv module (a plain context: Hypothesis tests take
+    no fixtures)."""
+    saved = getattr(kconv, name)
+    setattr(kconv, name, value)
+    try:
+        yield
+    finally:
+        setattr(kconv, name, saved)
+
+
+def im2col_budget(max_bytes):
+    return conv_setting("IM2COL_MAX_BYTES", max_bytes)
+
+
+# Which path the convolution takes: its own choice, or forced to one of the two for every case.
+CONV_PATHS = {"auto": kconv.TAPWISE_MIN_DEAD_FRACTION, "im2col": 2.0, "tapwise": -1.0}
+
+
+@pytest.mark.parametrize("path", CONV_PATHS)
+@given(case=conv_cases())
+def test_conv2d_matches_reference(path, case):
+    with conv_setting("TAPWISE_MIN_DEAD_FRACTION", CONV_PATHS[path]):
+        (y, grads), (y_ref, grads_ref) = _conv_both(case)
     assert y.dtype == np.float32
     assert_close(y, y_ref)
     assert_all_close(grads, grads_ref)
 
 
-@given(conv_cases())
-def test_conv2d_float64_matches_reference(case):
-    (y, grads), (y_ref, grads_ref) = _conv_both(case, np.float64)
+@pytest.mark.parametrize("path", CONV_PATHS)
+@given(case=conv_cases())
+def test_conv2d_float64_matches_reference(path, case):
+    with conv_setting("TAPWISE_MIN_DEAD_FRACTION", CONV_PATHS[path]):
+        (y, grads), (y_ref, grads_ref) = _conv_both(case, np.float64)
     assert y.dtype == np.float64
     assert_close(y, y_ref, np.float64)
     assert_all_close(grads, grads_ref, np.float64)
 
 
-@contextlib.contextmanager
-def im2col_budget(max_bytes):
-    """Temporarily change the im2col chunk budget (a plain context: Hypothesis tests take no fixtures)."""
-    saved = kconv.IM2COL_MAX_BYTES
-    kconv.IM2COL_MAX_BYTES = max_bytes
-    try:
-        yield
-    finally:
-        kconv.IM2COL_MAX_BYTES = saved
-
-
-@given(conv_cases())
-def test_conv2d_tiny_im2col_chunks_equal_one_big_chunk(case):
-    with im2col_budget(1 << 40):                      # everything in one chunk
-        (y_big, g_big), _ = _conv_both(case)
-    with im2col_budget(1):                            # less than a row: one output row per chunk
-        (y_small, g_small), (y_ref, g_ref) = _conv_both(case)
+@pytest.mark.parametrize("path", ["im2col", "tapwise"])
+@given(case=conv_cases())
+def test_conv2d_tiny_im2col_chunks_equal_one_big_chunk(path, case):
+    with conv_setting("TAPWISE_MIN_DEAD_FRACTION", CONV_PATHS[path]):
+        with im2col_budget(1 << 40):                  # everything in one chunk
+            (y_big, g_big), _ = _conv_both(case)
+        with im2col_budget(1):                        # less than a row: one output row per chunk
+            (y_small, g_small), (y_ref, g_ref) = _conv_both(case)
     np.testing.assert_allclose(y_small, y_big, rtol=1e-6, atol=1e-6)
     for a, b in zip(g_small, g_big):
         if b is not None:
@@ -152,6 +167,26 @@ def test_conv2d_reuses_its_im2col_buffer_across_calls(rng):
         assert_close(y, y_ref)
         assert_all_close(K.conv2d_backward(dy, cache), R.conv2d_backward(dy, c_ref))
         assert np.shares_memory(kconv.scratch((1, 1), np.float32), buffer)
+
+
+@pytest.mark.parametrize("rate, dead, tapwise", [(1, 1 - (46 / 48) ** 2, False),   # border rows/cols only
+                                                 (6, 1 - (36 / 48) ** 2, True), (12, 1 - (24 / 48) ** 2, True)])
+def test_atrous_conv_on_a_small_map_multiplies_no_padding(rng, rate, dead, tapwise):
+    """ASPP at 16 x 16: rate 12 reads padding in 75 % of its im2col products (per axis, rows 0-3 / 4-11
+    / 12-15 read taps {0,+12} / {0} / {-12,0}: 24 of 48 reads are real), so it runs tap by tap; a plain
+    3x3 conv (rate 1) keeps the im2col path. Same result as the reference either way."""
+    x = normal(rng, (2, 16, 16, 4), np.float32)
+    w = normal(rng, (3, 3, 4, 3), np.float32)
+    y, cache = K.conv2d_forward(x, w, dilation=rate)
+    plan = cache["plan"]
+    assert plan["dead_fraction"] == pytest.approx(dead)
+    assert (plan["taps"] is not None) == tapwise
+    if rate == 12:
+        assert [(i, j, r) for i, j, r, _ in plan["taps"]][:3] == [(0, 0, (12, 16)), (0, 1, (12, 16)), (0, 2, (12, 16))]
+    y_ref, c_ref = R.conv2d_forward(x, w, dilation=rate)
+    assert_close(y, y_ref)
+    dy = normal(rng, y.shape, np.float32)
+    assert_all_close(K.conv2d_backward(dy, cache), R.conv2d_backward(dy, c_ref))
 
 
 @pytest.mark.parametrize("dilation", [6, 12, 18])
@@ -257,6 +292,17 @@ def test_relu_matches_reference(shape, seed, dtype):
     np.testing.assert_array_equal(y, y_ref)
     dy = normal(rng, shape, dtype)
     np.testing.assert_array_equal(K.relu_backward(dy, cache), R.relu_backward(dy, c_ref))
+
+
+@pytest.mark.parametrize("module", [R, K], ids=["numpy", "cpu"])
+def test_relu_inplace_overwrites_its_input_with_the_same_values(module, rng):
+    x = normal(rng, (2, 3, 4, 5), np.float32)
+    y_ref, c_ref = R.relu_forward(x)
+    dy = normal(rng, x.shape, np.float32)
+    y, cache = module.relu_forward(x, inplace=True)
+    assert np.shares_memory(y, x)
+    np.testing.assert_array_equal(x, y_ref)
+    np.testing.assert_array_equal(module.relu_backward(dy, cache), R.relu_backward(dy, c_ref))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -184,6 +184,11 @@ def test_relu(rng):
     assert_close(y, y_ref)
     dy = normal(rng, x.shape)
     assert_close(G.relu_backward(dev(dy), cache), R.relu_backward(dy, c_ref))
+    xd = dev(x)
+    y, cache = G.relu_forward(xd, inplace=True)                 # writes over its input
+    assert y is xd
+    assert_close(xd, y_ref)
+    assert_close(G.relu_backward(dev(dy), cache), R.relu_backward(dy, c_ref))
 
 
 def test_dropout_draws_the_reference_mask(rng):

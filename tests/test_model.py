@@ -64,6 +64,39 @@ def test_classify_before_upsample_is_exact(training):
         np.testing.assert_allclose(g1[k], g2[k], rtol=1e-9, atol=1e-12, err_msg=k)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+@pytest.mark.parametrize("plus, pre_activation", [(True, False), (False, True)])
+@pytest.mark.parametrize("training", [False, True])
+def test_inplace_relus_change_nothing(backend, plus, pre_activation, training):
+    """The models' in-place ReLUs (over BN / add outputs) give bit-identical logits, gradients and
+    moving statistics to out-of-place ones, and a recorded BN output still holds its negative values."""
+    from tinydeeplab.nn import ReLU
+    from tinydeeplab.nn.hooks import record_outputs
+
+    rng = np.random.default_rng(3)
+    fast = randomize_batchnorm(tiny_segmenter(plus=plus, pre_activation=pre_activation), rng)
+    plain = tiny_segmenter(plus=plus, pre_activation=pre_activation)
+    plain.load_state_dict(fast.state_dict())
+    relus = [m for _, m in plain.modules() if isinstance(m, ReLU)]
+    assert relus and all(m.inplace for m in relus)
+    for m in relus:
+        m.inplace = False
+    x = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
+    c = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
+    bn = next(name for name, _ in fast.modules() if name.endswith(".bn"))        # the first BN of the stem
+    with use_backend(backend):
+        with record_outputs(fast, [bn]) as seen:
+            l1, dx1, g1 = _loss_and_grads(fast, x.copy(), c, training)
+        l2, dx2, g2 = _loss_and_grads(plain, x.copy(), c, training)
+    assert (seen[bn] < 0).any()
+    assert l1 == l2
+    np.testing.assert_array_equal(dx1, dx2)
+    for k in g1:
+        np.testing.assert_array_equal(g1[k], g2[k], err_msg=k)
+    for (k, a), (_, b) in zip(fast.named_buffers(), plain.named_buffers()):
+        np.testing.assert_array_equal(a, b, err_msg=k)
+
+
 def _check_every_entry(model, x, c, training, rtol=1e-5, atol=1e-7):
     """Central differences (float64) on every input pixel and every parameter of the whole model."""
     state = _snapshot(model)

@@ -6,16 +6,24 @@ import numpy as np
 from ._checks import check_array, check_grad_shape
 
 
-def relu_forward(x):
+def relu_forward(x, *, inplace=False):
     """``y = max(x, 0)`` elementwise (any shape); returns ``(y, cache)``.
 
-    >>> y, cache = relu_forward(np.array([-1.0, 0.0, 2.0]))
-    >>> y.tolist()
-    [0.0, 0.0, 2.0]
+    ``inplace=True`` writes ``y`` over ``x`` (no new buffer): for an ``x`` that nothing else reads
+    afterwards, such as a batch norm's or an add's fresh output. The values are the same either way.
+
+    >>> x = np.array([-1.0, 0.0, 2.0])
+    >>> y, cache = relu_forward(x)
+    >>> y.tolist(), x.tolist()
+    ([0.0, 0.0, 2.0], [-1.0, 0.0, 2.0])
+    >>> y, cache = relu_forward(x, inplace=True)
+    >>> y is x, x.tolist()
+    (True, [0.0, 0.0, 2.0])
     """
     check_array(x, "x")
-    y = np.maximum(x, 0)                   # same shape and dtype as x; NaN stays NaN
-    return y, {"mask": x > 0}
+    mask = x > 0
+    y = np.maximum(x, 0, out=x if inplace else None)   # same shape and dtype as x; NaN stays NaN
+    return y, {"mask": mask}
 
 
 def relu_backward(dy, cache):

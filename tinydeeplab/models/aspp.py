@@ -24,7 +24,7 @@ from ..nn import (BatchNorm, Concatenate, Conv2D, Dropout, GlobalAveragePooling2
 def conv_bn_relu(c_in, filters, kernel=1, dilation=1, *, seed=None):
     """Conv (no bias) -> BN (eps 1e-3, momentum 0.99) -> ReLU, Keras defaults."""
     return Sequential(("conv", Conv2D(c_in, filters, kernel, dilation_rate=dilation, seed=seed)),
-                      ("bn", BatchNorm(filters)), ("relu", ReLU()))
+                      ("bn", BatchNorm(filters)), ("relu", ReLU(inplace=True)))
 
 
 class ASPP(Module):

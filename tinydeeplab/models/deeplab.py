@@ -76,7 +76,7 @@ class DeepLabV3Backbone(Module):
             head_in += projection_filters
         # KerasHub fixes both ASPP and head widths at 256; ``num_channels`` shrinks them for small models
         self.head = Sequential(("conv", Conv2D(head_in, num_channels, 1, seed=seed_())),
-                               ("bn", BatchNorm(num_channels)), ("relu", ReLU()))
+                               ("bn", BatchNorm(num_channels)), ("relu", ReLU(inplace=True)))
         self.output_upsample = Resize()
         self.out_channels = num_channels
 

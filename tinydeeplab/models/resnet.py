@@ -52,7 +52,7 @@ def conv_unit(c_in, filters, kernel, *, strides=1, dilation=1, bn=True, relu=Tru
     if bn:
         layers.append(("bn", _bn(filters)))
     if relu:
-        layers.append(("relu", ReLU()))
+        layers.append(("relu", ReLU(inplace=True)))             # over the BN's / conv's fresh output
     return Sequential(*layers)
 
 
@@ -69,7 +69,7 @@ class Block(Module):
         seed = lambda: int(rng.integers(2**31))  # noqa: E731
         post = not pre_activation  # v1: BN after every conv, ReLU after the add
         if pre_activation:
-            self.preact = Sequential(("bn", _bn(c_in)), ("relu", ReLU()))
+            self.preact = Sequential(("bn", _bn(c_in)), ("relu", ReLU(inplace=True)))
         if block_type == "bottleneck_block":
             c_out = 4 * filters
             self.conv1 = conv_unit(c_in, filters, 1, seed=seed())
@@ -83,7 +83,7 @@ class Block(Module):
             raise ValueError(f"block_type must be one of {BLOCK_TYPES}, got {block_type!r}")
         self.shortcut = (conv_unit(c_in, c_out, 1, strides=strides, bn=post, relu=False, seed=seed())
                          if conv_shortcut else None)
-        self.out_relu = ReLU() if post else None
+        self.out_relu = ReLU(inplace=True) if post else None           # over the add's fresh output
         self.pre_activation = pre_activation
         self.out_channels = c_out
 

@@ -100,10 +100,16 @@ class BatchNorm(_OpLayer):
 
 
 class ReLU(_OpLayer):
-    """``y = max(x, 0)``."""
+    """``y = max(x, 0)``. ``ReLU(inplace=True)`` overwrites its input: the models use it right after a
+    batch norm, a convolution or an add, whose fresh output nothing else reads (their caches keep their
+    inputs, not their outputs), which saves one activation-sized buffer per layer."""
+
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+        self.inplace = bool(inplace)
 
     def forward(self, x, training=False):
-        return self._run("relu", x)
+        return self._run("relu", x, inplace=self.inplace)
 
     def backward(self, dout):
         return self._back("relu", dout)

@@ -26,8 +26,9 @@ def relu_grad_flat(y, dy, dx):
         dx[i] = dy[i] if y[i] > 0 else 0.0
 
 
-def relu_forward(x):
-    """``y = max(x, 0)`` elementwise (any shape); returns ``(y, cache)``.
+def relu_forward(x, *, inplace=False):
+    """``y = max(x, 0)`` elementwise (any shape); returns ``(y, cache)``. ``inplace=True`` writes
+    ``y`` over ``x`` (see :func:`tinydeeplab.functional.relu_forward`).
 
     >>> y, cache = relu_forward(np.array([-1.0, 0.0, 2.0]))
     >>> y.tolist()
@@ -35,7 +36,7 @@ def relu_forward(x):
     """
     check_array(x, "x")
     xf = np.ascontiguousarray(x).reshape(-1)
-    y = np.empty_like(xf)
+    y = xf if inplace else np.empty_like(xf)
     relu_flat(xf, y)
     y = y.reshape(x.shape)
     return y, {"y": y}

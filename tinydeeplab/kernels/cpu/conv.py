@@ -31,6 +31,17 @@ the same element.
 it is dropped from ``col`` and from ``w`` (ASPP with rate 18 on a 16 x 16 map keeps only the centre tap).
 A 1x1 convolution with stride 1 and no padding (or a conv that collapses to one such tap) needs no
 im2col at all: ``y = x.reshape(P, C) @ w.reshape(C, F)``.
+
+**Taps (atrous convolution on small maps).** Skipping whole taps is not enough for ASPP: with rate 12
+on a 16 x 16 map every tap reads real pixels for *some* outputs, yet 75 % of the products in ``col``
+are with padding zeros. A convolution is also a sum over taps of shifted 1x1 convolutions, and tap
+``(i, j)`` reads real pixels for one rectangle of outputs only (rows ``R_i``, columns ``C_j``)::
+
+    y[:, R_i, C_j] += x[:, R_i*sh - pt + i*dh, C_j*sw - pl + j*dw] @ w[i, j]      # (.., C) @ (C, F)
+
+so a conv with more than :data:`TAPWISE_MIN_DEAD_FRACTION` of its products in the padding runs tap
+by tap: no zero is multiplied and no im2col is built. Same sum, same terms, only the order of the
+additions differs.
 """
 from __future__ import annotations
 
@@ -41,6 +52,10 @@ from numba import njit, prange
 
 from ...functional._checks import check_conv2d_args, check_grad_shape
 from ...functional.geometry import window_geometry
+
+TAPWISE_MIN_DEAD_FRACTION = 0.4
+"""Run tap by tap when more than this fraction of the im2col products would read padding (below it,
+the one big GEMM of im2col is faster than several smaller ones)."""
 
 IM2COL_MAX_BYTES = 16 * 2**20
 """Upper bound on the im2col buffer (bytes). A chunk always holds at least one output row, so a single
@@ -189,7 +204,24 @@ def _plan(x_shape, w_shape, stride, dilation, pads, out_hw):
     # One live tap that reads x[n, oh, ow] itself: a 1x1 convolution, one GEMM on the reshaped tensor.
     gemm_only = (tap_h.size == 1 and tap_w.size == 1 and stride == (1, 1)
                  and tap_h[0] == pt and tap_w[0] == pl and tuple(out_hw) == tuple(x_shape[1:3]))
-    return {"tap_h": tap_h, "tap_w": tap_w, "idx_h": idx_h, "idx_w": idx_w, "gemm_only": gemm_only}
+    rows = [_valid_range(i * dilation[0], stride[0], pt, x_shape[1], out_hw[0]) for i in range(kh)]
+    cols = [_valid_range(j * dilation[1], stride[1], pl, x_shape[2], out_hw[1]) for j in range(kw)]
+    taps = [(i, j, rows[i], cols[j]) for i in range(kh) for j in range(kw)
+            if rows[i][1] > rows[i][0] and cols[j][1] > cols[j][0]]
+    real = sum((r1 - r0) * (c1 - c0) for _, _, (r0, r1), (c0, c1) in taps)   # products with real pixels
+    total = out_hw[0] * out_hw[1] * tap_h.size * tap_w.size                   # products im2col would do
+    dead = 1.0 - real / total if total else 1.0
+    tapwise = not gemm_only and total > 0 and dead > TAPWISE_MIN_DEAD_FRACTION
+    return {"tap_h": tap_h, "tap_w": tap_w, "idx_h": idx_h, "idx_w": idx_w, "gemm_only": gemm_only,
+            "taps": taps if tapwise else None, "dead_fraction": dead}
+
+
+def _valid_range(offset: int, s: int, pad_before: int, size: int, n_out: int) -> tuple[int, int]:
+    """Outputs ``[o0, o1)`` along one axis whose tap at ``offset`` reads a real pixel:
+    ``0 <= o*s - pad_before + offset < size``."""
+    o0 = max(0, -(-(pad_before - offset) // s))                      # ceil((pad_before - offset) / s)
+    o1 = min(n_out, (size - 1 + pad_before - offset) // s + 1)
+    return o0, max(o0, o1)
 
 
 def _live_weights(w, plan) -> np.ndarray:
@@ -232,7 +264,9 @@ def conv2d_forward(x, w, b=None, *, stride=1, dilation=1, padding="same"):
     wmat = _live_weights(np.ascontiguousarray(w), plan)          # (T_live * C, F)
 
     y = np.empty((n * ho * wo, f), dtype=x.dtype)                # (P, F), P = N * H_out * W_out
-    if plan["gemm_only"]:
+    if plan["taps"] is not None:
+        _tapwise_forward(x, w, plan, y.reshape(n, ho, wo, f), stride, dilation, pads)
+    elif plan["gemm_only"]:
         np.matmul(x.reshape(-1, c), wmat, out=y)                 # (P, C) @ (C, F)
     elif wmat.shape[0] == 0:
         y[...] = 0                                               # every tap reads only padding
@@ -263,6 +297,40 @@ def _col_chunks(x, plan, stride, pads, out_hw):
         yield g0, g1, col
 
 
+def _tap_reads(plan, stride, dilation, pads):
+    """Yield ``(i, j, outs, reads)`` per live tap: the output rectangle ``outs = (rows, cols)`` where
+    tap ``(i, j)`` reads real pixels, and the input rectangle ``reads`` it reads there (slices)."""
+    (sh, sw), (dh, dw), ((pt, _), (pl, _)) = stride, dilation, pads
+    for i, j, (r0, r1), (c0, c1) in plan["taps"]:
+        outs = (slice(r0, r1), slice(c0, c1))
+        reads = (slice(r0 * sh - pt + i * dh, (r1 - 1) * sh - pt + i * dh + 1, sh),
+                 slice(c0 * sw - pl + j * dw, (c1 - 1) * sw - pl + j * dw + 1, sw))
+        yield i, j, outs, reads
+
+
+def _tapwise_forward(x, w, plan, y, stride, dilation, pads) -> None:
+    """``y = sum over live taps (i, j) of  y[outs] += x[reads] @ w[i, j]``, written into ``y``
+    (N, H_out, W_out, F) in place; outputs no tap reaches stay 0."""
+    n, c, f = x.shape[0], x.shape[3], w.shape[3]
+    y[...] = 0
+    for i, j, (ro, co), (ri, ci) in _tap_reads(plan, stride, dilation, pads):
+        xs = np.ascontiguousarray(x[:, ri, ci])                     # (N, h_t, w_t, C)
+        y[:, ro, co] += (xs.reshape(-1, c) @ w[i, j]).reshape(xs.shape[:3] + (f,))
+
+
+def _tapwise_backward(dy, x, w, plan, stride, dilation, pads):
+    """Adjoint of :func:`_tapwise_forward`, per live tap: ``dw[i, j] = x[reads]^T @ dy[outs]`` and
+    ``dx[reads] += dy[outs] @ w[i, j]^T``."""
+    c, f = x.shape[3], w.shape[3]
+    dx, dw = np.zeros_like(x), np.zeros_like(w)                     # (N, H, W, C), (KH, KW, C, F)
+    for i, j, (ro, co), (ri, ci) in _tap_reads(plan, stride, dilation, pads):
+        dys = np.ascontiguousarray(dy[:, ro, co])                   # (N, h_t, w_t, F)
+        xs = np.ascontiguousarray(x[:, ri, ci]).reshape(-1, c)      # (N * h_t * w_t, C)
+        dw[i, j] = xs.T @ dys.reshape(-1, f)
+        dx[:, ri, ci] += (dys.reshape(-1, f) @ w[i, j].T).reshape(dys.shape[:3] + (c,))
+    return dx, dw
+
+
 def conv2d_backward(dy, cache):
     """Gradients of :func:`conv2d_forward`; returns ``(dx, dw, db)`` (``db`` is None without bias).
 
@@ -284,6 +352,10 @@ def conv2d_backward(dy, cache):
     dy2 = np.ascontiguousarray(dy, dtype=x.dtype).reshape(-1, f)   # (P, F)
     wmat = _live_weights(np.ascontiguousarray(w), plan)            # (T_live * C, F)
 
+    if plan["taps"] is not None:
+        dx, dw = _tapwise_backward(dy2.reshape(n, ho, wo, f), x, w, plan, stride, cache["dilation"], pads)
+        db = dy2.sum(axis=0).astype(w.dtype) if cache["has_bias"] else None
+        return dx, dw, db
     dw_live = np.zeros(wmat.shape, dtype=x.dtype)                  # (T_live * C, F)
     if plan["gemm_only"]:
         x2 = x.reshape(-1, c)                                      # (P, C)

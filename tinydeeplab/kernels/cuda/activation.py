@@ -41,11 +41,11 @@ def _scale_by_mask(x, keep, scale, y):
         y[i] = x[i] * scale if keep[i] else 0
 
 
-def relu_forward(x):
-    """``y = max(x, 0)`` elementwise (any shape); returns ``(y, cache)``."""
+def relu_forward(x, *, inplace=False):
+    """``y = max(x, 0)`` elementwise (any shape); returns ``(y, cache)``; ``inplace=True`` writes over ``x``."""
     check_array(spec(x), "x")
     require_device(x, "x")
-    y = empty(x.shape, x.dtype)
+    y = x if inplace else empty(x.shape, x.dtype)
     launch_1d(_relu, x.size, flat(x), flat(y))
     return y, {"y": y}
 
