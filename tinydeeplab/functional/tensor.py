@@ -72,18 +72,25 @@ def split_backward(dys, cache):
     return np.concatenate(dys, axis=3)                   # (N, H, W, C)
 
 
-def add_forward(a, b):
+def add_forward(a, b, *, inplace=False):
     """Residual add ``y = a + b`` (same shape and dtype); returns ``(y, cache)``.
 
-    >>> y, cache = add_forward(np.ones((1, 1, 1, 2)), np.ones((1, 1, 1, 2)))
-    >>> y.ravel().tolist()
-    [2.0, 2.0]
+    ``inplace=True`` writes the sum over ``a`` (for an ``a`` nothing else reads afterwards, e.g. a
+    layer's fresh output or gradient); the values are the same either way.
+
+    >>> a = np.ones((1, 1, 1, 2))
+    >>> y, cache = add_forward(a, np.ones((1, 1, 1, 2)))
+    >>> y.ravel().tolist(), a.ravel().tolist()
+    ([2.0, 2.0], [1.0, 1.0])
+    >>> y, cache = add_forward(a, np.ones((1, 1, 1, 2)), inplace=True)
+    >>> y is a, a.ravel().tolist()
+    (True, [2.0, 2.0])
     """
     check_array(a, "a")
     check_array(b, "b")
     check_same_shape(a=a, b=b)
     check_same_dtype(a=a, b=b)
-    return a + b, {"shape": a.shape}
+    return np.add(a, b, out=a if inplace else None), {"shape": a.shape}
 
 
 def add_backward(dy, cache):

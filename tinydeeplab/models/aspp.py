@@ -66,5 +66,5 @@ class ASPP(Module):
         d_pooled = self.pooling.backward(self.pooling_resize.backward(d_parts[-1]))
         dx = d_pooled                                                             # every branch read x:
         for branch, d in zip(self.branches(), d_parts[:-1]):                      # their gradients add up
-            dx = ops().add_forward(dx, branch.backward(d))[0]
+            dx = ops().add_forward(branch.backward(d), dx, inplace=True)[0]     # over the branch's fresh dx
         return dx

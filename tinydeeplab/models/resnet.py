@@ -99,7 +99,7 @@ class Block(Module):
             s = self.shortcut.forward(p, training)                           # projection of p
         else:
             s = x                                                            # identity: always x itself
-        y = ops().add_forward(r, s)[0]                                       # r + s on any backend
+        y = ops().add_forward(r, s, inplace=True)[0]                         # r + s, over r (fresh)
         return self.out_relu.forward(y) if self.out_relu is not None else y
 
     def backward(self, dy):
@@ -108,10 +108,10 @@ class Block(Module):
         for layer in reversed(self.residual_layers()):
             d_residual = layer.backward(d_residual)                          # gradient w.r.t. p
         if self.shortcut is not None:
-            d_p = ops().add_forward(d_residual, self.shortcut.backward(d_shortcut))[0]   # both branches read p
+            d_p = ops().add_forward(d_residual, self.shortcut.backward(d_shortcut), inplace=True)[0]  # both read p
             return self.preact.backward(d_p) if self.pre_activation else d_p
         dx = self.preact.backward(d_residual) if self.pre_activation else d_residual
-        return ops().add_forward(dx, d_shortcut)[0]
+        return ops().add_forward(dx, d_shortcut, inplace=True)[0]          # dx is fresh; d_shortcut is not
 
 
 class _NegInfPad(_OpLayer):
@@ -214,7 +214,7 @@ class ResNetBackbone(Module):
         for s in reversed(range(self.num_stacks)):
             g = d_pyramid.get(f"P{s + 2}")
             if g is not None:
-                dx = g if dx is None else ops().add_forward(dx, g)[0]
+                dx = g if dx is None else ops().add_forward(dx, g, inplace=True)[0]  # over the stack's dx
             if dx is not None:
                 dx = getattr(self, f"stack{s}").backward(dx)
         if dx is None:

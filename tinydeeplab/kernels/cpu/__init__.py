@@ -18,10 +18,16 @@ Threads: Numba's OpenMP layer busy-waits after each parallel loop by default, wh
 from the BLAS GEMM that follows every im2col chunk (measured: ~25% slower convolutions on 2 cores).
 Importing this package therefore sets ``OMP_WAIT_POLICY=PASSIVE`` unless the variable is already set
 (it only takes effect if no Numba parallel code ran earlier in the process).
+
+Memory: importing it also asks glibc to keep freed large blocks for reuse instead of returning them
+to the OS, which saves a page fault per 4 KiB of every large activation in every step (see
+:mod:`.memory`; ``TINYDEEPLAB_KEEP_FREED_MEMORY=0`` turns it off).
 """
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before Numba starts its thread pool
+
+from . import memory  # noqa: E402,F401  (keeps freed activation memory in the heap, see memory.py)
 
 from ...functional import (OPS, add_backward, add_forward, concat_backward, concat_forward,  # noqa: E402
                            dropout_backward, dropout_forward,

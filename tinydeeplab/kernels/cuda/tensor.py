@@ -177,15 +177,15 @@ def split_backward(dys, cache):
     return concat_forward(list(dys))[0]
 
 
-def add_forward(a, b):
-    """Residual add ``y = a + b`` (same shape and dtype); returns ``(y, cache)``."""
+def add_forward(a, b, *, inplace=False):
+    """Residual add ``y = a + b`` (same shape and dtype); returns ``(y, cache)``; ``inplace`` writes over ``a``."""
     check_array(spec(a), "a")
     check_array(spec(b), "b")
     check_same_shape(a=spec(a), b=spec(b))
     check_same_dtype(a=spec(a), b=spec(b))
     require_device(a, "a")
     require_device(b, "b")
-    y = empty(a.shape, a.dtype)
+    y = a if inplace else empty(a.shape, a.dtype)
     launch_1d(_add, y.size, flat(a), flat(b), flat(y))
     return y, {"shape": tuple(a.shape)}
 
