@@ -154,13 +154,15 @@ def build_tinydeeplab(device: str):
 def tinydeeplab_step(model, workload: dict):
     """A zero-argument callable running one ``workload`` call, and a dict of phase timings it fills."""
     from tinydeeplab import backend
+    from tinydeeplab.nn import inference_mode
     from tinydeeplab.train import SGD
 
     x, y = make_batch(workload)
     phases: dict[str, float] = {}
     if workload["kind"] == "infer":
-        def infer():
-            out = to_host(model.forward(x, training=False))
+        def infer():                                  # what predict() runs: no caches kept
+            with inference_mode():
+                out = to_host(model.forward(x, training=False))
             assert out.shape == (*x.shape[:3], NUM_CLASSES), out.shape
         return infer, phases
 

@@ -97,6 +97,26 @@ def test_inplace_relus_change_nothing(backend, plus, pre_activation, training):
         np.testing.assert_array_equal(a, b, err_msg=k)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_inference_mode_keeps_no_caches_and_changes_no_output(backend):
+    from tinydeeplab.nn import inference_mode
+
+    rng = np.random.default_rng(5)
+    model = randomize_batchnorm(tiny_segmenter(), rng)
+    x = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
+    with use_backend(backend):
+        plain = model.forward(x)
+        kept = [n for n, m in model.modules() if getattr(m, "_cache", None) is not None]
+        with inference_mode():
+            lean = model.forward(x)
+        left = [n for n, m in model.modules() if getattr(m, "_cache", None) is not None]
+        np.testing.assert_array_equal(lean, plain)
+        assert len(kept) > 20 and left == []
+        with pytest.raises(RuntimeError, match="inference_mode"):
+            model.backward(np.ones_like(lean))
+        np.testing.assert_array_equal(model.predict(x), plain)     # predict runs in inference mode
+
+
 def _check_every_entry(model, x, c, training, rtol=1e-5, atol=1e-7):
     """Central differences (float64) on every input pixel and every parameter of the whole model."""
     state = _snapshot(model)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_backend, ops, to_numpy
-from ..nn import BatchNorm, Concatenate, Conv2D, Module, ReLU, Resize, Sequential
+from ..nn import BatchNorm, Concatenate, Conv2D, Module, ReLU, Resize, Sequential, inference_mode
 from .aspp import ASPP, conv_bn_relu
 from .preprocessor import ImageConverter, resize
 
@@ -161,7 +161,9 @@ class DeepLabV3ImageSegmenter(Module):
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"images must be (N, H, W, 3) or (H, W, 3), got shape {images.shape}")
         images = images.astype(np.float32, copy=False)
-        out = np.concatenate([self.forward(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+        with inference_mode():                         # keeps no caches: activations freed as they are used
+            out = np.concatenate([self.forward(images[i:i + batch_size])
+                                  for i in range(0, len(images), batch_size)])
         if self.activation == "softmax":
             out = np.exp(out - out.max(-1, keepdims=True))
             out /= out.sum(-1, keepdims=True)
@@ -189,7 +191,8 @@ class DeepLabV3ImageSegmenter(Module):
         out = []
         for image in batch:
             x, (top, left, ch, cw) = self.preprocessor(image)                        # (1, h, w, 3)
-            logits = self.forward(x)                                                  # (1, h, w, K)
+            with inference_mode():
+                logits = self.forward(x)                                              # (1, h, w, K)
             if logits.shape[1:3] != (ch, cw):
                 logits = resize(logits, (ch, cw))                                     # (1, ch, cw, K)
             labels = np.full(image.shape[:2], outside_label, np.int32 if self.num_classes > 255 else np.uint8)

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..backend import ops
 from ..functional._checks import pair
-from .module import Module
+from .module import Module, in_inference_mode
 
 
 def _rng(seed_or_rng) -> np.random.Generator:
@@ -24,12 +24,16 @@ class _OpLayer(Module):
 
     def _run(self, op: str, *args, **kwargs):
         self._ops = ops()
-        out, self._cache = getattr(self._ops, op + "_forward")(*args, **kwargs)
+        out, cache = getattr(self._ops, op + "_forward")(*args, **kwargs)
+        # under inference_mode() nothing is kept for a backward (batch norm in training mode still
+        # needs its batch statistics for the moving averages, so it keeps them)
+        self._cache = None if in_inference_mode() and not kwargs.get("training", False) else cache
         return out
 
     def _back(self, op: str, dout):
         if getattr(self, "_cache", None) is None:
-            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward "
+                               "(or after a forward under inference_mode)")
         return getattr(self._ops, op + "_backward")(dout, self._cache)
 
 

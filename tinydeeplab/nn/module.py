@@ -15,7 +15,9 @@ module itself, and a composite module writes its backward out by hand in reverse
 """
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 from typing import Iterator
 
 import numpy as np
@@ -35,6 +37,42 @@ def _on_device(a):
     from ..backend import ops
 
     return ops("cuda").to_device(a)
+
+
+_INFERENCE = threading.local()
+
+
+@contextmanager
+def inference_mode():
+    """Forward passes inside this block keep nothing for a backward pass.
+
+    Every layer normally keeps its op's cache (its input, at least) until the next forward, so during a
+    forward *all* activations stay alive: memory grows with depth. Inside ``inference_mode()`` a layer
+    running with ``training=False`` drops its cache at once, so an activation is freed as soon as the
+    next layer has read it. The outputs are the same; calling ``backward`` afterwards raises.
+    ``predict``, ``segment`` and evaluation use it.
+
+    >>> import numpy as np
+    >>> from tinydeeplab.nn import ReLU
+    >>> relu = ReLU()
+    >>> with inference_mode():
+    ...     y = relu(np.array([-1.0, 2.0]))
+    >>> relu.backward(np.ones(2))
+    Traceback (most recent call last):
+    ...
+    RuntimeError: ReLU.backward called before forward (or after a forward under inference_mode)
+    """
+    previous = getattr(_INFERENCE, "active", False)
+    _INFERENCE.active = True
+    try:
+        yield
+    finally:
+        _INFERENCE.active = previous
+
+
+def in_inference_mode() -> bool:
+    """Whether the calling thread is inside :func:`inference_mode`."""
+    return getattr(_INFERENCE, "active", False)
 
 
 class Module:

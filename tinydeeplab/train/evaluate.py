@@ -24,6 +24,7 @@ import time
 import numpy as np
 
 from ..models.preprocessor import resize
+from ..nn import inference_mode
 from .metrics import ConfusionMatrix
 
 
@@ -101,8 +102,9 @@ def predict_logits(model, x, *, scales=(1.0,), flip=False, window=None, stride=N
     if not scales or min(scales) <= 0:
         raise ValueError(f"scales must be a non-empty tuple of positive numbers, got {scales!r}")
     H, W = x.shape[1:3]
-    run = (lambda v: model.forward(v)) if window is None else \
-        (lambda v: sliding_window_logits(model, v, window, stride))
+    def run(v):
+        with inference_mode():                                     # no caches kept: less memory
+            return model.forward(v) if window is None else sliding_window_logits(model, v, window, stride)
     views = []
     for s in scales:
         size = (max(int(round(H * s)), 1), max(int(round(W * s)), 1))
