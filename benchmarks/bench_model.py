@@ -190,11 +190,13 @@ class OpProfiler:
     """Wraps every ``*_forward`` / ``*_backward`` function of a backend module with a timer.
 
     Only the outermost op call is counted (an op calling another wrapped op is not counted twice).
-    The original functions are put back on exit.
+    The original functions are put back on exit. ``sync`` (e.g. ``numba.cuda.synchronize``) is called
+    before each clock reading so that asynchronous GPU work is charged to the op that launched it.
     """
 
-    def __init__(self, module):
+    def __init__(self, module, sync=None):
         self.module = module
+        self.sync = sync or (lambda: None)
         self.totals: dict[str, list] = {}          # name -> [seconds, calls]
         self._saved: dict[str, object] = {}
         self._depth = 0
@@ -202,12 +204,15 @@ class OpProfiler:
     def _wrap(self, name, fn):
         def wrapper(*args, **kwargs):
             self._depth += 1
+            if self._depth == 1:
+                self.sync()
             t0 = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
                 self._depth -= 1
                 if self._depth == 0:
+                    self.sync()
                     entry = self.totals.setdefault(name, [0.0, 0])
                     entry[0] += time.perf_counter() - t0
                     entry[1] += 1
@@ -233,19 +238,22 @@ class LayerProfiler:
     The wrappers are instance attributes shadowing the class methods; they are deleted on exit.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, sync=None):
         self.leaves = [(name, mod) for name, mod in model.modules() if not list(mod.children())]
         self.totals: dict[str, dict] = {}
+        self.sync = sync or (lambda: None)
 
     def _wrap(self, name, mod, method):
         fn = getattr(mod, method)
         entry = self.totals.setdefault(name, {"type": type(mod).__name__, "forward": 0.0, "backward": 0.0})
 
         def wrapper(*args, **kwargs):
+            self.sync()
             t0 = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
+                self.sync()
                 entry[method] += time.perf_counter() - t0
         object.__setattr__(mod, method, wrapper)
 
@@ -262,11 +270,12 @@ class LayerProfiler:
         return False
 
 
-def profile_tinydeeplab(model, step, phases) -> dict:
-    """One profiled call of ``step`` (already warmed up): per-op and per-layer seconds."""
+def profile_tinydeeplab(model, step, phases, sync=None) -> dict:
+    """One profiled call of ``step`` (already warmed up): per-op and per-layer seconds (``sync``: see
+    :class:`OpProfiler`)."""
     from tinydeeplab import backend
 
-    with OpProfiler(backend.ops()) as opp, LayerProfiler(model) as lp:
+    with OpProfiler(backend.ops(), sync) as opp, LayerProfiler(model, sync) as lp:
         total = timed(step)
     return {"total_s": total, "phases": dict(phases),
             "ops": {k: {"seconds": v[0], "calls": v[1]} for k, v in opp.totals.items()},

@@ -90,6 +90,45 @@ def test_gemm_matches_numpy(rng, tiles, trans_a, trans_b, accumulate):
     assert_close(out, expected)
 
 
+@pytest.mark.parametrize("trans_a,trans_b,accumulate", [(False, False, False), (True, False, True),
+                                                        (False, True, True)])
+@pytest.mark.parametrize("split_k", [2, 3, 50])
+def test_gemm_split_k_matches_numpy(rng, split_k, trans_a, trans_b, accumulate):
+    """K = 45 cut into 2, 3 or (more than its 3 steps of 16) 50 slices, each a block of its own, then summed."""
+    m, k, n = 21, 45, 18
+    a = normal(rng, (k, m) if trans_a else (m, k))
+    b = normal(rng, (n, k) if trans_b else (k, n))
+    c0 = normal(rng, (m, n))
+    expected = (a.T if trans_a else a) @ (b.T if trans_b else b) + (c0 if accumulate else 0)
+    out = dev(c0)
+    ggemm.matmul(dev(a), dev(b), out, trans_a=trans_a, trans_b=trans_b, accumulate=accumulate, split_k=split_k)
+    assert_close(out, expected)
+
+
+def test_split_k_is_chosen_for_few_tiles_and_a_long_k(monkeypatch):
+    monkeypatch.setattr(ggemm, "target_blocks", lambda: 264)             # an H200: 132 multiprocessors
+    tiles = ggemm.GPU_TILES
+    assert ggemm.choose_split_k(147, 64, 524288, tiles) == 88            # stem dW: 3 tiles -> 88 slices
+    assert ggemm.choose_split_k(131072, 64, 576, tiles) == 1             # forward GEMM: 2048 tiles already
+    assert ggemm.choose_split_k(147, 64, 1000, tiles) == 1000 // ggemm.SPLIT_K_MIN_DEPTH   # K too short to cut more
+
+
+@pytest.mark.skipif(SIMULATED, reason="the simulator has no device memory manager")
+def test_caching_allocator_reuses_a_freed_block():
+    from numba import cuda
+
+    from tinydeeplab.kernels.cuda import allocator
+    a = cuda.device_array((1000, 3), np.float32)
+    pointer = a.device_ctypes_pointer.value
+    del a
+    before = allocator.stats()["hits"]
+    b = cuda.device_array((3, 999), np.float32)                        # same size class (12 KiB)
+    assert b.device_ctypes_pointer.value == pointer
+    assert allocator.stats()["hits"] == before + 1
+    b.copy_to_device(np.ones((3, 999), np.float32))
+    assert b.copy_to_host().sum() == 3 * 999
+
+
 def test_a_wrong_kernel_result_is_caught(rng):
     """The comparison can fail: a GEMM asked for A @ B but checked against A^T @ B must not pass."""
     a, b = normal(rng, (5, 5)), normal(rng, (5, 3))

@@ -13,6 +13,7 @@ come back (one float64 each), and dropout's host-drawn mask goes up (see :mod:`.
 Modules, one per op family (mirroring ``kernels/cpu``):
 
 * :mod:`.memory`    to/from the device, allocation, the grid-stride launch configuration;
+* :mod:`.allocator` the caching device-memory manager (freed blocks are reused, no ``cuMemFree`` per step);
 * :mod:`.gemm`      tiled shared-memory matrix product (the convolution's work horse);
 * :mod:`.conv`      im2col / col2im kernels around the GEMM;
 * :mod:`.reduce`    deterministic column and vector sums (batch norm, bias gradient, loss, norm);
@@ -30,6 +31,7 @@ GPU nor the simulator.
 from numba import cuda
 
 from ...functional import OPS
+from . import allocator
 from .activation import dropout_backward, dropout_forward, relu_backward, relu_forward
 from .batchnorm import batchnorm_backward, batchnorm_forward, moving_average
 from .conv import conv2d_backward, conv2d_forward
@@ -41,6 +43,9 @@ from .resize import (bilinear_resize_backward, bilinear_resize_forward, upsample
 from .tensor import (add_backward, add_forward, concat_backward, concat_forward, split_backward, split_forward,
                      zero_pad2d_backward, zero_pad2d_forward)
 
+
+if not SIMULATED:
+    allocator.install()          # before any CUDA context exists: freed device blocks get reused
 
 _available = False
 

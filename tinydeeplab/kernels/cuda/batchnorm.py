@@ -10,8 +10,15 @@ Backward (``sdy = sum dy``, ``sdyx = sum dy * xhat``, sums over the M pixels)::
     inference:  dx = gamma * inv_std * dy
 
 ``x`` is viewed as an ``(M, C)`` matrix. The per-channel sums are the deterministic two-stage column
-reductions of :mod:`.reduce` (float64, two passes for the variance: ``sum (x - mean)^2``); the
-normalisation and the input gradient are elementwise grid-stride kernels with ``c = i % C``.
+reductions of :mod:`.reduce` (float64, two passes for the variance: ``sum (x - mean)^2``). Per-channel
+coefficients are then formed once, in float64, and stored in the activation dtype::
+
+    forward:   y  = (x - mean) * scale + beta,            scale = gamma * inv_std
+    backward:  dx = p * dy + q * (x - mean) + r,          p = gamma * inv_std,
+                                                          q = -p * inv_std * sdyx / M,  r = -p * sdy / M
+
+so the two elementwise kernels do a few float32 multiply-adds per element. They run over rows with the
+threads of a block along the channels (:func:`.memory.launch_rows`): no per-element ``i % C``.
 """
 from __future__ import annotations
 
@@ -21,7 +28,7 @@ import numbers
 from numba import cuda
 
 from ...functional._checks import check_array, check_batchnorm_args, check_grad_shape
-from .memory import empty, flat, launch_1d, require_device, spec
+from .memory import empty, flat, launch_1d, launch_rows, require_device, spec
 from .reduce import MODE_CENTRED_SQUARES, MODE_TIMES_XHAT, column_sums
 from .tensor import cast
 
@@ -41,25 +48,39 @@ def _inv_std(var64, eps, out):
 
 
 @cuda.jit
-def _normalize(x2, mean, inv_std, gamma, beta, y2):
-    """``y2[m, c] = gamma[c] * (x2[m, c] - mean[c]) * inv_std[c] + beta[c]``."""
-    c_n = x2.shape[1]
-    for i in range(cuda.grid(1), x2.size, cuda.gridsize(1)):
-        m, c = i // c_n, i % c_n
-        y2[m, c] = gamma[c] * ((x2[m, c] - mean[c]) * inv_std[c]) + beta[c]
+def _scale(gamma, inv_std64, scale):
+    """``scale[c] = gamma[c] * inv_std[c]`` (float64 product, stored in the activation dtype)."""
+    for c in range(cuda.grid(1), scale.size, cuda.gridsize(1)):
+        scale[c] = gamma[c] * inv_std64[c]
 
 
 @cuda.jit
-def _input_grad(x2, dy2, mean, inv_std, gamma, sdy, sdyx, m_rows, training, dx2):
-    """``dx2 = gamma * inv_std * (dy2 - sdy / M - xhat * sdyx / M)`` (training) or ``gamma * inv_std * dy2``."""
-    c_n = x2.shape[1]
-    for i in range(cuda.grid(1), x2.size, cuda.gridsize(1)):
-        m, c = i // c_n, i % c_n
-        g = dy2[m, c]
-        if training:
-            xhat = (x2[m, c] - mean[c]) * inv_std[c]
-            g = g - sdy[c] / m_rows - xhat * (sdyx[c] / m_rows)
-        dx2[m, c] = gamma[c] * inv_std[c] * g
+def _normalize(x2, mean, scale, beta, y2):
+    """``y2[m, c] = (x2[m, c] - mean[c]) * scale[c] + beta[c]`` (threads x along C, rows grid-strided)."""
+    m_rows, c_n = x2.shape
+    for m in range(cuda.blockIdx.x * cuda.blockDim.y + cuda.threadIdx.y, m_rows, cuda.gridDim.x * cuda.blockDim.y):
+        for c in range(cuda.threadIdx.x, c_n, cuda.blockDim.x):
+            y2[m, c] = (x2[m, c] - mean[c]) * scale[c] + beta[c]
+
+
+@cuda.jit
+def _grad_coefficients(gamma, inv_std64, sdy, sdyx, m_rows, training, p, q, r):
+    """Per channel, ``dx = p * dy + q * (x - mean) + r``: ``p = gamma * inv_std``; training
+    ``q = -p * inv_std * sdyx / M`` and ``r = -p * sdy / M`` (inference: 0)."""
+    for c in range(cuda.grid(1), p.size, cuda.gridsize(1)):
+        k = gamma[c] * inv_std64[c]
+        p[c] = k
+        q[c] = -k * inv_std64[c] * sdyx[c] / m_rows if training else 0.0
+        r[c] = -k * sdy[c] / m_rows if training else 0.0
+
+
+@cuda.jit
+def _input_grad(x2, dy2, mean, p, q, r, dx2):
+    """``dx2[m, c] = p[c] * dy2[m, c] + q[c] * (x2[m, c] - mean[c]) + r[c]`` (layout as :func:`_normalize`)."""
+    m_rows, c_n = x2.shape
+    for m in range(cuda.blockIdx.x * cuda.blockDim.y + cuda.threadIdx.y, m_rows, cuda.gridDim.x * cuda.blockDim.y):
+        for c in range(cuda.threadIdx.x, c_n, cuda.blockDim.x):
+            dx2[m, c] = p[c] * dy2[m, c] + q[c] * (x2[m, c] - mean[c]) + r[c]
 
 
 @cuda.jit
@@ -92,8 +113,10 @@ def batchnorm_forward(x, gamma, beta, moving_mean, moving_var, *, training, eps=
         mean64, var64 = cast(moving_mean, "float64"), cast(moving_var, "float64")
     launch_1d(_inv_std, c, var64, float(eps), inv_std64)
     inv_std = cast(inv_std64, x.dtype)                                 # (C,)
+    scale = empty((c,), x.dtype)
+    launch_1d(_scale, c, gamma, inv_std64, scale)                      # gamma * inv_std, (C,)
     y2 = empty((m_rows, c), x.dtype)
-    launch_1d(_normalize, y2.size, x2, mean64, inv_std64, gamma, beta, y2)
+    launch_rows(_normalize, m_rows, x2, mean, scale, beta, y2)
     cache = {"mean": mean, "var": var, "x": x2, "mean64": mean64, "inv_std64": inv_std64, "inv_std": inv_std,
              "gamma": gamma, "training": bool(training), "x_shape": tuple(x.shape)}
     return y2.reshape(*x.shape), cache                                 # (N, H, W, C)
@@ -113,9 +136,10 @@ def batchnorm_backward(dy, cache):
     dy2 = (dy if dy.dtype == x2.dtype else cast(dy, x2.dtype)).reshape(m_rows, c)   # (M, C)
     sdy = column_sums(dy2)                                                          # (C,) float64
     sdyx = column_sums(dy2, mode=MODE_TIMES_XHAT, z2=x2, mean=mean64, inv_std=inv_std64)
+    p, q, r = (empty((c,), x2.dtype) for _ in range(3))                         # (C,) each
+    launch_1d(_grad_coefficients, c, gamma, inv_std64, sdy, sdyx, m_rows, cache["training"], p, q, r)
     dx2 = empty((m_rows, c), x2.dtype)
-    launch_1d(_input_grad, dx2.size, x2, dy2, mean64, inv_std64, gamma, sdy, sdyx, m_rows,
-              cache["training"], dx2)
+    launch_rows(_input_grad, m_rows, x2, dy2, cache["mean"], p, q, r, dx2)
     return dx2.reshape(*cache["x_shape"]), cast(sdyx, x2.dtype), cast(sdy, x2.dtype)
 
 

@@ -27,7 +27,15 @@ Every element of ``A`` is read from global memory ``N / BN`` times instead of ``
 (``cuda.local.array``): each shared-memory value it loads is used ``RN`` (or ``RM``) times, and
 neighbouring threads write neighbouring columns of ``C`` (coalesced stores).
 
-Launch: ``grid = (ceil(N / BN), ceil(M / BM))``, ``block = (BN / RN, BM / RM)``. The GPU default
+**Bank conflicts.** The tiles have one padding column (``(BK, BM + 1)``): threads that store
+consecutive ``k`` of one row of ``A`` then land in different shared-memory banks instead of one.
+
+**Split-K.** The weight gradient ``col^T @ dy`` has a small result (``T*C x F``, a handful of tiles) and a
+huge ``K`` (every pixel of the batch): one block per tile would leave most of the GPU idle. Such products
+cut ``K`` into ``S`` slices that run as separate blocks (``blockIdx.z``) and are added afterwards (see
+:func:`matmul`).
+
+Launch: ``grid = (ceil(N / BN), ceil(M / BM), S)``, ``block = (BN / RN, BM / RM)``. The GPU default
 (:data:`TILES`) is a 64 x 64 tile with ``BK = 16`` and 4 x 4 per thread: 256 threads per block. Under
 the simulator, where every thread is a Python thread, a 16 x 16 tile (16 threads) keeps the tests fast;
 the tests run both configurations.
@@ -41,7 +49,7 @@ import numba
 import numpy as np
 from numba import cuda
 
-from .memory import SIMULATED, empty, is_device_array
+from .memory import SIMULATED, empty, is_device_array, launch_1d
 
 
 class Tiles(tuple):
@@ -61,27 +69,48 @@ TILES = SIMULATOR_TILES if SIMULATED else GPU_TILES
 """The configuration :func:`matmul` uses by default."""
 
 
-@functools.lru_cache(maxsize=None)
-def gemm_kernel(dtype, tiles: Tiles):
-    """Compile (once per dtype and tiling) the kernel ``gemm(a, b, c, trans_a, trans_b, accumulate)``.
+SPLIT_K_MIN_DEPTH = 16 if SIMULATED else 512
+"""Automatic split-K gives each split at least this many steps along K."""
 
-    Shared-memory and register arrays need their shape and dtype at compile time, hence the factory.
+
+@functools.lru_cache(maxsize=None)
+def target_blocks() -> int:
+    """Blocks a GEMM launch should reach before split-K stops paying: two per multiprocessor (1 under the
+    simulator, where automatic split-K is off and the tests ask for it explicitly)."""
+    if SIMULATED:
+        return 1
+    return 2 * cuda.get_current_device().MULTIPROCESSOR_COUNT
+
+
+@functools.lru_cache(maxsize=None)
+def gemm_kernel(dtype, tiles: Tiles, trans_a: bool, trans_b: bool, accumulate: bool):
+    """Compile (once per dtype, tiling and transpose/accumulate flags) ``gemm(a, b, c3, k_chunk)``.
+
+    ``c3`` is ``(S, M, N)``: block ``(bx, by, z)`` multiplies along ``K`` in ``[z * k_chunk, (z + 1) * k_chunk)``
+    and writes (or, with ``accumulate``, adds) its tile into ``c3[z]``. Shared-memory and register arrays need
+    their shape and dtype at compile time, and fixing the flags at compile time removes their branches from
+    the inner loops, hence the factory.
     """
     bm, bn, bk, rm, rn = tiles
     tm, tn = bm // rm, bn // rn             # threads along the rows / columns of the tile
     n_threads = tm * tn
+    bm_pad, bn_pad = bm + 1, bn + 1         # closure constants: shared-array shapes must be literals
     nb_type = numba.from_dtype(np.dtype(dtype))
 
     @cuda.jit
-    def gemm(a, b, c, trans_a, trans_b, accumulate):
-        a_tile = cuda.shared.array((bk, bm), nb_type)      # a_tile[k, m] = op(A)[row0 + m, k0 + k]
-        b_tile = cuda.shared.array((bk, bn), nb_type)      # b_tile[k, n] = op(B)[k0 + k, col0 + n]
+    def gemm(a, b, c3, k_chunk):
+        # One padding column: threads storing consecutive k of one row hit different banks.
+        a_tile = cuda.shared.array((bk, bm_pad), nb_type)  # a_tile[k, m] = op(A)[row0 + m, k0 + k]
+        b_tile = cuda.shared.array((bk, bn_pad), nb_type)  # b_tile[k, n] = op(B)[k0 + k, col0 + n]
         acc = cuda.local.array((rm, rn), nb_type)          # this thread's outputs, in registers
         a_reg = cuda.local.array(rm, nb_type)
         b_reg = cuda.local.array(rn, nb_type)
 
-        m_rows, n_cols = c.shape                            # C: (M, N)
+        _, m_rows, n_cols = c3.shape                        # C: (M, N) per split
         k_len = a.shape[0] if trans_a else a.shape[1]       # op(A): (M, K)
+        k_lo = cuda.blockIdx.z * k_chunk
+        k_hi = min(k_len, k_lo + k_chunk)
+        c = c3[cuda.blockIdx.z]
         tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
         tid = ty * tn + tx
         row0 = cuda.blockIdx.y * bm
@@ -90,7 +119,7 @@ def gemm_kernel(dtype, tiles: Tiles):
             for j in range(rn):
                 acc[i, j] = 0
 
-        for k0 in range(0, k_len, bk):
+        for k0 in range(k_lo, k_hi, bk):
             # Cooperative loads; consecutive threads read consecutive addresses of the stored matrix.
             for idx in range(tid, bm * bk, n_threads):
                 if trans_a:                                 # A stored (K, M): contiguous along m
@@ -98,7 +127,7 @@ def gemm_kernel(dtype, tiles: Tiles):
                 else:                                       # A stored (M, K): contiguous along k
                     mm, kk = idx // bk, idx % bk
                 r, k = row0 + mm, k0 + kk
-                if r < m_rows and k < k_len:
+                if r < m_rows and k < k_hi:
                     a_tile[kk, mm] = a[k, r] if trans_a else a[r, k]
                 else:
                     a_tile[kk, mm] = 0
@@ -108,7 +137,7 @@ def gemm_kernel(dtype, tiles: Tiles):
                 else:                                       # B stored (K, N): contiguous along n
                     kk, nn = idx // bn, idx % bn
                 col, k = col0 + nn, k0 + kk
-                if col < n_cols and k < k_len:
+                if col < n_cols and k < k_hi:
                     b_tile[kk, nn] = b[col, k] if trans_b else b[k, col]
                 else:
                     b_tile[kk, nn] = 0
@@ -138,11 +167,39 @@ def gemm_kernel(dtype, tiles: Tiles):
     return gemm
 
 
+@cuda.jit
+def _sum_splits(partial, out, accumulate):
+    """``out[m, n] (+)= sum_z partial[z, m, n]``, the splits added in a fixed order (deterministic)."""
+    s_n, m_rows, n_cols = partial.shape
+    for idx in range(cuda.grid(1), m_rows * n_cols, cuda.gridsize(1)):
+        m, n = idx // n_cols, idx % n_cols
+        acc = out[m, n] if accumulate else 0
+        for z in range(s_n):
+            acc += partial[z, m, n]
+        out[m, n] = acc
+
+
+def choose_split_k(m: int, n: int, k: int, tiles: Tiles) -> int:
+    """How many slices of K to run in parallel: enough blocks to fill the GPU when ``M x N`` has few tiles
+    (the weight gradient ``col^T @ dy``: a small ``(T*C, F)`` result summed over every pixel)."""
+    out_tiles = math.ceil(m / tiles[0]) * math.ceil(n / tiles[1])
+    want = math.ceil(target_blocks() / out_tiles)
+    return max(1, min(want, k // SPLIT_K_MIN_DEPTH))
+
+
 def matmul(a, b, out=None, *, trans_a: bool = False, trans_b: bool = False, accumulate: bool = False,
-           tiles: Tiles | None = None):
+           tiles: Tiles | None = None, split_k: int | None = None):
     """``out = op(a) @ op(b)`` (``+=`` with ``accumulate``) for 2-D C-contiguous device arrays; returns ``out``.
 
     ``op(a)`` is ``a.T`` when ``trans_a`` (read in place). ``out`` is allocated when None.
+
+    **Split-K.** When ``M x N`` has too few tiles to occupy the GPU but ``K`` is long, ``S`` slices of ``K``
+    run as ``S`` independent blocks per tile into an ``(S, M, N)`` buffer, then one kernel adds the slices in
+    a fixed order::
+
+        C = sum_z op(A)[:, K_z] @ op(B)[K_z, :]
+
+    ``split_k`` None chooses ``S`` (:func:`choose_split_k`); an int forces it (tests).
     """
     if not (is_device_array(a) and is_device_array(b)) or a.ndim != 2 or b.ndim != 2:
         raise ValueError("matmul takes two 2-D device arrays")
@@ -161,9 +218,17 @@ def matmul(a, b, out=None, *, trans_a: bool = False, trans_b: bool = False, accu
     if m == 0 or n == 0:
         return out
     tiles = tiles or TILES
-    bm, bn, _, rm, rn = tiles
-    kernel = gemm_kernel(a.dtype.type, tiles)
-    grid = (math.ceil(n / bn), math.ceil(m / bm))          # (tile columns, tile rows)
-    block = (bn // rn, bm // rm)                            # (threads along N, threads along M)
-    kernel[grid, block](a, b, out, bool(trans_a), bool(trans_b), bool(accumulate))
+    bm, bn, bk, rm, rn = tiles
+    splits = max(1, min(int(split_k), max(k, 1))) if split_k is not None else choose_split_k(m, n, k, tiles)
+    k_chunk = max(bk, math.ceil(math.ceil(k / splits) / bk) * bk)       # a whole number of K steps per split
+    splits = max(1, math.ceil(k / k_chunk))
+    block = (bn // rn, bm // rm)                                        # (threads along N, along M)
+    if splits == 1:
+        kernel = gemm_kernel(a.dtype.type, tiles, bool(trans_a), bool(trans_b), bool(accumulate))
+        kernel[(math.ceil(n / bn), math.ceil(m / bm), 1), block](a, b, out.reshape(1, m, n), max(k, 1))
+        return out
+    partial = empty((splits, m, n), a.dtype)                            # (S, M, N)
+    kernel = gemm_kernel(a.dtype.type, tiles, bool(trans_a), bool(trans_b), False)
+    kernel[(math.ceil(n / bn), math.ceil(m / bm), splits), block](a, b, partial, k_chunk)
+    launch_1d(_sum_splits, m * n, partial, out, bool(accumulate))
     return out

@@ -91,6 +91,18 @@ def blocks_for(n: int, threads: int = None) -> int:
     return max(1, min(MAX_BLOCKS, math.ceil(n / threads)))
 
 
+ROW_BLOCK = (8, 2) if SIMULATED else (32, 8)
+"""Threads of a row-wise launch: x along the channels of a row, y along rows."""
+
+
+def launch_rows(kernel, m_rows: int, *args) -> None:
+    """Launch a row-wise kernel over an ``(M, C)`` matrix: block :data:`ROW_BLOCK`; thread ``(tx, ty)`` of block
+    ``b`` takes rows ``b * ROW_BLOCK[1] + ty`` (grid-strided) and channels ``tx, tx + ROW_BLOCK[0], ...``, so
+    a warp reads consecutive channels of one row and the channel needs no division."""
+    if m_rows > 0:
+        kernel[max(1, min(MAX_BLOCKS, math.ceil(m_rows / ROW_BLOCK[1]))), ROW_BLOCK](*args)
+
+
 def launch_1d(kernel, n: int, *args) -> None:
     """Launch a grid-stride kernel over ``n`` elements: ``kernel[blocks_for(n), THREADS](*args)``."""
     if n > 0:

@@ -29,7 +29,7 @@ COL_X = 8 if SIMULATED else 32
 """Threads per block along the columns (C)."""
 COL_Y = 2 if SIMULATED else 8
 """Threads per block along the rows (M); a power of two (tree reduction)."""
-MAX_ROW_BLOCKS = 1 if SIMULATED else 128
+MAX_ROW_BLOCKS = 1 if SIMULATED else 512
 """Blocks along the rows; each reduces its share into one row of ``partial``."""
 SUM_THREADS = 16 if SIMULATED else 256
 """Threads per block of the vector sum (a power of two)."""
