@@ -79,6 +79,13 @@ def main(argv=None):
             err = float(np.abs(out.copy_to_host() - ref).max() / np.abs(ref).max())
             cells.append(f"{t * 1e3:.3f} | {flop / t / 1e12:.1f} | {t / t_torch:.1f}x" + (" WRONG" if err > 1e-4 else ""))
         print("| " + " | ".join(cells) + " |", flush=True)
+    for tiles in tilings:                        # registers and local (spilled) memory per thread
+        k = gemm.gemm_kernel(np.float32, tiles, False, False, False)
+        try:
+            print(f"{'x'.join(map(str, tiles))}: {k.get_regs_per_thread()} registers, "
+                  f"{k.get_local_mem_per_thread()} B local memory per thread")
+        except Exception as err:  # noqa: BLE001 - informational only
+            print(f"{tiles}: resource query failed ({err})")
 
 
 if __name__ == "__main__":

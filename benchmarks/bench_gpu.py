@@ -211,7 +211,6 @@ def torch_step(net, workload: dict):
 # Worker: one measurement, or the equivalence check
 # =============================================================================================
 def run_worker(spec: dict) -> dict:
-    mem = DeviceMemoryPeak()
     workload = WORKLOADS[spec["workload"]]
     t0 = time.perf_counter()
     if spec["framework"] == "tinydeeplab":
@@ -235,11 +234,15 @@ def run_worker(spec: dict) -> dict:
     if spec.get("profile"):
         prof = bm.profile_tinydeeplab(model, lambda: (sync(), step(), sync()), phases, sync=sync)
         return {"profile": prof, "notes": notes}
+    if spec.get("host_profile"):
+        return {"host_profile": host_profile(call), "notes": notes}
     times, phase_samples = [], []
     for _ in range(spec["repeats"]):
         times.append(call())
         if phases:
             phase_samples.append(dict(phases))
+    mem = DeviceMemoryPeak()            # polled during one more call only: the thread would compete for the GIL
+    call()
     if spec["framework"] == "tinydeeplab":
         from tinydeeplab.kernels.cuda import allocator
 
@@ -253,6 +256,21 @@ def run_worker(spec: dict) -> dict:
         result["phases_median_s"] = {k: statistics.median(p[k] for p in phase_samples) for k in phase_samples[0]}
     mem.stop()
     return result
+
+
+def host_profile(call, top: int = 30) -> str:
+    """cProfile of one call: where the *host* spends its time (Python glue, kernel launches, allocation)."""
+    import cProfile
+    import io
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    call()
+    prof.disable()
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(top)
+    return out.getvalue()
 
 
 def run_check() -> dict:
@@ -401,6 +419,12 @@ def orchestrate(args) -> None:
             r = run_subprocess({"framework": "tinydeeplab", "workload": wl, "repeats": 1, "warmup": args.warmup,
                                 "profile": True}, args)
             out["profiles"][wl] = r.get("profile", r)
+    if args.host_profile:
+        for wl in args.workloads:
+            r = run_subprocess({"framework": "tinydeeplab", "workload": wl, "repeats": 1, "warmup": args.warmup,
+                                "host_profile": True}, args)
+            print(f"\n## Host profile (cProfile, one call): tinydeeplab {wl}\n")
+            print(r.get("host_profile", r.get("error")))
     print_tables(out["results"], args.workloads, args.frameworks)
     for wl, prof in out.get("profiles", {}).items():
         if "error" in prof:
@@ -420,6 +444,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=3, help="untimed calls first; the first compiles (default 3)")
     p.add_argument("--no-check", dest="check", action="store_false", help="skip the equivalence check")
     p.add_argument("--profile", action="store_true", help="also time every tinydeeplab op (synchronised)")
+    p.add_argument("--host-profile", action="store_true", help="also cProfile one tinydeeplab call per workload")
     p.add_argument("--json", metavar="OUT", help="save every number as JSON")
     p.add_argument("--timeout", type=float, default=900, help="seconds allowed per subprocess")
     p.add_argument("--verbose", action="store_true", help="pass the subprocesses' stderr through")

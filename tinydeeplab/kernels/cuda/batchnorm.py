@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import numbers
 
-from numba import cuda
+from numba import cuda, float64
 
 from ...functional._checks import check_array, check_batchnorm_args, check_grad_shape
 from .memory import empty, flat, launch_1d, launch_rows, require_device, spec
@@ -34,24 +34,22 @@ from .tensor import cast
 
 
 @cuda.jit
-def _divide(sums, m_rows, out):
-    """``out[c] = sums[c] / m_rows`` (a mean from a float64 sum)."""
-    for c in range(cuda.grid(1), out.size, cuda.gridsize(1)):
-        out[c] = sums[c] / m_rows
+def _coefficients(mean_src, var_src, gamma, eps, mean64, inv_std64, stats):
+    """Per channel, from the batch's float64 (or the moving) mean and variance::
 
-
-@cuda.jit
-def _inv_std(var64, eps, out):
-    """``out[c] = 1 / sqrt(var[c] + eps)`` in float64."""
-    for c in range(cuda.grid(1), out.size, cuda.gridsize(1)):
-        out[c] = 1.0 / math.sqrt(var64[c] + eps)
-
-
-@cuda.jit
-def _scale(gamma, inv_std64, scale):
-    """``scale[c] = gamma[c] * inv_std[c]`` (float64 product, stored in the activation dtype)."""
-    for c in range(cuda.grid(1), scale.size, cuda.gridsize(1)):
-        scale[c] = gamma[c] * inv_std64[c]
+        mean64 = mean,  inv_std64 = 1 / sqrt(var + eps)                       (float64)
+        stats  = [mean, var, inv_std, gamma * inv_std]                         (activation dtype, (4, C))
+    """
+    for c in range(cuda.grid(1), mean64.size, cuda.gridsize(1)):
+        m = mean_src[c]
+        v = var_src[c]
+        inv = 1.0 / math.sqrt(float64(v) + eps)
+        mean64[c] = m
+        inv_std64[c] = inv
+        stats[0, c] = m
+        stats[1, c] = v
+        stats[2, c] = inv
+        stats[3, c] = gamma[c] * inv
 
 
 @cuda.jit
@@ -64,14 +62,17 @@ def _normalize(x2, mean, scale, beta, y2):
 
 
 @cuda.jit
-def _grad_coefficients(gamma, inv_std64, sdy, sdyx, m_rows, training, p, q, r):
-    """Per channel, ``dx = p * dy + q * (x - mean) + r``: ``p = gamma * inv_std``; training
-    ``q = -p * inv_std * sdyx / M`` and ``r = -p * sdy / M`` (inference: 0)."""
-    for c in range(cuda.grid(1), p.size, cuda.gridsize(1)):
+def _grad_coefficients(gamma, inv_std64, sdy, sdyx, m_rows, training, coef):
+    """Per channel, ``coef = [p, q, r, dgamma, dbeta]`` (activation dtype, (5, C)) with
+    ``dx = p * dy + q * (x - mean) + r``: ``p = gamma * inv_std``; training ``q = -p * inv_std * sdyx / M``
+    and ``r = -p * sdy / M`` (inference: 0); ``dgamma = sdyx``, ``dbeta = sdy``."""
+    for c in range(cuda.grid(1), coef.shape[1], cuda.gridsize(1)):
         k = gamma[c] * inv_std64[c]
-        p[c] = k
-        q[c] = -k * inv_std64[c] * sdyx[c] / m_rows if training else 0.0
-        r[c] = -k * sdy[c] / m_rows if training else 0.0
+        coef[0, c] = k
+        coef[1, c] = -k * inv_std64[c] * sdyx[c] / m_rows if training else 0.0
+        coef[2, c] = -k * sdy[c] / m_rows if training else 0.0
+        coef[3, c] = sdyx[c]
+        coef[4, c] = sdy[c]
 
 
 @cuda.jit
@@ -103,18 +104,15 @@ def batchnorm_forward(x, gamma, beta, moving_mean, moving_var, *, training, eps=
     c = x.shape[3]
     m_rows = x.size // c
     x2 = x.reshape(m_rows, c)                                          # (M, C)
-    mean64, var64, inv_std64 = (empty((c,), "float64") for _ in range(3))   # (C,) each
-    if training:
-        launch_1d(_divide, c, column_sums(x2), m_rows, mean64)                       # mean = sum x / M
-        launch_1d(_divide, c, column_sums(x2, mode=MODE_CENTRED_SQUARES, mean=mean64), m_rows, var64)
-        mean, var = cast(mean64, x.dtype), cast(var64, x.dtype)                     # biased variance
+    if training:                                                       # float64 batch statistics
+        mean_src = column_sums(x2, divide_by=m_rows)                                  # mean = sum x / M
+        var_src = column_sums(x2, mode=MODE_CENTRED_SQUARES, mean=mean_src, divide_by=m_rows)  # biased
     else:
-        mean, var = moving_mean, moving_var
-        mean64, var64 = cast(moving_mean, "float64"), cast(moving_var, "float64")
-    launch_1d(_inv_std, c, var64, float(eps), inv_std64)
-    inv_std = cast(inv_std64, x.dtype)                                 # (C,)
-    scale = empty((c,), x.dtype)
-    launch_1d(_scale, c, gamma, inv_std64, scale)                      # gamma * inv_std, (C,)
+        mean_src, var_src = moving_mean, moving_var
+    mean64, inv_std64 = empty((c,), "float64"), empty((c,), "float64")
+    stats = empty((4, c), x.dtype)                                     # mean, var, inv_std, scale
+    launch_1d(_coefficients, c, mean_src, var_src, gamma, float(eps), mean64, inv_std64, stats)
+    mean, var, inv_std, scale = stats[0], stats[1], stats[2], stats[3]
     y2 = empty((m_rows, c), x.dtype)
     launch_rows(_normalize, m_rows, x2, mean, scale, beta, y2)
     cache = {"mean": mean, "var": var, "x": x2, "mean64": mean64, "inv_std64": inv_std64, "inv_std": inv_std,
@@ -136,11 +134,11 @@ def batchnorm_backward(dy, cache):
     dy2 = (dy if dy.dtype == x2.dtype else cast(dy, x2.dtype)).reshape(m_rows, c)   # (M, C)
     sdy = column_sums(dy2)                                                          # (C,) float64
     sdyx = column_sums(dy2, mode=MODE_TIMES_XHAT, z2=x2, mean=mean64, inv_std=inv_std64)
-    p, q, r = (empty((c,), x2.dtype) for _ in range(3))                         # (C,) each
-    launch_1d(_grad_coefficients, c, gamma, inv_std64, sdy, sdyx, m_rows, cache["training"], p, q, r)
+    coef = empty((5, c), x2.dtype)                                                 # p, q, r, dgamma, dbeta
+    launch_1d(_grad_coefficients, c, gamma, inv_std64, sdy, sdyx, m_rows, cache["training"], coef)
     dx2 = empty((m_rows, c), x2.dtype)
-    launch_rows(_input_grad, m_rows, x2, dy2, cache["mean"], p, q, r, dx2)
-    return dx2.reshape(*cache["x_shape"]), cast(sdyx, x2.dtype), cast(sdy, x2.dtype)
+    launch_rows(_input_grad, m_rows, x2, dy2, cache["mean"], coef[0], coef[1], coef[2], dx2)
+    return dx2.reshape(*cache["x_shape"]), coef[3], coef[4]
 
 
 def moving_average(moving, batch_value, momentum):

@@ -69,17 +69,18 @@ def _column_partials(x, z, mean, inv_std, mode, partial):
 
 
 @cuda.jit
-def _sum_partials(partial, out):
-    """``out[c] = sum_b partial[b, c]`` (one thread per column, fixed order)."""
+def _sum_partials(partial, divisor, out):
+    """``out[c] = sum_b partial[b, c] / divisor`` (one thread per column, fixed order)."""
     for c in range(cuda.grid(1), out.size, cuda.gridsize(1)):
         acc = 0.0
         for b in range(partial.shape[0]):
             acc += partial[b, c]
-        out[c] = acc
+        out[c] = acc / divisor
 
 
-def column_sums(x2, *, mode=MODE_SUM, z2=None, mean=None, inv_std=None):
-    """Float64 ``(C,)`` device array of per-column sums of ``term(x2)`` over the ``M`` rows of ``x2 (M, C)``.
+def column_sums(x2, *, mode=MODE_SUM, z2=None, mean=None, inv_std=None, divide_by=1):
+    """Float64 ``(C,)`` device array of per-column sums of ``term(x2)`` over the ``M`` rows of ``x2 (M, C)``,
+    divided by ``divide_by`` (``M`` gives the column means).
 
     ``mean`` / ``inv_std`` are float64 ``(C,)`` device arrays (modes 1 and 2); ``z2`` is ``(M, C)`` (mode 2).
     """
@@ -91,7 +92,7 @@ def column_sums(x2, *, mode=MODE_SUM, z2=None, mean=None, inv_std=None):
     _column_partials[grid, (COL_X, COL_Y)](x2, x2 if z2 is None else z2, dummy if mean is None else mean,
                                            dummy if inv_std is None else inv_std, mode, partial)
     out = empty((c_cols,), np.float64)
-    _sum_partials[max(1, min(64, math.ceil(c_cols / 64))), 64](partial, out)
+    _sum_partials[max(1, min(64, math.ceil(c_cols / 64))), 64](partial, float(divide_by), out)
     return out
 
 
