@@ -60,7 +60,10 @@ CHECK = dict(kind="train", batch=2, size=256)
 # Device helpers
 # =============================================================================================
 class DeviceMemoryPeak:
-    """Highest device-wide memory use (MiB) seen by a thread polling NVML, minus the use at start."""
+    """Device-wide memory use (MiB) above the use when this object was made, as NVML reports it.
+
+    Make it before the process touches the GPU; ``start()`` a thread that polls every millisecond (only
+    around an untimed call: the thread competes for the GIL with the launching thread), ``peak_mib()``."""
 
     def __init__(self, interval_s: float = 0.001):
         self.interval_s, self.peak, self.base, self.error = interval_s, 0, None, None
@@ -69,14 +72,15 @@ class DeviceMemoryPeak:
             import pynvml
 
             pynvml.nvmlInit()
-            self._handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-            self._used = lambda: pynvml.nvmlDeviceGetMemoryInfo(self._handle).used
-            self.base = self._used()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+            self._used = lambda: pynvml.nvmlDeviceGetMemoryInfo(handle).used
+            self.base = self.peak = self._used()
         except Exception as err:                       # no NVML: memory is reported as unknown
             self.error = f"NVML unavailable ({type(err).__name__}: {err})"
-            return
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
+
+    def start(self):
+        if self.base is not None:
+            threading.Thread(target=self._poll, daemon=True).start()
 
     def _poll(self):
         while not self._stop.is_set():
@@ -211,6 +215,7 @@ def torch_step(net, workload: dict):
 # Worker: one measurement, or the equivalence check
 # =============================================================================================
 def run_worker(spec: dict) -> dict:
+    mem = DeviceMemoryPeak()                                  # baseline before this process uses the GPU
     workload = WORKLOADS[spec["workload"]]
     t0 = time.perf_counter()
     if spec["framework"] == "tinydeeplab":
@@ -241,7 +246,7 @@ def run_worker(spec: dict) -> dict:
         times.append(call())
         if phases:
             phase_samples.append(dict(phases))
-    mem = DeviceMemoryPeak()            # polled during one more call only: the thread would compete for the GIL
+    mem.start()                         # polled during one more, untimed call only
     call()
     if spec["framework"] == "tinydeeplab":
         from tinydeeplab.kernels.cuda import allocator
