@@ -13,12 +13,11 @@ step the block's threads copy an ``(BM, BK)`` tile of ``op(A)`` and a ``(BK, BN)
 global memory into shared memory (``cuda.shared.array``), wait (``cuda.syncthreads()``), and multiply
 out of shared memory, which is ~100x faster to read than global memory::
 
-    next = op(A), op(B) tiles at k0 = 0                       # into registers
     for k0 in range(0, K, BK):
-        As, Bs = next                                         # registers -> shared memory
+        As[:, :] = op(A)[row0 : row0 + BM, k0 : k0 + BK]      # cooperative, coalesced loads
+        Bs[:, :] = op(B)[k0 : k0 + BK, col0 : col0 + BN]      # zeros outside the matrices
         syncthreads()
-        next = tiles at k0 + BK                               # cooperative, coalesced loads, in flight...
-        acc += As @ Bs                                        # ...while each thread does its RM x RN outputs
+        acc += As @ Bs                                        # each thread: its RM x RN outputs
         syncthreads()                                         # before the tiles are overwritten
 
 Every element of ``A`` is read from global memory ``N / BN`` times instead of ``N`` times.
@@ -44,7 +43,6 @@ the tests run both configurations.
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 
 import numba
@@ -84,50 +82,6 @@ def target_blocks() -> int:
     return 2 * cuda.get_current_device().MULTIPROCESSOR_COUNT
 
 
-def _inlined_device_function(fn):
-    """``cuda.jit(device=True)``, forced inline into the kernel where Numba supports it (the register arrays
-    passed in then stay registers)."""
-    options = {"forceinline": True} if "forceinline" in inspect.signature(cuda.jit).parameters else {}
-    return cuda.jit(device=True, **options)(fn)
-
-
-def _tile_loader(rows: int, bk: int, k_major: bool, n_threads: int, pad: int, nb_type):
-    """Device functions moving one ``(rows, BK)`` slice of ``op(X)`` (``X`` stored ``(K, rows_total)`` when
-    ``k_major``, else ``(rows_total, K)``) from global memory to this thread's registers, and from there to
-    the flat shared tile ``tile[k * pad + r]``. Thread ``tid`` owns slice elements ``tid + t * n_threads``;
-    consecutive threads take consecutive addresses of the stored matrix (coalesced). All sizes are closure
-    constants, so the index divisions compile to shifts."""
-    per_thread = math.ceil(rows * bk / n_threads)
-    total = rows * bk
-
-    @_inlined_device_function
-    def position(idx):
-        if k_major:
-            return idx // rows, idx % rows            # (k, r): contiguous along r
-        return idx % bk, idx // bk                    # (k, r): contiguous along k
-
-    @_inlined_device_function
-    def load(x, row0, k0, k_hi, rows_total, tid, regs):
-        for t in range(per_thread):
-            idx = tid + t * n_threads
-            kk, rr = position(idx)
-            r, k = row0 + rr, k0 + kk
-            if idx < total and r < rows_total and k < k_hi:
-                regs[t] = x[k, r] if k_major else x[r, k]
-            else:
-                regs[t] = 0
-
-    @_inlined_device_function
-    def store(regs, tid, tile):
-        for t in range(per_thread):
-            idx = tid + t * n_threads
-            if idx < total:
-                kk, rr = position(idx)
-                tile[kk * pad + rr] = regs[t]
-
-    return load, store, per_thread
-
-
 @functools.lru_cache(maxsize=None)
 def gemm_kernel(dtype, tiles: Tiles, trans_a: bool, trans_b: bool, accumulate: bool):
     """Compile (once per dtype, tiling and transpose/accumulate flags) ``gemm(a, b, c3, k_chunk)``.
@@ -136,25 +90,18 @@ def gemm_kernel(dtype, tiles: Tiles, trans_a: bool, trans_b: bool, accumulate: b
     and writes (or, with ``accumulate``, adds) its tile into ``c3[z]``. Shared-memory and register arrays need
     their shape and dtype at compile time, and fixing the flags at compile time removes their branches from
     the inner loops, hence the factory.
-
-    The next K step's tiles are loaded into registers while the current ones are multiplied (prefetch),
-    so global-memory latency overlaps the arithmetic.
     """
     bm, bn, bk, rm, rn = tiles
     tm, tn = bm // rm, bn // rn             # threads along the rows / columns of the tile
     n_threads = tm * tn
-    bm_pad, bn_pad = bm + 1, bn + 1         # one padding column: no bank conflicts on the stores
-    a_size, b_size = bk * bm_pad, bk * bn_pad   # closure constants: shared-array sizes must be literals
+    bm_pad, bn_pad = bm + 1, bn + 1         # closure constants: shared-array shapes must be literals
     nb_type = numba.from_dtype(np.dtype(dtype))
-    load_a, store_a, a_per = _tile_loader(bm, bk, trans_a, n_threads, bm_pad, nb_type)       # A: (M, K) or (K, M)
-    load_b, store_b, b_per = _tile_loader(bn, bk, not trans_b, n_threads, bn_pad, nb_type)   # B: (K, N) or (N, K)
 
     @cuda.jit
     def gemm(a, b, c3, k_chunk):
-        a_tile = cuda.shared.array(a_size, nb_type)        # a_tile[k * bm_pad + m] = op(A)[row0 + m, k0 + k]
-        b_tile = cuda.shared.array(b_size, nb_type)        # b_tile[k * bn_pad + n] = op(B)[k0 + k, col0 + n]
-        a_next = cuda.local.array(a_per, nb_type)          # this thread's share of the next tiles
-        b_next = cuda.local.array(b_per, nb_type)
+        # One padding column: threads storing consecutive k of one row hit different banks.
+        a_tile = cuda.shared.array((bk, bm_pad), nb_type)  # a_tile[k, m] = op(A)[row0 + m, k0 + k]
+        b_tile = cuda.shared.array((bk, bn_pad), nb_type)  # b_tile[k, n] = op(B)[k0 + k, col0 + n]
         acc = cuda.local.array((rm, rn), nb_type)          # this thread's outputs, in registers
         a_reg = cuda.local.array(rm, nb_type)
         b_reg = cuda.local.array(rn, nb_type)
@@ -172,26 +119,39 @@ def gemm_kernel(dtype, tiles: Tiles, trans_a: bool, trans_b: bool, accumulate: b
             for j in range(rn):
                 acc[i, j] = 0
 
-        load_a(a, row0, k_lo, k_hi, m_rows, tid, a_next)
-        load_b(b, col0, k_lo, k_hi, n_cols, tid, b_next)
         for k0 in range(k_lo, k_hi, bk):
-            store_a(a_next, tid, a_tile)
-            store_b(b_next, tid, b_tile)
+            # Cooperative loads; consecutive threads read consecutive addresses of the stored matrix.
+            for idx in range(tid, bm * bk, n_threads):
+                if trans_a:                                 # A stored (K, M): contiguous along m
+                    kk, mm = idx // bm, idx % bm
+                else:                                       # A stored (M, K): contiguous along k
+                    mm, kk = idx // bk, idx % bk
+                r, k = row0 + mm, k0 + kk
+                if r < m_rows and k < k_hi:
+                    a_tile[kk, mm] = a[k, r] if trans_a else a[r, k]
+                else:
+                    a_tile[kk, mm] = 0
+            for idx in range(tid, bk * bn, n_threads):
+                if trans_b:                                 # B stored (N, K): contiguous along k
+                    nn, kk = idx // bk, idx % bk
+                else:                                       # B stored (K, N): contiguous along n
+                    kk, nn = idx // bn, idx % bn
+                col, k = col0 + nn, k0 + kk
+                if col < n_cols and k < k_hi:
+                    b_tile[kk, nn] = b[col, k] if trans_b else b[k, col]
+                else:
+                    b_tile[kk, nn] = 0
             cuda.syncthreads()                              # tiles complete
-            if k0 + bk < k_hi:                              # in flight during the products below
-                load_a(a, row0, k0 + bk, k_hi, m_rows, tid, a_next)
-                load_b(b, col0, k0 + bk, k_hi, n_cols, tid, b_next)
+
             for kk in range(bk):                            # acc += a_tile^T @ b_tile, this thread's part
-                a_off = kk * bm_pad + ty
-                b_off = kk * bn_pad + tx
                 for i in range(rm):
-                    a_reg[i] = a_tile[a_off + i * tm]
+                    a_reg[i] = a_tile[kk, ty + i * tm]
                 for j in range(rn):
-                    b_reg[j] = b_tile[b_off + j * tn]
+                    b_reg[j] = b_tile[kk, tx + j * tn]
                 for i in range(rm):
                     for j in range(rn):
                         acc[i, j] += a_reg[i] * b_reg[j]
-            cuda.syncthreads()                              # everyone done before the next stores
+            cuda.syncthreads()                              # everyone done before the next loads
 
         for i in range(rm):
             r = row0 + ty + i * tm
