@@ -59,7 +59,9 @@ def main(argv=None):
     tilings = [gemm.Tiles(*map(int, t.split(","))) for t in (args.tiles or TILINGS)]
     torch.backends.cuda.matmul.allow_tf32 = False
     rng = np.random.default_rng(0)
-    head = ["shape", "torch ms", "torch TF/s"] + [f"{'x'.join(map(str, t))} ms | TF/s | ratio" for t in tilings]
+    head = ["shape", "torch ms", "torch TF/s"]
+    for t in tilings:
+        head += [f"{'x'.join(map(str, t))} ms", "TF/s", "ratio"]
     print("| " + " | ".join(head) + " |")
     print("|---|" + "---:|" * (len(head) - 1))
     for name, m, k, n, ta, tb in SHAPES:
@@ -82,8 +84,10 @@ def main(argv=None):
     for tiles in tilings:                        # registers and local (spilled) memory per thread
         k = gemm.gemm_kernel(np.float32, tiles, False, False, False)
         try:
-            print(f"{'x'.join(map(str, tiles))}: {k.get_regs_per_thread()} registers, "
-                  f"{k.get_local_mem_per_thread()} B local memory per thread")
+            regs, local = k.get_regs_per_thread(), k.get_local_mem_per_thread()
+            if isinstance(regs, dict):               # one entry per compiled signature: there is one
+                regs, local = next(iter(regs.values())), next(iter(local.values()))
+            print(f"{'x'.join(map(str, tiles))}: {regs} registers, {local} B local memory per thread")
         except Exception as err:  # noqa: BLE001 - informational only
             print(f"{tiles}: resource query failed ({err})")
 
