@@ -376,27 +376,15 @@ def print_tables(results: dict, workloads, frameworks) -> None:
     print("| workload | framework | median s | min s | images/s | first call s | peak device MiB | host peak RSS MiB |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     errors = []
-    for wl in workloads:
-        for fw in frameworks:
-            r = results.get(wl, {}).get(fw)
-            if r is None:
-                continue
-            if "error" in r:
-                errors.append(f"- {wl} / {fw}: {r['error']}")
-                continue
-            dev = r.get("peak_device_mib")
-            print(f"| {wl} | {fw} | {r['median_s']:.4f} | {r['min_s']:.4f} | {WORKLOADS[wl]['batch'] / r['median_s']:.1f} "
-                  f"| {r['first_s']:.2f} | {'-' if dev is None else f'{dev:.0f}'} | {r['peak_rss_mib']:.0f} |")
+    for wl, fw, r in bm.measured(results, workloads, frameworks, errors):
+        dev = r.get("peak_device_mib")
+        print(f"| {wl} | {fw} | {r['median_s']:.4f} | {r['min_s']:.4f} | {WORKLOADS[wl]['batch'] / r['median_s']:.1f} "
+              f"| {r['first_s']:.2f} | {'-' if dev is None else f'{dev:.0f}'} | {r['peak_rss_mib']:.0f} |")
     for wl in workloads:
         ph = results.get(wl, {}).get("tinydeeplab", {}).get("phases_median_s")
         if ph:
             print(f"\ntinydeeplab {wl} phases (median s): " + ", ".join(f"{k} {v:.3f}" for k, v in ph.items()))
-    notes = sorted({f"- {fw}: {n}" for wl in workloads for fw, r in results.get(wl, {}).items()
-                    for n in r.get("notes", [])})
-    if notes:
-        print("\nNotes:\n" + "\n".join(notes))
-    if errors:
-        print("\nErrors:\n" + "\n".join(errors))
+    bm.print_notes_and_errors(results, workloads, errors)
 
 
 def orchestrate(args) -> None:

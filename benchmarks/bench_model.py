@@ -534,6 +534,20 @@ def print_tables(results: dict, workloads: list[str], frameworks: list[str]) -> 
     print("| workload | framework | median s | min s | images/s | first call s | build s | RSS after build MiB |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     errors = []
+    for wl, fw, r in measured(results, workloads, frameworks, errors):
+        ips = WORKLOADS[wl]["batch"] / r["median_s"]
+        print(f"| {wl} | {fw} | {r['median_s']:.3f} | {r['min_s']:.3f} | {ips:.2f} | {r['first_s']:.2f} | "
+              f"{r['build_s']:.1f} | {r['rss_model_mib']:.0f} |")
+    phase_rows = [(wl, results[wl]["tinydeeplab"]["phases_median_s"]) for wl in workloads
+                  if "phases_median_s" in results.get(wl, {}).get("tinydeeplab", {})]
+    if phase_rows:
+        print("\ntinydeeplab training-step phases (median s): "
+              + "; ".join(f"{wl}: " + ", ".join(f"{k} {v:.2f}" for k, v in ph.items()) for wl, ph in phase_rows))
+    print_notes_and_errors(results, workloads, errors)
+
+
+def measured(results: dict, workloads, frameworks, errors: list):
+    """``(workload, framework, result)`` of every successful measurement; failures go to ``errors``."""
     for wl in workloads:
         for fw in frameworks:
             r = results.get(wl, {}).get(fw)
@@ -542,14 +556,10 @@ def print_tables(results: dict, workloads: list[str], frameworks: list[str]) -> 
             if "error" in r:
                 errors.append(f"- {wl} / {fw}: {r['error']}")
                 continue
-            ips = WORKLOADS[wl]["batch"] / r["median_s"]
-            print(f"| {wl} | {fw} | {r['median_s']:.3f} | {r['min_s']:.3f} | {ips:.2f} | {r['first_s']:.2f} | "
-                  f"{r['build_s']:.1f} | {r['rss_model_mib']:.0f} |")
-    phase_rows = [(wl, results[wl]["tinydeeplab"]["phases_median_s"]) for wl in workloads
-                  if "phases_median_s" in results.get(wl, {}).get("tinydeeplab", {})]
-    if phase_rows:
-        print("\ntinydeeplab training-step phases (median s): "
-              + "; ".join(f"{wl}: " + ", ".join(f"{k} {v:.2f}" for k, v in ph.items()) for wl, ph in phase_rows))
+            yield wl, fw, r
+
+
+def print_notes_and_errors(results: dict, workloads, errors: list) -> None:
     notes = sorted({f"- {fw}: {n}" for wl in workloads for fw, r in results.get(wl, {}).items()
                     for n in r.get("notes", [])})
     if notes:
