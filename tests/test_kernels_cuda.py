@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+from numba import cuda, float64
 
 from model_factories import randomize_batchnorm, tiny_segmenter
 from tinydeeplab import backend
@@ -362,6 +363,54 @@ def test_module_to_moves_params_and_buffers_and_back():
     assert all(isinstance(v, np.ndarray) for v in (*bn.params.values(), *bn.buffers.values()))
     with pytest.raises(ValueError, match="must be one of"):
         bn.to("gpu")
+
+
+@pytest.mark.skipif(not SIMULATED, reason="a property of the CUDA simulator")
+@pytest.mark.parametrize("use_fix", [True, False], ids=["locked", "simulator-own"])
+def test_simulator_shared_array_survives_a_thread_switch(monkeypatch, use_fix):
+    """A thread switch between the simulator's look-up of a block's shared array and its store gave two
+    threads arrays of their own (tinydeeplab.kernels.cuda.simulator). Force that switch (sleep after the
+    look-up): the locked method still shares one array; the simulator's own loses the other threads' writes."""
+    import time
+
+    from numba.cuda.simulator import kernelapi
+
+    from tinydeeplab.kernels.cuda import simulator
+
+    assert kernelapi.FakeCUDAShared.array is simulator.shared_array          # installed at import
+
+    class SwitchAfterLookup(dict):
+        def get(self, key, default=None):
+            value = super().get(key, default)
+            time.sleep(0.002)                                   # every other thread runs here
+            return value
+
+    init = kernelapi.FakeCUDAShared.__init__
+
+    def slow_init(self, *args):
+        init(self, *args)
+        self._allocations = SwitchAfterLookup()
+
+    monkeypatch.setattr(kernelapi.FakeCUDAShared, "__init__", slow_init)
+    if not use_fix:
+        monkeypatch.setattr(kernelapi.FakeCUDAShared, "array", simulator.original_shared_array)
+
+    @cuda.jit
+    def block_sum(base, out):
+        s = cuda.shared.array(8, float64)
+        t = cuda.threadIdx.x
+        s[t] = base[0] + t
+        cuda.syncthreads()
+        if t == 0:
+            acc = 0.0
+            for i in range(8):
+                acc += s[i]
+            out[0] = acc
+
+    base = np.array([np.random.default_rng().uniform(1, 2)])   # fresh values: stale memory cannot match
+    out = np.zeros(1)
+    block_sum[1, 8](base, out)
+    assert (out[0] == 8 * base[0] + 28) == use_fix
 
 
 @pytest.mark.skipif(not SIMULATED, reason="needs a machine where the simulator is the only CUDA")

@@ -31,7 +31,7 @@ GPU nor the simulator.
 from numba import cuda
 
 from ...functional import OPS
-from . import allocator
+from . import allocator, simulator
 from .activation import dropout_backward, dropout_forward, relu_backward, relu_forward
 from .batchnorm import batchnorm_backward, batchnorm_forward, moving_average
 from .conv import conv2d_backward, conv2d_forward
@@ -44,7 +44,9 @@ from .tensor import (add_backward, add_forward, concat_backward, concat_forward,
                      zero_pad2d_backward, zero_pad2d_forward)
 
 
-if not SIMULATED:
+if SIMULATED:
+    simulator.make_shared_arrays_thread_safe()   # the simulator's shared arrays, without a race
+else:
     allocator.install()          # before any CUDA context exists: freed device blocks get reused
 
 _available = False

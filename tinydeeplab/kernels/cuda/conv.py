@@ -29,7 +29,6 @@ two threads write the same address, so no atomics and a reproducible result.
 """
 from __future__ import annotations
 
-import numpy as np
 from numba import cuda
 
 from ...functional._checks import check_conv2d_args, check_grad_shape
