@@ -31,11 +31,10 @@ def shared_array(self, shape, dtype):
     from numba.core import types
     from numba.np import numpy_support
 
+    if shape == 0:                                    # dynamic shared memory: one buffer, no look-up
+        return original_shared_array(self, shape, dtype)
     if isinstance(dtype, types.Type):
         dtype = numpy_support.as_dtype(dtype)
-    if shape == 0:                                    # dynamic shared memory: one preallocated buffer
-        count = self._dynshared_size // dtype.itemsize
-        return np.frombuffer(self._dynshared.data, dtype=dtype, count=count)
     caller = sys._getframe(1)                         # the kernel line that asked for the array
     key = (caller.f_code.co_filename, caller.f_lineno)
     with _LOCK:
@@ -55,8 +54,7 @@ def make_shared_arrays_thread_safe() -> bool:
         return False
     if FakeCUDAShared.array is shared_array:
         return True
-    probe = FakeCUDAShared(0)
-    if not isinstance(getattr(probe, "_allocations", None), dict) or not hasattr(probe, "_dynshared"):
+    if not isinstance(getattr(FakeCUDAShared(0), "_allocations", None), dict):
         return False
     global original_shared_array
     original_shared_array = FakeCUDAShared.array
