@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io.errors import PresetError
+from .errors import OptionError, TinyDeepLabError
 
 
 def cmd_demo(args) -> int:
@@ -349,25 +349,42 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def error_message(err: BaseException) -> str:
+    """One line for a user-fixable failure: the project's own message, or an ``OSError`` with its file.
+
+    >>> error_message(PermissionError(13, "Permission denied", "runs/a/checkpoint.npz"))
+    'Permission denied (runs/a/checkpoint.npz)'
+    >>> error_message(OSError(28, "No space left on device"))
+    'No space left on device'
+    """
+    if isinstance(err, OSError) and not isinstance(err, TinyDeepLabError):
+        what = err.strerror or str(err) or type(err).__name__
+        where = " -> ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
+        return f"{what} ({where})" if where else what
+    text = str(err) or type(err).__name__
+    return " ".join(text.split())                      # one line, whatever the message held
+
+
 def main(argv=None) -> int:
+    """Run one command; every user-fixable failure ends as one line on stderr and exit status 2."""
     args = build_parser().parse_args(argv)
-    if getattr(args, "backend", None):
-        from .backend import set_backend
-        try:
-            set_backend(args.backend)
-        except ImportError as err:                       # e.g. --backend cuda without a GPU
-            print(f"tinydeeplab {args.command}: error: {err}", file=sys.stderr)
-            return 2
+    command = args.command
     try:
+        if getattr(args, "backend", None):
+            from .backend import set_backend
+            try:
+                set_backend(args.backend)
+            except ImportError as err:                   # e.g. --backend cuda without a GPU
+                raise OptionError(f"--backend {args.backend}: {err}") from None
         return args.func(args)
     except BrokenPipeError:        # output piped into head & co.
         return 0
     except KeyboardInterrupt:
-        print(f"tinydeeplab {args.command}: interrupted (a training run resumes from its last checkpoint)",
+        print(f"tinydeeplab {command}: interrupted (a training run resumes from its last checkpoint)",
               file=sys.stderr)
         return 130
-    except (PresetError, FileNotFoundError, ValueError) as err:
-        print(f"tinydeeplab {args.command}: error: {err}", file=sys.stderr)
+    except (TinyDeepLabError, OSError, ValueError) as err:
+        print(f"tinydeeplab {command}: error: {error_message(err)}", file=sys.stderr)
         return 2
 
 

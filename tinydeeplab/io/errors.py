@@ -1,5 +1,4 @@
-"""The one exception type for files tinydeeplab cannot use: it says which file and what is wrong."""
+"""The preset error type (defined with the rest of the hierarchy in :mod:`tinydeeplab.errors`)."""
+from ..errors import PresetError
 
-
-class PresetError(ValueError):
-    """A preset, checkpoint or data file is missing, unreadable or inconsistent with the model."""
+__all__ = ["PresetError"]

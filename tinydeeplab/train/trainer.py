@@ -39,14 +39,14 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import get_backend, ops
+from ..errors import DivergenceError
 from .checkpoint import load_checkpoint, save_checkpoint
 from .optim import clip_grad_norm
 
 CHECKPOINT, METRICS_CSV, METRICS_JSON, CURVES = "checkpoint.npz", "metrics.csv", "metrics.json", "curves.png"
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The loss (or the gradient norm) became NaN or infinite; the message names the epoch and step."""
+NonFiniteLossError = DivergenceError   # the former name (a FloatingPointError then and now)
 
 
 def _rng_states(model) -> dict:
