@@ -39,6 +39,24 @@ def _on_device(a):
     return ops("cuda").to_device(a)
 
 
+def first_non_finite(named_arrays) -> str | None:
+    """The first name in ``{name: array}`` whose array holds a NaN or an infinity (device arrays are
+    copied to the host first), or None when every value is finite.
+
+    >>> first_non_finite({"a": np.ones(2), "b": np.array([1.0, np.inf]), "c": np.array([np.nan])})
+    'b'
+    >>> first_non_finite({"a": np.ones(2)}) is None
+    True
+    """
+    from ..backend import to_numpy
+
+    for name, a in dict(named_arrays).items():
+        a = to_numpy(a)
+        if a is not None and a.dtype.kind in "fc" and not np.isfinite(a).all():
+            return name
+    return None
+
+
 _INFERENCE = threading.local()
 
 
@@ -118,6 +136,13 @@ class Module:
     def state_dict(self) -> dict[str, np.ndarray]:
         """All parameters and buffers by dotted name (the checkpoint content)."""
         return {**dict(self.named_parameters()), **dict(self.named_buffers())}
+
+    def first_non_finite(self) -> str | None:
+        """Dotted name of the first parameter or buffer holding a NaN or an infinity, else None.
+
+        Written before every checkpoint and preset: a diverged model must never replace a good one.
+        """
+        return first_non_finite(self.state_dict())
 
     def load_state_dict(self, state: dict[str, np.ndarray], *, strict: bool = True, source: str = "state") -> None:
         """Copy arrays into this module, checking every name and shape.

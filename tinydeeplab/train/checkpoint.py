@@ -6,21 +6,25 @@ Layout of the archive (plain arrays only, so ``np.load(allow_pickle=False)`` rea
     optimizer/<dotted name>   the momentum buffer of that parameter (``optimizer.state_dict()``)
     meta.json                 uint8 array of UTF-8 JSON: {"format", "version", "meta": {...}, "optimizer": {...}}
 
-Writes are atomic: the archive goes to a temporary file in the same directory, is flushed and
-fsync'ed, then ``os.replace``'d over the target, so a crash or an error mid-write leaves the
-previous checkpoint intact (and no half-written file under the target name).
+Writes are atomic (:mod:`tinydeeplab.atomic`): the archive goes to a temporary file in the same
+directory, is flushed and fsync'ed, then ``os.replace``'d over the target, so a crash or an error
+mid-write (disk full) leaves the previous checkpoint intact (and no half-written file under the
+target name). A state with a NaN or an infinity anywhere (a parameter, a batch-norm statistic, a
+momentum buffer) is never written, and never loaded: a diverged run cannot poison the last good
+checkpoint, and a damaged file is refused naming its first bad array.
 """
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import open_for_write
 from ..backend import to_numpy
+from ..errors import CheckpointError
+from ..nn.module import first_non_finite
 
 FORMAT = "tinydeeplab-checkpoint"
 VERSION = 1
@@ -44,50 +48,34 @@ def save_checkpoint(path, model, optimizer=None, **meta) -> Path:
                              "optimizer": optimizer.hyperparameters() if hasattr(optimizer, "hyperparameters")
                              else None}, allow_nan=True)
     except TypeError as err:
-        raise ValueError(f"{path}: checkpoint metadata must be JSON-serialisable ({err})") from None
+        raise CheckpointError(f"{path}: checkpoint metadata must be JSON-serialisable ({err})") from None
     arrays = {_MODEL + name: np.ascontiguousarray(to_numpy(a)) for name, a in model.state_dict().items()}
     if optimizer is not None:
-        arrays.update({_OPTIM + name: np.ascontiguousarray(v) for name, v in optimizer.state_dict().items()})
+        arrays.update({_OPTIM + name: np.ascontiguousarray(to_numpy(v))
+                       for name, v in optimizer.state_dict().items()})
+    bad = first_non_finite(arrays)
+    if bad is not None:
+        raise CheckpointError(f"{path}: not written: {bad} holds NaN or infinite values (the training state "
+                              f"diverged); the previous checkpoint, if any, is unchanged")
     arrays[_META] = np.frombuffer(header.encode("utf-8"), np.uint8)
 
     directory = path.parent if str(path.parent) else Path(".")
     directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open_for_write(path) as f:
             np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(directory)
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot write the checkpoint ({err.strerror or err}); the previous "
+                              f"checkpoint, if any, is unchanged") from err
     return path
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def read_checkpoint(path) -> tuple[dict, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """``(header, model_state, optimizer_state)`` from ``path``, fully read and checked.
 
-    Raises ``FileNotFoundError`` when there is no file and ``ValueError`` naming the file when it is
-    not a complete tinydeeplab checkpoint (truncated, corrupt, or another kind of file).
+    Raises ``FileNotFoundError`` when there is no file and :class:`~tinydeeplab.errors.CheckpointError`
+    naming the file when it is not a complete tinydeeplab checkpoint (truncated, corrupt, another kind
+    of file) or holds a non-finite array (named).
     """
     path = Path(path)
     if not path.is_file():
@@ -96,25 +84,25 @@ def read_checkpoint(path) -> tuple[dict, dict[str, np.ndarray], dict[str, np.nda
     try:
         data = np.load(path, allow_pickle=False)
     except errors as err:
-        raise ValueError(f"{path}: not a readable checkpoint (truncated or corrupt file?): {err}") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt file?): {err}") from None
     if not isinstance(data, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path}: not a tinydeeplab checkpoint (a single .npy array, not an .npz archive)")
+        raise CheckpointError(f"{path}: not a tinydeeplab checkpoint (a single .npy array, not an .npz archive)")
     try:
         with data:
             arrays = {name: data[name] for name in data.files}     # reads (and CRC-checks) every member
     except errors as err:
-        raise ValueError(f"{path}: not a readable checkpoint (truncated or corrupt file?): {err}") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt file?): {err}") from None
     if _META not in arrays:
-        raise ValueError(f"{path}: not a tinydeeplab checkpoint (no {_META} member)")
+        raise CheckpointError(f"{path}: not a tinydeeplab checkpoint (no {_META} member)")
     try:
         header = json.loads(arrays.pop(_META).tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: corrupt {_META} ({err})") from None
+        raise CheckpointError(f"{path}: corrupt {_META} ({err})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a tinydeeplab checkpoint (format {header.get('format')!r})"
+        raise CheckpointError(f"{path}: not a tinydeeplab checkpoint (format {header.get('format')!r})"
                          if isinstance(header, dict) else f"{path}: corrupt {_META}")
     if header.get("version", 0) > VERSION:
-        raise ValueError(f"{path}: checkpoint format version {header['version']} is newer than this "
+        raise CheckpointError(f"{path}: checkpoint format version {header['version']} is newer than this "
                          f"tinydeeplab understands ({VERSION})")
     model_state, optim_state = {}, {}
     for name, a in arrays.items():
@@ -123,9 +111,13 @@ def read_checkpoint(path) -> tuple[dict, dict[str, np.ndarray], dict[str, np.nda
         elif name.startswith(_OPTIM):
             optim_state[name[len(_OPTIM):]] = a
         else:
-            raise ValueError(f"{path}: unexpected member {name!r}")
+            raise CheckpointError(f"{path}: unexpected member {name!r}")
         if a.dtype.kind != "f":
-            raise ValueError(f"{path}: {name} has dtype {a.dtype}, expected floating point")
+            raise CheckpointError(f"{path}: {name} has dtype {a.dtype}, expected floating point")
+    bad = first_non_finite(arrays)
+    if bad is not None:
+        raise CheckpointError(f"{path}: {bad} holds NaN or infinite values; this checkpoint cannot be used "
+                              f"(written by a diverged run or damaged)")
     return header, model_state, optim_state
 
 
@@ -134,7 +126,8 @@ def load_checkpoint(path, model, optimizer=None) -> dict:
 
     Everything is checked before anything is copied, so on error the model is unchanged: a
     missing file raises ``FileNotFoundError``; a truncated or corrupt file, a missing or extra
-    parameter, or a shape mismatch raises ``ValueError`` naming the file and the parameter.
+    parameter, a shape mismatch or a non-finite array raises
+    :class:`~tinydeeplab.errors.CheckpointError` naming the file and the parameter.
     """
     header, model_state, optim_state = read_checkpoint(path)
     own = model.state_dict()
@@ -145,10 +138,10 @@ def load_checkpoint(path, model, optimizer=None) -> dict:
                  if missing else []) + \
                 ([f"not in the model: {', '.join(unexpected[:10])}{' ...' if len(unexpected) > 10 else ''}"]
                  if unexpected else [])
-        raise ValueError(f"{path}: checkpoint does not match the model ({'; '.join(parts)})")
+        raise CheckpointError(f"{path}: checkpoint does not match the model ({'; '.join(parts)})")
     for name, a in own.items():
         if model_state[name].shape != a.shape:
-            raise ValueError(f"{path}: parameter {name} has shape {model_state[name].shape} in the checkpoint, "
+            raise CheckpointError(f"{path}: parameter {name} has shape {model_state[name].shape} in the checkpoint, "
                              f"the model expects {a.shape}")
     if optimizer is not None:       # checks every name and shape before changing anything
         optimizer.load_state_dict(optim_state, source=str(path))

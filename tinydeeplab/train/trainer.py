@@ -30,18 +30,20 @@ import csv
 import io
 import json
 import math
-import os
-import sys
-import tempfile
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import write_bytes
 from ..backend import get_backend, ops
-from ..errors import DivergenceError
+from ..errors import DivergenceError, TrainingError
+from ..nn.module import first_non_finite
+from ..progress import Progress
 from .checkpoint import load_checkpoint, save_checkpoint
 from .optim import clip_grad_norm
+from .rundir import RunLock, check_same_run
 
 CHECKPOINT, METRICS_CSV, METRICS_JSON, CURVES = "checkpoint.npz", "metrics.csv", "metrics.json", "curves.png"
 
@@ -61,15 +63,42 @@ def _set_rng_states(model, states: dict) -> None:
             mod._rng.bit_generator.state = states[path]
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+EXPLOSION_FACTOR = 1e3
+"""A finite loss above this multiple of the running median of recent losses counts as divergence."""
+EXPLOSION_WINDOW, EXPLOSION_MIN_STEPS = 50, 5
+
+
+class LossMonitor:
+    """Tells a diverging loss from a noisy one: non-finite, or ``> factor x`` the running median.
+
+    The median of the last ``window`` losses (once ``min_steps`` are known) is robust to the spikes of
+    ordinary training; a cross-entropy that grows a thousandfold over it is a run that blew up (with
+    ``--lr 1e6`` losses of 1e9..1e17 appear long before the first NaN).
+
+    >>> m = LossMonitor()
+    >>> [m.check(v) for v in (2.0, 1.9, 1.8, 1.7, 1.9, 30.0)]
+    [None, None, None, None, None, None]
+    >>> m.check(5e3)
+    'exploded (5000 > 1000 x the running median 1.9)'
+    >>> LossMonitor().check(float("nan"))
+    'became non-finite (nan)'
+    """
+
+    def __init__(self, factor: float = EXPLOSION_FACTOR, window: int = EXPLOSION_WINDOW,
+                 min_steps: int = EXPLOSION_MIN_STEPS):
+        self.factor, self.min_steps = float(factor), int(min_steps)
+        self.recent: deque = deque(maxlen=int(window))
+
+    def check(self, loss: float) -> str | None:
+        """None if ``loss`` is plausible (then remembered), else what went wrong."""
+        if not math.isfinite(loss):
+            return f"became non-finite ({loss})"
+        if len(self.recent) >= self.min_steps:
+            median = float(np.median(self.recent))
+            if loss > self.factor * max(median, 1e-12):
+                return f"exploded ({loss:.4g} > {self.factor:.4g} x the running median {median:.4g})"
+        self.recent.append(float(loss))
+        return None
 
 
 def _json_safe(v):
@@ -90,12 +119,15 @@ class Trainer:
         clip_norm: clip the global gradient L2 norm to this value (None: no clipping).
         val_fn: ``model -> dict`` of metrics after each epoch (scalars are recorded as ``val_<name>``).
         log_every: redraw the progress line every this many steps.
-        progress: show the progress line and a summary per epoch on stderr.
+        progress: show the progress line and a summary per epoch on stderr (see :mod:`tinydeeplab.progress`).
+        run_config: the run's hyperparameters (JSON); stored in the checkpoint and compared on resume:
+            a change is refused (:class:`~tinydeeplab.errors.TrainingError`) unless its key is in
+            ``allow_changes``. ``epochs`` may always grow (extending a run).
     """
 
     def __init__(self, model, optimizer, train_loader, *, epochs: int, lr_schedule, out_dir,
                  class_weights=None, ignore_label=255, clip_norm=None, val_fn=None, log_every: int = 1,
-                 progress: bool = True, stream=None, checkpoint_meta=None):
+                 progress: bool = True, stream=None, checkpoint_meta=None, run_config=None, allow_changes=()):
         if int(epochs) < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
         if not callable(lr_schedule):
@@ -110,6 +142,9 @@ class Trainer:
         self.log_every, self.progress = max(int(log_every), 1), bool(progress)
         self.stream = stream
         self.checkpoint_meta = dict(checkpoint_meta or {})   # extra JSON stored in every checkpoint
+        self.run_config = None if run_config is None else dict(run_config)   # compared on resume
+        self.allow_changes = tuple(allow_changes)
+        self._bar = Progress(self.progress, stream)
         self.epoch = 0            # completed epochs
         self.global_step = 0      # optimizer steps taken
         self.history: list[dict] = []
@@ -120,33 +155,50 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self, resume: bool = True) -> list[dict]:
-        """Train up to ``epochs`` (resuming from ``out_dir/checkpoint.npz`` if ``resume``); returns the history."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        if resume and self.checkpoint_path.exists():
-            self.resume()
-        else:
-            self.epoch, self.global_step, self.history = 0, 0, []
-        if get_backend() == "cuda":
-            self.model.to("cuda")        # parameters, buffers and momentum live on the GPU from here on
-        while self.epoch < self.epochs:
-            row = self.train_epoch(self.epoch)
-            self.epoch += 1
-            self.history.append(row)
-            self.save()
-            self._say(self._summary(row) + "\n")
+        """Train up to ``epochs`` (resuming from ``out_dir/checkpoint.npz`` if ``resume``); returns the history.
+
+        The run directory is locked for the whole call (:class:`~tinydeeplab.train.rundir.RunLock`).
+        """
+        with RunLock(self.out_dir):
+            if resume and self.checkpoint_path.exists():
+                self.resume()
+            else:
+                self.epoch, self.global_step, self.history = 0, 0, []
+            if get_backend() == "cuda":
+                self.model.to("cuda")        # parameters, buffers and momentum live on the GPU from here on
+            while self.epoch < self.epochs:
+                row = self.train_epoch(self.epoch)
+                self._check_state(row["epoch"])
+                self.epoch += 1
+                self.history.append(row)
+                self.save()
+                self._say(self._summary(row) + "\n")
         return self.history
 
     def resume(self) -> dict:
-        """Load ``checkpoint.npz`` into the model, optimizer and this trainer; rewrite the metrics files."""
+        """Load ``checkpoint.npz`` into the model, optimizer and this trainer; rewrite the metrics files.
+
+        Refuses (TrainingError) a checkpoint of a run with other hyperparameters (see ``run_config``) and
+        a request for fewer epochs than the checkpoint already holds.
+        """
         meta = load_checkpoint(self.checkpoint_path, self.model, self.optimizer)
         try:
-            self.epoch, self.global_step = int(meta["epoch"]), int(meta["global_step"])
-            self.history = list(meta.get("history", []))
-            _set_rng_states(self.model, meta.get("rng", {}))
+            epoch, global_step = int(meta["epoch"]), int(meta["global_step"])
+            history = list(meta.get("history", []))
         except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{self.checkpoint_path}: not a Trainer checkpoint ({err!r} in its metadata)") from None
+            raise TrainingError(f"{self.checkpoint_path}: not a Trainer checkpoint ({err!r} in its metadata)") from None
+        if self.run_config is not None:
+            check_same_run(meta.get("run"), self.run_config, allowed=self.allow_changes,
+                           source=str(self.checkpoint_path))
+        if epoch > self.epochs:
+            raise TrainingError(f"{self.checkpoint_path}: this run has already trained {epoch} epochs, more than the "
+                                f"{self.epochs} asked for; ask for more epochs to extend it, or --restart")
+        self.epoch, self.global_step, self.history = epoch, global_step, history
+        _set_rng_states(self.model, meta.get("rng", {}))
         self._write_metrics()
-        self._say(f"resumed from {self.checkpoint_path}: {self.epoch} epoch(s) done, step {self.global_step}\n")
+        done = " (complete: nothing left to train)" if epoch == self.epochs else ""
+        self._say(f"resumed from {self.checkpoint_path}: {self.epoch} of {self.epochs} epoch(s) done, "
+                  f"step {self.global_step}{done}\n")
         return meta
 
     def train_epoch(self, epoch: int) -> dict:
@@ -159,8 +211,9 @@ class Trainer:
         except TypeError:
             n_steps = None
         loss_sum, n_batches, n_images, lr = 0.0, 0, 0, float("nan")
+        monitor = self._monitor = getattr(self, "_monitor", None) or LossMonitor()
         t0 = time.perf_counter()
-        try:
+        with self.bar:
             for i, (x, y) in enumerate(loader):
                 lr = float(self.lr_schedule(self.global_step))
                 if get_backend() == "cuda":
@@ -168,25 +221,24 @@ class Trainer:
                 logits = self.model.forward(x, training=True)                         # (N, H, W, K)
                 loss, cache = ce.softmax_cross_entropy_forward(logits, y, ignore_label=self.ignore_label,
                                                                class_weights=self.class_weights)
-                if not math.isfinite(loss):
-                    self._diverged("loss", loss, epoch, i, n_steps)
+                problem = monitor.check(float(loss))
+                if problem is not None:
+                    self._diverged(f"the loss {problem}", epoch, i, n_steps, lr)
                 self.model.zero_grad()
                 self.model.backward(ce.softmax_cross_entropy_backward(1.0, cache))   # fills model grads
                 if self.clip_norm is not None:
                     norm = clip_grad_norm(self.model, self.clip_norm)
                     if not math.isfinite(norm):
-                        self._diverged("gradient norm", norm, epoch, i, n_steps)
+                        self._diverged(f"the gradient norm became non-finite ({norm})", epoch, i, n_steps, lr)
                 self.optimizer.step(lr=lr)
                 self.global_step += 1
                 loss_sum, n_batches, n_images = loss_sum + loss, n_batches + 1, n_images + len(x)
                 if (i + 1) % self.log_every == 0 or (n_steps is not None and i + 1 == n_steps):
                     rate = n_images / max(time.perf_counter() - t0, 1e-9)
-                    self._bar(f"epoch {epoch + 1}/{self.epochs}  step {i + 1}/{n_steps or '?'}  "
-                              f"loss {loss_sum / n_batches:.4f}  lr {lr:.3e}  {rate:.1f} img/s")
-        finally:
-            self._bar_done()
+                    self.bar.show(f"epoch {epoch + 1}/{self.epochs}  step {i + 1}/{n_steps or '?'}  "
+                                  f"loss {loss_sum / n_batches:.4f}  lr {lr:.3e}  {rate:.1f} img/s")
         if n_batches == 0:
-            raise ValueError(f"epoch {epoch + 1}: the training loader yielded no batches")
+            raise TrainingError(f"epoch {epoch + 1}: the training loader yielded no batches")
         train_seconds = time.perf_counter() - t0
         row = {"epoch": epoch + 1, "train_loss": loss_sum / n_batches, "lr": lr}
         if self.val_fn is not None:
@@ -197,19 +249,37 @@ class Trainer:
         row["images_per_s"] = n_images / max(train_seconds, 1e-9)
         return row
 
-    def _diverged(self, what, value, epoch, i, n_steps):
-        kept = (f"{self.checkpoint_path} still holds the last good epoch ({self.epoch})"
+    def _kept(self) -> str:
+        return (f"{self.checkpoint_path} still holds the last good epoch ({self.epoch})"
                 if self.checkpoint_path.exists() and self.epoch else "no checkpoint was written yet")
-        raise NonFiniteLossError(f"non-finite {what} ({value}) at epoch {epoch + 1}, step {i + 1}/{n_steps or '?'} "
-                                 f"(global step {self.global_step}); stopped. {kept}. Lower the learning rate "
-                                 f"or set clip_norm.")
+
+    def _advice(self, lr: float) -> str:
+        clip = (f"clip gradients harder (their global norm is clipped to {self.clip_norm:g}: --clip-norm)"
+                if self.clip_norm is not None else "clip the gradient norm (--clip-norm, e.g. 5)")
+        return f"Lower the learning rate (it was {lr:.3g} at this step: --lr) or {clip}."
+
+    def _diverged(self, what, epoch, i, n_steps, lr):
+        raise DivergenceError(f"training diverged: {what} at epoch {epoch + 1}, step {i + 1}/{n_steps or '?'} "
+                              f"(global step {self.global_step}); stopped. {self._kept()}. {self._advice(lr)}")
+
+    def _check_state(self, epoch: int) -> None:
+        """Refuse to checkpoint a state with a NaN or an infinity (weights, BN statistics, momentum)."""
+        bad = self.model.first_non_finite()
+        if bad is None and hasattr(self.optimizer, "state_dict"):
+            bad = first_non_finite(self.optimizer.state_dict())
+            bad = None if bad is None else f"the optimizer's {bad}"
+        if bad is not None:
+            lr = float(self.lr_schedule(max(self.global_step - 1, 0)))
+            raise DivergenceError(f"training diverged: {bad} holds NaN or infinite values at the end of epoch "
+                                  f"{epoch}; stopped without writing it. {self._kept()}. {self._advice(lr)}")
 
     # -- outputs ------------------------------------------------------------------------------
     def save(self) -> None:
         """Write the checkpoint (first: it is the source of truth), the metrics files and the plot."""
+        run = {} if self.run_config is None else {"run": self.run_config}
         save_checkpoint(self.checkpoint_path, self.model, self.optimizer, epoch=self.epoch,
                         global_step=self.global_step, epochs=self.epochs, history=self.history,
-                        rng=_rng_states(self.model), **self.checkpoint_meta)
+                        rng=_rng_states(self.model), **run, **self.checkpoint_meta)
         self._write_metrics()
         self._plot()
 
@@ -222,9 +292,9 @@ class Trainer:
         writer.writeheader()
         for row in self.history:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-        _atomic_write(self.out_dir / METRICS_CSV, buf.getvalue().encode())
+        write_bytes(self.out_dir / METRICS_CSV, buf.getvalue().encode())
         rows = [{k: _json_safe(v) for k, v in row.items()} for row in self.history]
-        _atomic_write(self.out_dir / METRICS_JSON, (json.dumps(rows, indent=1) + "\n").encode())
+        write_bytes(self.out_dir / METRICS_JSON, (json.dumps(rows, indent=1) + "\n").encode())
 
     def _plot(self) -> None:
         from matplotlib.figure import Figure   # no pyplot: leaves the user's matplotlib backend alone
@@ -245,25 +315,17 @@ class Trainer:
             ax.grid(alpha=0.3)
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=100)
-        _atomic_write(self.out_dir / CURVES, buf.getvalue())
+        write_bytes(self.out_dir / CURVES, buf.getvalue())
 
     # -- progress display ---------------------------------------------------------------------
+    @property
+    def bar(self) -> Progress:
+        """The progress display (follows ``self.progress`` and ``self.stream``)."""
+        self._bar.enabled, self._bar.stream = self.progress, self.stream
+        return self._bar
+
     def _say(self, text: str) -> None:
-        if self.progress:
-            stream = self.stream or sys.stderr
-            stream.write(text)
-            stream.flush()
-
-    _width = 0
-
-    def _bar(self, text: str) -> None:
-        self._say("\r" + text.ljust(self._width))
-        self._width = len(text)
-
-    def _bar_done(self) -> None:
-        if self._width:
-            self._say("\n")
-            self._width = 0
+        self.bar.write(text)
 
     def _summary(self, row: dict) -> str:
         val = "".join(f", {k} {v:.4f}" for k, v in row.items() if k.startswith("val_"))
