@@ -21,6 +21,8 @@ import os
 
 import numpy as np
 
+from .errors import BackendError
+
 BACKENDS = ("numpy", "cpu", "cuda")
 _MODULES = {
     "numpy": "tinydeeplab.functional",
@@ -28,19 +30,30 @@ _MODULES = {
     "cuda": "tinydeeplab.kernels.cuda",
 }
 _current = os.environ.get("TINYDEEPLAB_BACKEND", "cpu")
+_from_env = "TINYDEEPLAB_BACKEND" in os.environ     # name the variable in errors until set_backend is called
+
+
+def _where() -> str:
+    return " (set by the environment variable TINYDEEPLAB_BACKEND)" if _from_env else ""
 
 
 def _check(name: str) -> str:
     if name not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+        raise BackendError(f"backend must be one of {BACKENDS}, got {name!r}{_where() if name == _current else ''}")
     return name
 
 
 def set_backend(name: str) -> None:
     """Select the backend used by layers from now on."""
-    global _current
-    ops(_check(name))  # import now so a missing extra fails here, not mid-forward
-    _current = name
+    global _current, _from_env
+    _check(name)
+    previous, _from_env_before = _current, _from_env
+    _current, _from_env = name, False
+    try:
+        ops(name)  # import now so a missing extra fails here, not mid-forward
+    except BackendError:
+        _current, _from_env = previous, _from_env_before
+        raise
 
 
 def get_backend() -> str:
@@ -80,8 +93,11 @@ def ops(name: str | None = None):
         if name == "cuda":
             module.check_available()  # no GPU and no simulator: fail here, in one line
         return module
+    except BackendError:
+        raise
     except ImportError as err:  # only the cuda backend has an optional dependency
-        raise ImportError(
-            f"backend {name!r} is not available ({err}). For the GPU install the extra: "
+        where = _where() if name == _current else ""
+        raise BackendError(
+            f"backend {name!r}{where} is not available ({err}). For the GPU install the extra: "
             f"pip install 'tinydeeplab[cuda]', or set NUMBA_ENABLE_CUDASIM=1 to simulate it on the CPU"
         ) from None

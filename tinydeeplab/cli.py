@@ -6,6 +6,7 @@ status 2; a traceback means a bug in tinydeeplab.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,54 @@ from pathlib import Path
 import numpy as np
 
 from .errors import OptionError, TinyDeepLabError
+
+
+# -- option values: checked where they are parsed, so the error names the option ------------------
+def _number(kind, *, low=None, high=None, low_open=False, high_open=False, what=None):
+    """An argparse ``type`` for a finite number in a range; the message says what was expected."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        ok = math.isfinite(value)
+        if ok and low is not None:
+            ok = value > low if low_open else value >= low
+        if ok and high is not None:
+            ok = value < high if high_open else value <= high
+        if not ok:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+POSITIVE_INT = _number(int, low=1, what="an integer >= 1")
+NON_NEGATIVE_INT = _number(int, low=0, what="an integer >= 0")
+POSITIVE = _number(float, low=0, low_open=True, what="a finite number > 0")
+NON_NEGATIVE = _number(float, low=0, what="a finite number >= 0")
+FRACTION = _number(float, low=0, high=1, high_open=True, what="a number in [0, 1)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``tinydeeplab CMD: error: ...``; the usage is in ``--help``)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to every option whose default is a value (not None or a flag's False)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (action.option_strings and "%(default)" not in text and default not in (None, False, argparse.SUPPRESS)
+                and not isinstance(action, argparse._HelpAction)):
+            shown = " ".join(str(v) for v in default) if isinstance(default, (list, tuple)) else default
+            text += f" (default: {shown})"
+        return text
 
 
 def cmd_demo(args) -> int:
@@ -43,7 +92,7 @@ def open_dataset(name, root, split, num_classes=None):
         return data.SyntheticShapes(length=400 if split == "train" else 100, seed=0 if split == "train" else 1000,
                                     colour_hints=True)
     if root is None:
-        raise ValueError(f"--data DIR is required for --dataset {name}")
+        raise OptionError(f"--data DIR is required for --dataset {name}")
     if name == "voc":
         return data.VOCSegmentation(root, split)
     if name == "sbd":
@@ -51,25 +100,26 @@ def open_dataset(name, root, split, num_classes=None):
     if name == "camvid":
         return data.CamVid(root, split)
     if num_classes is None:
-        raise ValueError("--dataset folder needs --num-classes")
+        raise OptionError("--dataset folder needs --num-classes")
     base = Path(root) / split if (Path(root) / split).is_dir() else Path(root)
     return data.FolderDataset(base / "images", base / "masks", num_classes)
 
 
 def load_model(args):
     """The model of ``--preset`` or ``--checkpoint`` (exactly one)."""
+    from .errors import CheckpointError
     from .io.keras_preset import load_keras_preset, model_from_configs
     from .train.checkpoint import load_checkpoint, read_checkpoint
 
     if bool(args.preset) == bool(args.checkpoint):
-        raise ValueError("give exactly one of --preset DIR or --checkpoint FILE")
+        raise OptionError("give exactly one of --preset DIR or --checkpoint FILE")
     if args.preset:
         return _place(load_keras_preset(args.preset), args)
     header = read_checkpoint(args.checkpoint)[0]
     configs = header.get("meta", {}).get("model_configs")
     if configs is None:
-        raise ValueError(f"{args.checkpoint}: this checkpoint does not record its architecture "
-                         "(written by tinydeeplab train / demo?)")
+        raise CheckpointError(f"{args.checkpoint}: this checkpoint does not record its architecture "
+                              "(written by tinydeeplab train / demo?)")
     model = model_from_configs(configs, source=str(args.checkpoint))
     load_checkpoint(args.checkpoint, model)
     return _place(model, args)
@@ -80,68 +130,115 @@ def _place(model, args):
     return model.to("cuda") if getattr(args, "backend", None) == "cuda" else model
 
 
+RUN_KEYS = ("model", "init-preset", "dataset", "data", "split", "num-classes", "batch-size", "crop", "min-scale",
+            "max-scale", "lr", "schedule", "warmup", "momentum", "weight-decay", "clip-norm", "seed")
+"""The ``train`` options recorded in the checkpoint; a resumed run must repeat them (or ``--override``)."""
+
+
+def _run_config(args, num_classes: int) -> dict:
+    values = {key: getattr(args, key.replace("-", "_")) for key in RUN_KEYS}
+    values["num-classes"] = num_classes
+    for key in ("data", "init-preset"):
+        if values[key] is not None:
+            values[key] = str(Path(values[key]).resolve())
+    values["crop"] = list(values["crop"])
+    return values
+
+
+def _output_dir(path, option: str) -> Path:
+    """``path`` as a directory we may write into (created), or a one-line error naming ``option``."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OptionError(f"{option} {path}: exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OptionError(f"{option} {path}: cannot create the directory ({err.strerror or err})") from None
+    return path
+
+
+def _output_file(path, option: str) -> Path:
+    """Check before any work that ``path`` can be written (its folder exists, it is not a directory)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OptionError(f"{option} {path}: is a directory; give a file name")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OptionError(f"{option} {path}: the directory {parent} does not exist")
+    return path
+
+
 def cmd_train(args) -> int:
     from .data import BatchLoader, Compose, RandomCrop, RandomHorizontalFlip, RandomScale
     from .io.keras_preset import load_keras_preset, preset_configs
     from .models.recipes import build_model
     from .train import SGD, Cosine, Poly, Trainer, evaluate
+    from .train.rundir import RunLock
 
-    train_set = open_dataset(args.dataset, args.data, args.split, args.num_classes)
-    val_set = open_dataset(args.dataset, args.data, args.val_split, args.num_classes) if args.val_split else None
-    k = train_set.num_classes
-    if args.init_preset:
-        model = load_keras_preset(args.init_preset)
-        if model.num_classes != k:
-            raise ValueError(f"{args.init_preset} has {model.num_classes} classes, the dataset {k}")
-    else:
-        model = build_model(args.model, k, seed=args.seed)
-    crop = tuple(args.crop)
-    transform = Compose([RandomScale(args.min_scale, args.max_scale), RandomCrop(crop), RandomHorizontalFlip()])
-    conv = model.preprocessor
-    loader = BatchLoader(train_set, args.batch_size, transform=transform, seed=args.seed,
-                         scale=float(conv.scale.ravel()[0]) if conv.scale is not None else 1.0,
-                         offset=float(conv.offset.ravel()[0]) if conv.offset is not None else 0.0)
-    if conv.scale is not None and conv.scale.size > 1:
-        raise ValueError("training needs one scale/offset for all channels (this preset has per-channel values)")
-    total = args.epochs * len(loader)
-    warmup = min(args.warmup, total // 2)
-    schedule = (Cosine(total, args.lr, warmup=warmup) if args.schedule == "cosine"
-                else Poly(total, args.lr, warmup=warmup))
-    val_fn = (lambda m: evaluate(m, val_set, progress=False)) if val_set is not None else None
-    trainer = Trainer(model, SGD(model, args.lr, momentum=args.momentum, weight_decay=args.weight_decay), loader,
-                      epochs=args.epochs, lr_schedule=schedule, out_dir=args.out, clip_norm=args.clip_norm,
-                      val_fn=val_fn, checkpoint_meta={"model_configs": preset_configs(model)})
-    print(f"training {model.num_parameters():,} parameters on {len(train_set)} {args.dataset} images "
-          f"({len(loader)} batches of {args.batch_size} per epoch); outputs in {args.out}", file=sys.stderr)
-    trainer.fit(resume=not args.restart)
-    model.to("numpy")                                  # back from the GPU (a no-op on the CPU backends)
-    preset = _replace_preset(model, Path(args.out) / "preset")
-    print(f"done: {Path(args.out) / 'checkpoint.npz'}, {Path(args.out) / 'metrics.csv'}, "
-          f"{Path(args.out) / 'curves.png'}, {preset}")
+    if args.init_preset and args.model is not None:
+        raise OptionError(f"--model {args.model} conflicts with --init-preset {args.init_preset}: the preset defines "
+                          "the architecture; give one of them")
+    args.model = args.model or (None if args.init_preset else "small")
+    if args.min_scale > args.max_scale:
+        raise OptionError(f"--min-scale {args.min_scale:g} is above --max-scale {args.max_scale:g}")
+    out = _output_dir(args.out, "--out")
+    with RunLock(out):                  # one writer per run directory, from the first file to the preset
+        train_set = open_dataset(args.dataset, args.data, args.split, args.num_classes)
+        val_set = (open_dataset(args.dataset, args.data, args.val_split, args.num_classes)
+                   if args.val_split else None)
+        k = train_set.num_classes
+        if args.init_preset:
+            model = load_keras_preset(args.init_preset)
+            if model.num_classes != k:
+                raise OptionError(f"--init-preset {args.init_preset} has {model.num_classes} classes, the dataset {k}")
+        else:
+            model = build_model(args.model, k, seed=args.seed)
+        conv = model.preprocessor
+        if conv.scale is not None and conv.scale.size > 1:
+            raise OptionError(f"--init-preset {args.init_preset}: training needs one scale/offset for all channels "
+                              "(this preset has per-channel values)")
+        crop = tuple(args.crop)
+        transform = Compose([RandomScale(args.min_scale, args.max_scale), RandomCrop(crop), RandomHorizontalFlip()])
+        loader = BatchLoader(train_set, args.batch_size, transform=transform, seed=args.seed,
+                             scale=float(conv.scale.ravel()[0]) if conv.scale is not None else 1.0,
+                             offset=float(conv.offset.ravel()[0]) if conv.offset is not None else 0.0)
+        total = args.epochs * len(loader)
+        warmup = min(args.warmup, total // 2)
+        schedule = (Cosine(total, args.lr, warmup=warmup) if args.schedule == "cosine"
+                    else Poly(total, args.lr, warmup=warmup))
+        val_fn = (lambda m: evaluate(m, val_set, progress=False)) if val_set is not None else None
+        trainer = Trainer(model, SGD(model, args.lr, momentum=args.momentum, weight_decay=args.weight_decay), loader,
+                          epochs=args.epochs, lr_schedule=schedule, out_dir=out,
+                          clip_norm=args.clip_norm or None, val_fn=val_fn,
+                          checkpoint_meta={"model_configs": preset_configs(model)},
+                          run_config=_run_config(args, k), allow_changes=args.override)
+        print(f"training {model.num_parameters():,} parameters on {len(train_set)} {args.dataset} images "
+              f"({len(loader)} batches of {args.batch_size} per epoch); outputs in {out}", file=sys.stderr)
+        trainer.fit(resume=not args.restart)
+        model.to("numpy")                                  # back from the GPU (a no-op on the CPU backends)
+        preset = _replace_preset(model, out / "preset")
+    print(f"done: {trainer.epoch} epochs; {out / 'checkpoint.npz'}, {out / 'metrics.csv'}, "
+          f"{out / 'curves.png'}, {preset}")
     return 0
 
 
 def _replace_preset(model, preset: Path) -> Path:
     """Write ``model`` as ``preset``, replacing an older one (a resumed or extended run).
 
-    The new preset is complete in ``preset.new`` before the old one moves aside, so an interruption
-    leaves either the old preset or the new one (as ``preset.new``), never a half-written directory.
+    The new preset is complete before the old one moves aside (:func:`tinydeeplab.atomic.replace_directory`),
+    so an interruption leaves the old preset or the new one, never a half-written directory.
     """
-    import shutil
     import warnings
 
-    fresh, old = preset.with_name(preset.name + ".new"), preset.with_name(preset.name + ".old")
-    for leftover in (fresh, old):
-        if leftover.exists():
-            shutil.rmtree(leftover)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")                # narrow models: the tinydeeplab-only warning
-        model.save_keras_preset(fresh)
-    if preset.exists():
-        preset.rename(old)
-    fresh.rename(preset)
-    shutil.rmtree(old, ignore_errors=True)
-    return preset
+    from .atomic import replace_directory
+    from .io.keras_preset import save_keras_preset
+
+    def write(tmp):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")                # narrow models: the tinydeeplab-only warning
+            save_keras_preset(model, tmp)
+
+    return replace_directory(preset, write)
 
 
 def _tta(args) -> dict:
@@ -152,17 +249,27 @@ def _tta(args) -> dict:
 
 
 def cmd_evaluate(args) -> int:
+    from .atomic import write_text
     from .train import evaluate
 
+    for path, option in ((args.json, "--json"), (args.figure, "--figure")):
+        if path:
+            _output_file(path, option)                 # before an hour of evaluation, not after
     model = load_model(args)
     dataset = open_dataset(args.dataset, args.data, args.split, args.num_classes)
     if dataset.num_classes != model.num_classes:
-        raise ValueError(f"the model predicts {model.num_classes} classes, {args.dataset} has {dataset.num_classes}")
+        raise OptionError(f"the model predicts {model.num_classes} classes, --dataset {args.dataset} has "
+                          f"{dataset.num_classes}")
     t0 = time.perf_counter()
     r = evaluate(model, dataset, **_tta(args))
+    counted = int(r["confusion"].matrix.sum())
     print(r["confusion"].table(dataset.class_names))
-    print(f"{args.dataset} {args.split}: {len(dataset)} images, mIoU {r['miou']:.4f}, "
-          f"pixel accuracy {r['pixel_accuracy']:.4f} ({time.perf_counter() - t0:.0f} s)")
+    if counted == 0:
+        print(f"{args.dataset} {args.split}: {len(dataset)} images but no labelled pixel (every label pixel is the "
+              f"ignore label 255, or lies outside the preprocessor's crop): mIoU and pixel accuracy are undefined")
+    else:
+        print(f"{args.dataset} {args.split}: {len(dataset)} images, mIoU {r['miou']:.4f}, "
+              f"pixel accuracy {r['pixel_accuracy']:.4f} ({time.perf_counter() - t0:.0f} s)")
     if args.figure:
         from .viz import prediction_figure
 
@@ -173,9 +280,13 @@ def cmd_evaluate(args) -> int:
         print(f"wrote {args.figure}")
     if args.json:
         import json
-        Path(args.json).write_text(json.dumps({"miou": r["miou"], "pixel_accuracy": r["pixel_accuracy"],
-                                               "iou": r["iou"], "class_names": dataset.class_names,
-                                               "confusion": r["confusion"].matrix.tolist()}, indent=1))
+
+        finite = lambda v: v if isinstance(v, (int, float)) and math.isfinite(v) else None  # noqa: E731
+        write_text(args.json, json.dumps({"miou": finite(r["miou"]), "pixel_accuracy": finite(r["pixel_accuracy"]),
+                                          "iou": [finite(v) for v in r["iou"]], "labelled_pixels": counted,
+                                          "class_names": dataset.class_names,
+                                          "confusion": r["confusion"].matrix.tolist()}, indent=1, allow_nan=False))
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -229,14 +340,33 @@ def read_image(path) -> np.ndarray:
         raise ValueError(f"{path}: not a readable image ({err})") from None
 
 
+def _read_cases(path) -> dict:
+    """The arrays of a ``--cases`` .npz archive (fully read), or a one-line error naming the file."""
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise OptionError(f"--cases {path}: file not found")
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise OptionError(f"--cases {path}: a single .npy array; expected an .npz archive of input_<case> and "
+                              f"logits_<case> arrays")
+        with data:
+            return {k: data[k] for k in data.files}
+    except (zipfile.BadZipFile, EOFError, KeyError, OSError, ValueError) as err:
+        if isinstance(err, OptionError):
+            raise
+        raise OptionError(f"--cases {path}: not a readable .npz archive (truncated or corrupt?): {err}") from None
+
+
 def cmd_parity(args) -> int:
     from . import parity
     from .io.keras_preset import load_keras_preset
 
     model = load_keras_preset(args.preset)
     if args.cases:
-        with np.load(args.cases, allow_pickle=False) as data:
-            rows = parity.compare_with_cases(model, {k: data[k] for k in data.files})
+        rows = parity.compare_with_cases(model, _read_cases(args.cases))
         print(f"tinydeeplab vs stored Keras logits in {args.cases}")
     else:
         if args.image:
@@ -259,78 +389,93 @@ def cmd_parity(args) -> int:
 
 
 def _backend_arg(parser) -> None:
-    parser.add_argument("--backend", choices=("numpy", "cpu", "cuda"),
-                        help="ops backend (default: $TINYDEEPLAB_BACKEND or cpu); cuda runs on the GPU "
+    from .backend import BACKENDS
+
+    parser.add_argument("--backend", choices=BACKENDS,
+                        help="ops backend (default: $TINYDEEPLAB_BACKEND, else cpu); cuda runs on the GPU "
                              "(pip install 'tinydeeplab[cuda]')")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tinydeeplab", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    common = dict(formatter_class=_HelpFormatter)
+    p = _Parser(prog="tinydeeplab", description=__doc__.splitlines()[0], **common)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     d = sub.add_parser("demo", help="train a small DeepLabV3+ on synthetic shapes (offline), evaluate, draw",
                        description="Trains a small DeepLabV3+ on generated shapes (circles, squares, triangles; "
                        "about two minutes on 2 CPU cores), prints the per-class IoU and mIoU, and writes "
-                       "predictions.png, curves.png, metrics.csv/json, checkpoint.npz and a preset to --out.")
-    d.add_argument("--out", default="tinydeeplab-demo", help="output directory (default tinydeeplab-demo)")
-    d.add_argument("--model", default="small", help="architecture recipe: tiny, small (default)")
-    d.add_argument("--epochs", type=int, default=14, help="epochs (default 14)")
-    d.add_argument("--steps-per-epoch", type=int, default=50, help="batches per epoch (default 50)")
-    d.add_argument("--batch-size", type=int, default=8, help="images per batch (default 8)")
-    d.add_argument("--size", type=int, default=96, help="image side in pixels (default 96)")
-    d.add_argument("--lr", type=float, default=0.1, help="peak learning rate (default 0.1)")
-    d.add_argument("--seed", type=int, default=0)
+                       "predictions.png, curves.png, metrics.csv/json, checkpoint.npz and a preset to --out.",
+                       **common)
+    d.add_argument("--out", default="tinydeeplab-demo", help="output directory")
+    d.add_argument("--model", default="small", help="architecture recipe: tiny or small")
+    d.add_argument("--epochs", type=POSITIVE_INT, default=14, help="epochs")
+    d.add_argument("--steps-per-epoch", type=POSITIVE_INT, default=50, help="batches per epoch")
+    d.add_argument("--batch-size", type=POSITIVE_INT, default=8, help="images per batch")
+    d.add_argument("--size", type=POSITIVE_INT, default=96, help="image side in pixels")
+    d.add_argument("--lr", type=POSITIVE, default=0.1, help="peak learning rate (cosine schedule)")
+    d.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="seed of the weights, data and augmentation")
     d.add_argument("--resume", action="store_true", help="continue an interrupted demo in --out")
     d.set_defaults(func=cmd_demo)
     t = sub.add_parser("train", help="train DeepLabV3+ on a dataset",
                        description="Trains with SGD + momentum, weight decay, cosine/poly schedule with warm-up, "
-                       "random scale/crop/flip. Writes checkpoint.npz after every epoch (resumed automatically "
-                       "when --out already has one), metrics.csv/json, curves.png and finally a preset.")
-    t.add_argument("--dataset", choices=DATASETS, required=True)
+                       "random scale/crop/flip and gradient-norm clipping. Writes checkpoint.npz after every "
+                       "epoch, metrics.csv/json, curves.png and finally a preset to --out. When --out already "
+                       "has a checkpoint the run resumes from it (bitwise as if never stopped), with the same "
+                       "settings (--override NAME to change one; more --epochs extend the run). One process "
+                       "at a time may use an --out directory. Training stops at the first sign of divergence "
+                       "(a non-finite loss, or one 1000x its running median) and never checkpoints a "
+                       "non-finite state.", **common)
+    t.add_argument("--dataset", choices=DATASETS, required=True, help="dataset format")
     t.add_argument("--data", help="dataset root directory (not needed for shapes)")
-    t.add_argument("--split", default="train", help="training split (default train)")
-    t.add_argument("--val-split", help="split to evaluate after every epoch (e.g. val)")
-    t.add_argument("--num-classes", type=int, help="classes of a folder dataset")
-    t.add_argument("--model", default="small", help="architecture: tiny, small, resnet18, resnet50 (default small)")
-    t.add_argument("--init-preset", help="start from the weights of a preset directory instead")
-    t.add_argument("--epochs", type=int, default=30)
-    t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--crop", type=int, nargs=2, default=(256, 256), metavar=("H", "W"), help="training crop")
-    t.add_argument("--min-scale", type=float, default=0.5)
-    t.add_argument("--max-scale", type=float, default=2.0)
-    t.add_argument("--lr", type=float, default=0.05)
-    t.add_argument("--schedule", choices=("cosine", "poly"), default="poly")
-    t.add_argument("--warmup", type=int, default=50, help="warm-up steps (default 50)")
-    t.add_argument("--momentum", type=float, default=0.9)
-    t.add_argument("--weight-decay", type=float, default=1e-4)
-    t.add_argument("--clip-norm", type=float, default=5.0)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", required=True, help="output directory")
-    t.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
+    t.add_argument("--split", default="train", help="training split")
+    t.add_argument("--val-split", help="split to evaluate after every epoch (e.g. val; default: none)")
+    t.add_argument("--num-classes", type=POSITIVE_INT, help="classes of a folder dataset")
+    t.add_argument("--model", help="architecture recipe: tiny, small, resnet18, resnet50 (default: small, or the "
+                                   "--init-preset's architecture)")
+    t.add_argument("--init-preset", help="start from the weights (and architecture) of this preset directory")
+    t.add_argument("--epochs", type=POSITIVE_INT, default=30, help="total epochs (a resumed run stops at the same total)")
+    t.add_argument("--batch-size", type=POSITIVE_INT, default=8, help="images per batch")
+    t.add_argument("--crop", type=POSITIVE_INT, nargs=2, default=(256, 256), metavar=("H", "W"),
+                   help="training crop in pixels")
+    t.add_argument("--min-scale", type=POSITIVE, default=0.5, help="smallest random rescale of an image before the crop")
+    t.add_argument("--max-scale", type=POSITIVE, default=2.0, help="largest random rescale of an image before the crop")
+    t.add_argument("--lr", type=POSITIVE, default=0.05, help="peak learning rate")
+    t.add_argument("--schedule", choices=("cosine", "poly"), default="poly",
+                   help="learning-rate decay after the warm-up (poly: power 0.9)")
+    t.add_argument("--warmup", type=NON_NEGATIVE_INT, default=50, help="linear warm-up steps (at most half the run)")
+    t.add_argument("--momentum", type=FRACTION, default=0.9, help="SGD momentum")
+    t.add_argument("--weight-decay", type=NON_NEGATIVE, default=1e-4, help="L2 weight decay of conv kernels")
+    t.add_argument("--clip-norm", type=NON_NEGATIVE, default=5.0,
+                   help="clip the global gradient L2 norm to this value (0: no clipping)")
+    t.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="seed of the weights, data order and augmentation")
+    t.add_argument("--out", required=True, help="output directory (the run directory)")
+    t.add_argument("--restart", action="store_true", help="start over, ignoring a checkpoint in --out")
+    t.add_argument("--override", nargs="+", default=(), choices=RUN_KEYS, metavar="NAME",
+                   help=f"when resuming, accept these changed settings (one of: {', '.join(RUN_KEYS)})")
     _backend_arg(t)
     t.set_defaults(func=cmd_train)
     for name, helptext in (("evaluate", "per-class IoU and mIoU of a preset or checkpoint on a dataset split"),
                            ("predict", "label PNGs and colour overlays for image files")):
-        c = sub.add_parser(name, help=helptext, description=helptext)
-        c.add_argument("--preset", help="KerasHub preset directory")
+        c = sub.add_parser(name, help=helptext, description=helptext, **common)
+        c.add_argument("--preset", help="KerasHub preset directory (or give --checkpoint)")
         _backend_arg(c)
-        c.add_argument("--checkpoint", help="checkpoint.npz written by tinydeeplab train or demo")
-        c.add_argument("--scales", type=float, nargs="+", default=(1.0,), help="test-time scales (default 1)")
+        c.add_argument("--checkpoint", help="checkpoint.npz written by tinydeeplab train or demo (or give --preset)")
+        c.add_argument("--scales", type=POSITIVE, nargs="+", default=(1.0,), help="test-time scales")
         c.add_argument("--flip", action="store_true", help="also average the horizontally flipped image")
-        c.add_argument("--window", type=int, nargs=2, metavar=("H", "W"),
+        c.add_argument("--window", type=POSITIVE_INT, nargs=2, metavar=("H", "W"),
                        help="sliding-window inference with this window (for images larger than the training crop)")
         if name == "evaluate":
-            c.add_argument("--dataset", choices=DATASETS, required=True)
-            c.add_argument("--data", help="dataset root directory")
-            c.add_argument("--split", default="val")
-            c.add_argument("--num-classes", type=int, help="classes of a folder dataset")
-            c.add_argument("--json", help="also write the metrics to this JSON file")
+            c.add_argument("--dataset", choices=DATASETS, required=True, help="dataset format")
+            c.add_argument("--data", help="dataset root directory (not needed for shapes)")
+            c.add_argument("--split", default="val", help="split to evaluate")
+            c.add_argument("--num-classes", type=POSITIVE_INT, help="classes of a folder dataset")
+            c.add_argument("--json", help="also write the metrics to this JSON file (undefined values as null)")
             c.add_argument("--figure", help="also draw 4 images with ground truth and prediction to this PNG")
             c.set_defaults(func=cmd_evaluate)
         else:
             c.add_argument("images", nargs="+", help="image files")
             c.add_argument("--out", required=True, help="output directory")
             c.set_defaults(func=cmd_predict)
-    s = sub.add_parser("summary", help="load a KerasHub preset directory and list its parameters")
+    s = sub.add_parser("summary", help="load a KerasHub preset directory and list its parameters", **common)
     s.add_argument("preset", help="preset directory (or kaggle://... with kagglehub installed)")
     s.set_defaults(func=cmd_summary)
     q = sub.add_parser("parity", help="compare a preset's outputs in tinydeeplab and KerasHub, layer by layer",
@@ -338,13 +483,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "input and prints max |diff| and relative difference per stage (stem, every ResNet "
                        "block, ASPP, decoder, head, logits). With --cases, compares the logits with stored "
                        "Keras outputs instead and needs no Keras. Exit status 1 when a stage exceeds "
-                       "--tolerance.")
+                       "--tolerance.", **common)
     q.add_argument("preset", help="preset directory")
     q.add_argument("--image", help="an image file, preprocessed with the preset's image converter")
-    q.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+    q.add_argument("--size", type=POSITIVE_INT, nargs=2, metavar=("H", "W"),
                    help="size of the random input when no --image (default: the preset's image_size, else 512 512)")
     q.add_argument("--cases", help="an .npz with input_<case> and logits_<case> arrays written by Keras")
-    q.add_argument("--tolerance", type=float, default=1e-4, help="relative tolerance (default 1e-4)")
+    q.add_argument("--tolerance", type=POSITIVE, default=1e-4, help="relative tolerance")
     q.set_defaults(func=cmd_parity)
     return p
 
@@ -372,20 +517,38 @@ def main(argv=None) -> int:
     try:
         if getattr(args, "backend", None):
             from .backend import set_backend
-            try:
-                set_backend(args.backend)
-            except ImportError as err:                   # e.g. --backend cuda without a GPU
-                raise OptionError(f"--backend {args.backend}: {err}") from None
+            set_backend(args.backend)
+        else:
+            from .backend import get_backend, ops
+            ops(get_backend())                         # $TINYDEEPLAB_BACKEND: fail now, in one line
         return args.func(args)
     except BrokenPipeError:        # output piped into head & co.
         return 0
     except KeyboardInterrupt:
-        print(f"tinydeeplab {command}: interrupted (a training run resumes from its last checkpoint)",
-              file=sys.stderr)
-        return 130
+        return _interrupted(command)
     except (TinyDeepLabError, OSError, ValueError) as err:
         print(f"tinydeeplab {command}: error: {error_message(err)}", file=sys.stderr)
         return 2
+    except SystemError as err:     # Ctrl-C inside a Numba parallel region surfaces as a SystemError
+        if _caused_by_interrupt(err):
+            return _interrupted(command)
+        raise
+
+
+def _interrupted(command: str) -> int:
+    print(f"tinydeeplab {command}: interrupted (a training run resumes from its last checkpoint)", file=sys.stderr)
+    return 130
+
+
+def _caused_by_interrupt(err: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is in the cause/context chain of ``err`` (or named in its message)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt) or "KeyboardInterrupt" in str(err):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ and exits with status 2 for any of these (and for any ``OSError``); a traceback 
     ├── TrainingError                a training run that cannot go on
     │   └── DivergenceError          the loss or the gradient norm became non-finite or exploded
     └── OptionError                  a command-line option or a function argument out of range
+        └── BackendError             a backend that is unknown or cannot run here (also an ImportError)
 
 >>> try:
 ...     raise CheckpointError("runs/a/checkpoint.npz: truncated")
@@ -61,3 +62,7 @@ class DivergenceError(TrainingError, FloatingPointError):
 
 class OptionError(TinyDeepLabError):
     """A command-line option (or an argument) has a value that cannot work; the message names it."""
+
+
+class BackendError(OptionError, ImportError):
+    """The selected backend is unknown or cannot run on this machine (e.g. cuda without a GPU)."""

@@ -169,6 +169,9 @@ def load_weights(model: DeepLabV3ImageSegmenter, directory: Path, *, task_weight
                     raise PresetError(f"{path}: cannot read {h5path} ({name}): {err}") from None
                 if value.dtype.kind != "f":
                     raise PresetError(f"{path}: {h5path} ({name}) has dtype {value.dtype}, expected floats")
+                if not np.isfinite(value).all():
+                    raise PresetError(f"{path}: {h5path} ({name}) holds NaN or infinite values; this preset "
+                                      f"cannot be used (written by a diverged run or damaged)")
                 store[key] = value.astype(np.float32)
 
 
@@ -288,23 +291,22 @@ def save_keras_preset(model: DeepLabV3ImageSegmenter, directory) -> Path:
     are narrower than KerasHub's fixed 256 channels (``num_channels``) is written with an extra
     ``num_channels`` config key: tinydeeplab loads it, KerasHub cannot (a warning says so).
     """
-    import shutil
-    import tempfile
-
     import h5py
 
     from .. import __version__
+    from ..atomic import build_directory
 
     directory = Path(directory)
+    bad = model.first_non_finite()
+    if bad is not None:
+        raise PresetError(f"{directory}: not written: {bad} holds NaN or infinite values (a diverged model)")
     if model.backbone.out_channels != 256:
         import warnings
         warnings.warn(f"{directory}: this model has {model.backbone.out_channels}-channel ASPP/head; "
                       "KerasHub only builds 256, so only tinydeeplab can load this preset", stacklevel=2)
     if directory.exists() and any(directory.iterdir()):
         raise PresetError(f"{directory}: exists and is not empty; choose a new directory")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with build_directory(directory) as tmp:
         backbone, task, prep = preset_configs(model).values()
         _write_json(tmp / "config.json", backbone)
         _write_json(tmp / "task.json", task)
@@ -316,16 +318,12 @@ def save_keras_preset(model: DeepLabV3ImageSegmenter, directory) -> Path:
                                             "saved_by": f"tinydeeplab {__version__}"})
         state = model.state_dict()
         files = {}
-        for name, (fname, h5path) in keras_weight_paths(model).items():
-            if fname not in files:
-                files[fname] = h5py.File(tmp / fname, "w")
-            files[fname].create_dataset(h5path, data=np.asarray(state[name], np.float32))
-        for f in files.values():
-            f.close()
-        if directory.exists():
-            directory.rmdir()
-        tmp.rename(directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        try:
+            for name, (fname, h5path) in keras_weight_paths(model).items():
+                if fname not in files:
+                    files[fname] = h5py.File(tmp / fname, "w")
+                files[fname].create_dataset(h5path, data=np.asarray(state[name], np.float32))
+        finally:
+            for f in files.values():
+                f.close()
     return directory
