@@ -422,7 +422,7 @@ def test_set_backend_cuda_without_gpu_fails_in_one_line():
     if proc.returncode == 0:
         pytest.skip("a CUDA GPU is available here")
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("ImportError: backend 'cuda' is not available (no usable CUDA GPU")
+    assert last.startswith("tinydeeplab.errors.BackendError: backend 'cuda' is not available (no usable CUDA GPU")
     assert "NUMBA_ENABLE_CUDASIM=1" in last
     assert "During handling" not in proc.stderr and proc.stderr.count("File ") <= 4   # a short traceback
 

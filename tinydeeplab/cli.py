@@ -217,7 +217,7 @@ def cmd_train(args) -> int:
         trainer.fit(resume=not args.restart)
         model.to("numpy")                                  # back from the GPU (a no-op on the CPU backends)
         preset = _replace_preset(model, out / "preset")
-    print(f"done: {trainer.epoch} epochs; {out / 'checkpoint.npz'}, {out / 'metrics.csv'}, "
+    print(f"done: {out / 'checkpoint.npz'}, {out / 'metrics.csv'}, "
           f"{out / 'curves.png'}, {preset}")
     return 0
 
