@@ -169,10 +169,9 @@ def _output_file(path, option: str) -> Path:
 
 
 def cmd_train(args) -> int:
-    from .data import BatchLoader, Compose, RandomCrop, RandomHorizontalFlip, RandomScale
-    from .io.keras_preset import load_keras_preset, preset_configs
+    from .io.keras_preset import load_keras_preset
     from .models.recipes import build_model
-    from .train import SGD, Cosine, Poly, Trainer, evaluate
+    from .train.builder import build_trainer
     from .train.rundir import RunLock
 
     if args.init_preset and args.model is not None:
@@ -193,25 +192,12 @@ def cmd_train(args) -> int:
                 raise OptionError(f"--init-preset {args.init_preset} has {model.num_classes} classes, the dataset {k}")
         else:
             model = build_model(args.model, k, seed=args.seed)
-        conv = model.preprocessor
-        if conv.scale is not None and conv.scale.size > 1:
-            raise OptionError(f"--init-preset {args.init_preset}: training needs one scale/offset for all channels "
-                              "(this preset has per-channel values)")
-        crop = tuple(args.crop)
-        transform = Compose([RandomScale(args.min_scale, args.max_scale), RandomCrop(crop), RandomHorizontalFlip()])
-        loader = BatchLoader(train_set, args.batch_size, transform=transform, seed=args.seed,
-                             scale=float(conv.scale.ravel()[0]) if conv.scale is not None else 1.0,
-                             offset=float(conv.offset.ravel()[0]) if conv.offset is not None else 0.0)
-        total = args.epochs * len(loader)
-        warmup = min(args.warmup, total // 2)
-        schedule = (Cosine(total, args.lr, warmup=warmup) if args.schedule == "cosine"
-                    else Poly(total, args.lr, warmup=warmup))
-        val_fn = (lambda m: evaluate(m, val_set, progress=False)) if val_set is not None else None
-        trainer = Trainer(model, SGD(model, args.lr, momentum=args.momentum, weight_decay=args.weight_decay), loader,
-                          epochs=args.epochs, lr_schedule=schedule, out_dir=out,
-                          clip_norm=args.clip_norm or None, val_fn=val_fn,
-                          checkpoint_meta={"model_configs": preset_configs(model)},
-                          run_config=_run_config(args, k), allow_changes=args.override)
+        trainer = build_trainer(model, train_set, out_dir=out, epochs=args.epochs, batch_size=args.batch_size,
+                                crop=args.crop, scale_range=(args.min_scale, args.max_scale), lr=args.lr,
+                                schedule=args.schedule, warmup=args.warmup, momentum=args.momentum,
+                                weight_decay=args.weight_decay, clip_norm=args.clip_norm or None, seed=args.seed,
+                                val_set=val_set, run_config=_run_config(args, k), allow_changes=args.override)
+        loader = trainer.train_loader
         print(f"training {model.num_parameters():,} parameters on {len(train_set)} {args.dataset} images "
               f"({len(loader)} batches of {args.batch_size} per epoch); outputs in {out}", file=sys.stderr)
         trainer.fit(resume=not args.restart)
@@ -223,22 +209,14 @@ def cmd_train(args) -> int:
 
 
 def _replace_preset(model, preset: Path) -> Path:
-    """Write ``model`` as ``preset``, replacing an older one (a resumed or extended run).
-
-    The new preset is complete before the old one moves aside (:func:`tinydeeplab.atomic.replace_directory`),
-    so an interruption leaves the old preset or the new one, never a half-written directory.
-    """
+    """Write ``model`` as ``preset``, atomically replacing an older one (a resumed or extended run)."""
     import warnings
 
-    from .atomic import replace_directory
     from .io.keras_preset import save_keras_preset
 
-    def write(tmp):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")                # narrow models: the tinydeeplab-only warning
-            save_keras_preset(model, tmp)
-
-    return replace_directory(preset, write)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                # narrow models: the tinydeeplab-only warning
+        return save_keras_preset(model, preset, overwrite=True)
 
 
 def _tta(args) -> dict:

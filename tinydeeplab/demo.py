@@ -13,13 +13,14 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from .data import BatchLoader, Compose, RandomHorizontalFlip, SyntheticShapes
-from .io.keras_preset import preset_configs
+from .data import SyntheticShapes
+from .io.keras_preset import save_keras_preset
 from .models.recipes import build_model
-from .train import SGD, Cosine, Trainer, evaluate
+from .train import evaluate
+from .train.builder import build_trainer
 from .viz import prediction_figure
 
-SCALE, OFFSET = 1 / 127.5, -1.0   # model input = pixel * SCALE + OFFSET, as the loader and the preset do
+SCALE, OFFSET = 1 / 127.5, -1.0   # model input = pixel * SCALE + OFFSET (the model's converter, used by the loader)
 
 
 def run_demo(out_dir="tinydeeplab-demo", *, model_name="small", epochs=14, steps_per_epoch=50, batch_size=8, size=96, lr=0.1,
@@ -30,17 +31,11 @@ def run_demo(out_dir="tinydeeplab-demo", *, model_name="small", epochs=14, steps
                                 max_shapes=max_shapes, colour_hints=colour_hints)
     val_set = SyntheticShapes(length=val_images, size=(size, size), seed=seed + 1000, max_shapes=max_shapes,
                              colour_hints=colour_hints)
-    loader = BatchLoader(train_set, batch_size, transform=Compose([RandomHorizontalFlip()]), seed=seed,
-                         scale=SCALE, offset=OFFSET)
     model = build_model(model_name, train_set.num_classes, seed=seed, scale=SCALE, offset=OFFSET)
-    total = epochs * len(loader)
-
-    def validate(m):
-        return evaluate(m, val_set, progress=False)
-
-    trainer = Trainer(model, SGD(model, lr, momentum=0.9, weight_decay=1e-4), loader, epochs=epochs,
-                      lr_schedule=Cosine(total, lr, warmup=min(20, total // 10)), out_dir=out, clip_norm=5.0,
-                      val_fn=validate, progress=progress, checkpoint_meta={"model_configs": preset_configs(model)})
+    total = epochs * steps_per_epoch
+    trainer = build_trainer(model, train_set, out_dir=out, epochs=epochs, batch_size=batch_size, crop=None, lr=lr,
+                            schedule="cosine", warmup=min(20, total // 10), momentum=0.9, weight_decay=1e-4,
+                            clip_norm=5.0, seed=seed, val_set=val_set, progress=progress)
     history = trainer.fit(resume=resume)
     result = evaluate(model, val_set, progress=False)
 
@@ -49,12 +44,8 @@ def run_demo(out_dir="tinydeeplab-demo", *, model_name="small", epochs=14, steps
     prediction_figure(out / "predictions.png", [im for im, _ in shown], preds, val_set.palette,
                       val_set.class_names, labels=[lab for _, lab in shown],
                       title=f"validation mIoU {result['miou']:.3f}")
-    preset = out / "preset"
-    if preset.exists():
-        import shutil
-        shutil.rmtree(preset)
     with warnings.catch_warnings():      # the small model's 64-channel head: a tinydeeplab-only preset
         warnings.simplefilter("ignore")
-        model.save_keras_preset(preset)
+        save_keras_preset(model, out / "preset", overwrite=True)
     return {**result, "out_dir": out, "history": history, "class_names": val_set.class_names,
             "num_parameters": model.num_parameters()}

@@ -283,20 +283,25 @@ def _write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=4) + "\n", encoding="utf-8")
 
 
-def save_keras_preset(model: DeepLabV3ImageSegmenter, directory) -> Path:
+def save_keras_preset(model: DeepLabV3ImageSegmenter, directory, *, overwrite: bool = False) -> Path:
     """Write ``model`` as a KerasHub preset directory that ``DeepLabV3ImageSegmenter.from_preset`` loads.
 
     Files are first written into a temporary sibling directory, which is then renamed into place,
-    so an interrupted export never leaves a half-written preset behind. A model whose ASPP and head
+    so an interrupted export never leaves a half-written preset behind. An existing non-empty
+    ``directory`` is an error unless ``overwrite``: then the new preset is complete before the old
+    one moves aside (:func:`tinydeeplab.atomic.replace_directory`). A model holding a NaN or an
+    infinity is never written. A model whose ASPP and head
     are narrower than KerasHub's fixed 256 channels (``num_channels``) is written with an extra
     ``num_channels`` config key: tinydeeplab loads it, KerasHub cannot (a warning says so).
     """
     import h5py
 
     from .. import __version__
-    from ..atomic import build_directory
+    from ..atomic import build_directory, replace_directory
 
     directory = Path(directory)
+    if overwrite and directory.exists():
+        return replace_directory(directory, lambda tmp: save_keras_preset(model, tmp))
     bad = model.first_non_finite()
     if bad is not None:
         raise PresetError(f"{directory}: not written: {bad} holds NaN or infinite values (a diverged model)")
