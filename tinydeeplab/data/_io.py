@@ -90,7 +90,8 @@ def image_errors(path, what: str = "image"):
     except DatasetError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DatasetError(f"{path}: not a readable {what} ({one_line(e)})") from e
+        cause = one_line(str(e).replace(f"'{path}'", "").replace(str(path), "")) or type(e).__name__
+        raise DatasetError(f"{path}: not a readable {what} ({cause})") from e
 
 
 def read_rgb(path) -> np.ndarray:
