@@ -151,6 +151,13 @@ def test_all_ignore_labels_warn_in_one_line(tmp_path):
     assert "\n" not in str(w.message) and "folder train" in str(w.message) and "ignore" in str(w.message)
 
 
+def test_train_on_all_ignore_labels_warns_in_one_line(tmp_path, capsys):
+    _folder(tmp_path / "data", labels=[np.full((6, 8), 255, np.uint8)] * 4)
+    _train(tmp_path / "data", tmp_path / "run")
+    warned = [line for line in capsys.readouterr().err.splitlines() if "entirely ignore" in line]
+    assert len(warned) == 1 and warned[0].startswith("warning: folder train: "), warned
+
+
 def test_progress_lines_and_a_summary_on_long_passes(tmp_path):
     stream = io.StringIO()
     validate_dataset(_folder(tmp_path), name="folder train", progress=stream, interval=0.0)

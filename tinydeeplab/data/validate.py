@@ -79,7 +79,8 @@ def validate_dataset(dataset, cache=None, *, name: str | None = None, progress=N
     ``cache``: a JSON file recording the items that passed (see the module docstring); ``None`` for
     none.  ``name`` names the dataset in messages (default: its class name).  ``progress``: a text
     stream (e.g. ``sys.stderr``) that gets a line every ``interval`` seconds during a long pass, and a
-    summary line at its end.  Warns (``UserWarning``, one line) when no label has a valid pixel.
+    summary line at its end.  When no label has a valid pixel it warns in one line: on ``progress``
+    (``warning: ...``) when given, else as a ``UserWarning``.
     """
     name = name or type(dataset).__name__
     n = len(dataset)
@@ -95,15 +96,14 @@ def validate_dataset(dataset, cache=None, *, name: str | None = None, progress=N
         for i in range(n):
             try:
                 files = tuple(str(p) for p in files_of(i)) if files_of is not None else ()
-                stamp = _stamps(files)
-                entry = entries.get("\n".join(files))
-                if files and _usable(entry, stamp, rules):
-                    valid, cached = valid + entry["valid"], cached + 1
+                key, stamp = "\n".join(files), _stamps(files)                 # (image, label) paths
+                if files and _usable(entries.get(key), stamp, rules):
+                    valid, cached = valid + entries[key]["valid"], cached + 1
                 else:
                     shape, count = _check_item(dataset, i, files)
                     valid, checked = valid + count, checked + 1
                     if files:
-                        entries["\n".join(files)] = {"stamp": stamp, "rules": rules, "shape": shape, "valid": count}
+                        entries[key] = {"stamp": stamp, "rules": rules, "shape": shape, "valid": count}
             except DatasetError as err:
                 raise DatasetError(f"{name} item {i}{_item_name(dataset, i)}: {one_line(err, 500)}") from err
             if progress is not None and time.monotonic() - last >= interval:
@@ -123,9 +123,12 @@ def validate_dataset(dataset, cache=None, *, name: str | None = None, progress=N
         print(f"checked {name}: {n} items ({cached} unchanged since the last check) in {seconds:.0f} s",
               file=progress, flush=True)
     if n and valid == 0:
-        warnings.warn(f"{name}: the labels of all {n} items are entirely ignore "
-                      f"({getattr(dataset, 'ignore_label', 255)}): no pixel to learn from or to score",
-                      stacklevel=2)
+        message = (f"{name}: the labels of all {n} items are entirely ignore "
+                   f"({getattr(dataset, 'ignore_label', 255)}): no pixel to learn from or to score")
+        if progress is not None:
+            print(f"warning: {message}", file=progress, flush=True)
+        else:
+            warnings.warn(message, stacklevel=2)
     return DatasetCheck(n, checked, cached, valid, seconds)
 
 
