@@ -67,26 +67,38 @@ def test_a_good_dataset_passes_and_its_valid_pixels_are_counted(tmp_path):
     assert (r.items, r.checked, r.cached, r.valid_pixels, r.all_ignore) == (4, 4, 0, expected, False)
 
 
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x55
+    path.write_bytes(bytes(data))
+
+
 @pytest.mark.parametrize("damage,expected", [
     ("truncated label", "not a readable label"),
-    ("truncated image", "not a readable image"),
+    ("truncated jpg image", "not a readable image"),
+    ("truncated png image", "not a readable image"),
+    ("flipped png image", "not a readable image"),
     ("label value", "values [7]"),
     ("sizes", "same size"),
 ])
 def test_a_bad_item_is_named_in_one_line(tmp_path, damage, expected):
-    ds = _folder(tmp_path, image_format="jpg" if damage == "truncated image" else "png")
+    ds = _folder(tmp_path, image_format="jpg" if "jpg" in damage else "png")
     image, mask = ds.files(2)
     if damage == "truncated label":
         _truncate(mask)
-    elif damage == "truncated image":
+    elif damage.startswith("truncated"):
         _truncate(image)
+    elif damage.startswith("flipped"):
+        _flip_a_byte(image)
+        with pytest.raises(DatasetError):                                # the epoch would fail too
+            ds[2]
     elif damage == "label value":
         Image.fromarray(np.full((6, 8), 7, np.uint8)).save(mask)
     else:
         Image.fromarray(np.zeros((5, 8), np.uint8)).save(mask)
     msg = _check_error(ds, name="folder train")
     assert msg.startswith("folder train item 2 ('c'): ") and expected in msg
-    bad = {"truncated image": [image], "sizes": [image, mask]}.get(damage, [mask])
+    bad = [image, mask] if damage == "sizes" else [mask] if "label" in damage else [image]
     assert all(str(p) in msg for p in bad), msg
 
 
