@@ -257,6 +257,24 @@ def test_folder_pairs_by_stem_and_remaps_its_ignore_value(tmp_path):
     assert FolderDataset(images, masks, 3).class_names == ["class_0", "class_1", "class_2"]
 
 
+def test_readers_list_each_items_files_and_read_its_label_alone(voc, sbd, camvid, tmp_path):
+    (tmp_path / "im").mkdir()
+    (tmp_path / "ma").mkdir()
+    _save_rgb(tmp_path / "im" / "q.jpg", _image(4, 6))
+    _save_grey_png(tmp_path / "ma" / "q.png", np.full((4, 6), 254))
+    folder = FolderDataset(tmp_path / "im", tmp_path / "ma", num_classes=2, ignore_label=254)
+    for ds in (VOCSegmentation(voc), SBDSegmentation(sbd), CamVid(camvid), folder):
+        for i in (0, -1):
+            image_path, label_path = ds.files(i)
+            assert image_path.is_file() and label_path.is_file()
+            assert ds.names[i] == image_path.stem == label_path.stem
+            assert image_path.parent != label_path.parent
+            np.testing.assert_array_equal(ds.read_label(i), ds[i][1])
+    assert folder.read_label(0).max() == 255                   # the file's 254 is the protocol's 255
+    with pytest.raises(IndexError):
+        folder.files(1)
+
+
 def test_folder_errors(tmp_path):
     images, masks = tmp_path / "images", tmp_path / "masks"
     images.mkdir()

@@ -161,3 +161,81 @@ def test_kaggle_handle_without_kagglehub_says_how_to_get_the_files(monkeypatch):
     monkeypatch.setitem(sys.modules, "kagglehub", None)     # makes `import kagglehub` fail
     msg = _load_error("kaggle://keras/deeplabv3plus/keras/deeplab_v3_plus_resnet50_pascalvoc/4")
     assert "kagglehub" in msg and "pip install kagglehub" in msg and "directory" in msg
+
+
+# ------------------------------------------------------------------ the preprocessor (image converter)
+
+def _edit_converter(preset, edit, fname="preprocessor.json"):
+    """Apply ``edit`` to the parsed JSON of the preset's preprocessor file and write it back."""
+    path = preset / fname
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def _converter_key(key, value):
+    def edit(data):
+        data["config"]["image_converter"]["config"][key] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit,key", [
+    (lambda d: d.__setitem__("config", 5), "config"),
+    (lambda d: d.__setitem__("config", [1, 2]), "config"),
+    (lambda d: d["config"].__setitem__("image_converter", "bilinear"), "config.image_converter"),
+    (lambda d: d["config"]["image_converter"].__setitem__("config", [64, 96]), "config.image_converter.config"),
+    (_converter_key("image_size", [0, 0]), "image_size"),
+    (_converter_key("image_size", [-64, 96]), "image_size"),
+    (_converter_key("image_size", [64]), "image_size"),
+    (_converter_key("image_size", [64, 96, 3]), "image_size"),
+    (_converter_key("image_size", ["64", "96"]), "image_size"),
+    (_converter_key("image_size", [64.5, 96]), "image_size"),
+    (_converter_key("image_size", 64), "image_size"),
+    (_converter_key("scale", "1/255"), "scale"),
+    (_converter_key("scale", [0.1, 0.2]), "scale"),
+    (_converter_key("scale", [[0.1], [0.2, 0.3]]), "scale"),
+    (_converter_key("offset", {"r": 1}), "offset"),
+    (_converter_key("offset", [None, 1, 2]), "offset"),
+    (_converter_key("interpolation", "bicubic"), "interpolation"),
+    (_converter_key("interpolation", 5), "interpolation"),
+    (_converter_key("crop_to_aspect_ratio", "yes"), "crop_to_aspect_ratio"),
+    (_converter_key("pad_to_aspect_ratio", True), "pad_to_aspect_ratio"),
+    (_converter_key("antialias", True), "antialias"),
+])
+def test_a_bad_preprocessor_is_one_preset_error_naming_file_and_key(preset, edit, key):
+    _edit_converter(preset, edit)
+    msg = _load_error(preset)
+    assert "\n" not in msg and "preprocessor.json" in msg and key in msg, msg
+
+
+def test_image_converter_json_alone_is_checked_too(preset):
+    (preset / "preprocessor.json").unlink()
+    _edit_converter(preset, lambda d: d["config"].__setitem__("image_size", [0, 96]), "image_converter.json")
+    msg = _load_error(preset)
+    assert "image_converter.json" in msg and "image_size" in msg
+
+
+def test_good_preprocessor_variants_still_load(preset):
+    _edit_converter(preset, lambda d: d["config"]["image_converter"]["config"].update(
+        scale=[0.1, 0.2, 0.3], offset=[-1, -1, -1], image_size=[64.0, 96.0], interpolation="nearest",
+        antialias=False, pad_to_aspect_ratio=False, crop_to_aspect_ratio=True))
+    conv = load_keras_preset(preset).preprocessor
+    assert conv.image_size == (64, 96) and conv.scale.tolist() == pytest.approx([0.1, 0.2, 0.3])
+    _edit_converter(preset, lambda d: d["config"].__setitem__("image_converter", None))
+    assert load_keras_preset(preset).preprocessor.image_size is None       # no converter: identity
+
+
+def test_cli_reports_a_bad_preprocessor_in_one_line(preset, capsys):
+    _edit_converter(preset, _converter_key("image_size", [0, 0]))
+    assert cli_main(["summary", str(preset)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "preprocessor.json" in err and "image_size" in err
+
+
+def test_a_checkpoints_preprocessor_config_is_checked_too():
+    from tinydeeplab.io.keras_preset import model_from_configs, preset_configs
+
+    configs = preset_configs(load_keras_preset(PRESET))
+    configs["preprocessor"]["config"]["image_converter"]["config"]["image_size"] = [0, 0]
+    with pytest.raises(PresetError, match="run/checkpoint.npz: preprocessor: image_size"):
+        model_from_configs(configs, source="run/checkpoint.npz")

@@ -169,6 +169,7 @@ def _output_file(path, option: str) -> Path:
 
 
 def cmd_train(args) -> int:
+    from .data.validate import validate_dataset
     from .io.keras_preset import load_keras_preset
     from .models.recipes import build_model
     from .train.builder import build_trainer
@@ -185,6 +186,10 @@ def cmd_train(args) -> int:
         train_set = open_dataset(args.dataset, args.data, args.split, args.num_classes)
         val_set = (open_dataset(args.dataset, args.data, args.val_split, args.num_classes)
                    if args.val_split else None)
+        for split, dataset in ((args.split, train_set), (args.val_split, val_set)):
+            if dataset is not None:                    # every item read once now: a bad one fails here
+                validate_dataset(dataset, out / ".dataset-check.json", name=f"{args.dataset} {split}",
+                                 progress=sys.stderr)
         k = train_set.num_classes
         if args.init_preset:
             model = load_keras_preset(args.init_preset)
@@ -306,16 +311,14 @@ def cmd_summary(args) -> int:
 
 
 def read_image(path) -> np.ndarray:
-    """An RGB uint8 (H, W, 3) array from an image file, or a one-line ValueError."""
-    from PIL import Image, UnidentifiedImageError
+    """An RGB uint8 (H, W, 3) array from an image file, or a one-line DatasetError naming the file.
 
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except FileNotFoundError:
-        raise ValueError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"{path}: not a readable image ({err})") from None
+    16-bit and float images are scaled to 8 bits, or refused, by the dataset readers' own rule
+    (:func:`tinydeeplab.data._io.rgb8`).
+    """
+    from .data._io import read_rgb
+
+    return read_rgb(path)
 
 
 def _read_cases(path) -> dict:

@@ -12,8 +12,13 @@ Every dataset here (and any object the trainer accepts) offers:
 * ``ds.palette`` — (num_classes, 3) uint8 colours for label overlays;
 * ``ds.names`` — list of item ids (file stems), e.g. for naming prediction files.
 
+The readers here also offer ``ds.files(i) -> (image_path, label_path)`` (``()`` for generated items)
+and ``ds.read_label(i)`` (the label alone, without decoding the image).
+
 Readers check the directory layout when built and each label when read; problems raise
-:class:`DatasetError` saying which file and what was expected.
+:class:`DatasetError` saying which file and what was expected.  :func:`validate_dataset` reads a
+whole dataset once before training (cached by file size and mtime), so a bad item is reported before
+epoch 1.
 
 =========================  ==========================================================================
 :class:`VOCSegmentation`   PASCAL VOC 2012 (palette PNG labels), 21 classes
@@ -37,11 +42,12 @@ from .sbd import SBDSegmentation
 from .shapes import SHAPE_CLASSES, SyntheticShapes
 from .transforms import (Compose, PadTo, RandomCrop, RandomHorizontalFlip, RandomScale, Resize,
                          to_model_input)
+from .validate import DatasetCheck, validate_dataset
 from .voc import VOC_CLASSES, VOCSegmentation
 
 __all__ = [
     "IGNORE_LABEL", "SegmentationDataset", "voc_palette", "DatasetError", "LoaderError",
     "VOCSegmentation", "VOC_CLASSES", "SBDSegmentation", "CamVid", "CAMVID_CLASSES", "FolderDataset",
     "SyntheticShapes", "SHAPE_CLASSES", "Compose", "RandomScale", "RandomCrop", "RandomHorizontalFlip",
-    "Resize", "PadTo", "to_model_input", "BatchLoader",
+    "Resize", "PadTo", "to_model_input", "BatchLoader", "validate_dataset", "DatasetCheck",
 ]

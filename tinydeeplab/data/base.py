@@ -1,8 +1,11 @@
 """The base class of the dataset readers and the colour palette used for label overlays."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from ._io import check_same_size, read_rgb
 from .errors import DatasetError
 
 IGNORE_LABEL = 255
@@ -32,8 +35,11 @@ def voc_palette(num_classes: int = 256) -> np.ndarray:
 class SegmentationDataset:
     """Base class implementing the dataset protocol of :mod:`tinydeeplab.data`.
 
-    Subclasses set ``num_classes``, ``class_names``, ``palette`` and ``names`` and implement
-    ``_load(i) -> (image (H, W, 3) uint8, label (H, W) uint8)`` for ``0 <= i < len(self)``.
+    Subclasses set ``num_classes``, ``class_names``, ``palette`` and ``names``.  File-backed ones
+    implement ``_files(i) -> (image_path, label_path)`` and ``_label(i) -> (H, W) uint8`` (read, range
+    checked, mapped to 255 = ignore), for ``0 <= i < len(self)``; the image is then read by
+    :func:`~tinydeeplab.data._io.read_rgb` and the sizes compared.  Generated datasets override
+    ``_load(i) -> (image (H, W, 3) uint8, label (H, W) uint8)`` and have no files.
     """
 
     num_classes: int
@@ -45,8 +51,7 @@ class SegmentationDataset:
     def __len__(self) -> int:
         return len(self.names)
 
-    def __getitem__(self, index) -> tuple[np.ndarray, np.ndarray]:
-        """``ds[i] -> (image (H, W, 3) uint8 RGB, label (H, W) uint8 with 255 = ignore)``."""
+    def _index(self, index) -> int:
         n = len(self)
         try:
             i = int(index)
@@ -56,14 +61,36 @@ class SegmentationDataset:
             i += n
         if not 0 <= i < n:
             raise IndexError(f"index {index} out of range for {type(self).__name__} with {n} items")
-        return self._load(i)
+        return i
+
+    def __getitem__(self, index) -> tuple[np.ndarray, np.ndarray]:
+        """``ds[i] -> (image (H, W, 3) uint8 RGB, label (H, W) uint8 with 255 = ignore)``."""
+        return self._load(self._index(index))
 
     def __iter__(self):
         for i in range(len(self)):
             yield self[i]
 
-    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def files(self, index) -> tuple[Path, ...]:
+        """The files item ``index`` is read from, ``(image_path, label_path)``; ``()`` when generated."""
+        return tuple(self._files(self._index(index)))
+
+    def read_label(self, index) -> np.ndarray:
+        """Item ``index``'s label alone, as ``ds[index]`` returns it, without decoding the image.  (H, W) uint8."""
+        return self._label(self._index(index))
+
+    def _files(self, i: int) -> tuple[Path, ...]:
+        return ()
+
+    def _label(self, i: int) -> np.ndarray:
+        return self._load(i)[1]
+
+    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        image_path, label_path = self._files(i)
+        image = read_rgb(image_path)                                     # (H, W, 3)
+        label = self._label(i)                                           # (H, W)
+        check_same_size(image.shape, label.shape, image_path, label_path)
+        return image, label
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self)} items, {self.num_classes} classes)"

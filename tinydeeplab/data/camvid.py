@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import check_label, check_same_size, read_index_png, read_rgb
+from ._io import check_label, read_index_png
 from .base import IGNORE_LABEL, SegmentationDataset
 from .errors import DatasetError
 
@@ -79,11 +79,11 @@ class CamVid(SegmentationDataset):
         self._images = images
         self._labels = labels
 
-    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        name = self.names[i]
-        image = read_rgb(self._images[name])                         # (H, W, 3)
-        label = read_index_png(self._labels[name])                   # (H, W), 0..10 and 11 = void
-        check_same_size(image, label, f"CamVid item {name!r}")
+    def _files(self, i: int) -> tuple[Path, Path]:
+        return self._images[self.names[i]], self._labels[self.names[i]]
+
+    def _label(self, i: int) -> np.ndarray:
+        label_path = self._labels[self.names[i]]
+        label = read_index_png(label_path)                           # (H, W), 0..10 and 11 = void
         label[label == CAMVID_VOID] = IGNORE_LABEL
-        check_label(label, self.num_classes, IGNORE_LABEL, self._labels[name])
-        return image, label
+        return check_label(label, self.num_classes, IGNORE_LABEL, label_path)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import IMAGE_SUFFIXES, check_label, check_same_size, read_index_png, read_rgb, require_dir
+from ._io import IMAGE_SUFFIXES, check_label, read_index_png, require_dir
 from .base import IGNORE_LABEL, SegmentationDataset, check_class_names, voc_palette
 from .errors import DatasetError
 
@@ -67,11 +67,11 @@ class FolderDataset(SegmentationDataset):
         self._images = images
         self._masks = masks
 
-    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        name = self.names[i]
-        image = read_rgb(self._images[name])                         # (H, W, 3)
-        label = read_index_png(self._masks[name])                    # (H, W)
-        check_same_size(image, label, f"FolderDataset item {name!r}")
-        check_label(label, self.num_classes, self.file_ignore_label, self._masks[name])
+    def _files(self, i: int) -> tuple[Path, Path]:
+        return self._images[self.names[i]], self._masks[self.names[i]]
+
+    def _label(self, i: int) -> np.ndarray:
+        mask_path = self._masks[self.names[i]]
+        label = check_label(read_index_png(mask_path), self.num_classes, self.file_ignore_label, mask_path)
         label[label == self.file_ignore_label] = IGNORE_LABEL
-        return image, label
+        return label                                                 # (H, W)

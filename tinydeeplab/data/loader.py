@@ -29,6 +29,8 @@ import threading
 
 import numpy as np
 
+from ..errors import TinyDeepLabError
+from ._io import one_line
 from .errors import DatasetError, LoaderError
 from .transforms import to_model_input
 
@@ -108,9 +110,7 @@ class BatchLoader:
             try:
                 image, label = self.load_item(index, epoch)
             except Exception as e:
-                raise LoaderError(f"BatchLoader: loading dataset item {int(index)}{self._name(index)} "
-                                  f"(batch {batch}, epoch {epoch}) failed: {type(e).__name__}: {e}",
-                                  index=int(index)) from e
+                raise LoaderError(self._failure(int(index), epoch, batch, e), index=int(index)) from e
             if images and label.shape != labels[0].shape:
                 raise DatasetError(
                     f"BatchLoader: items of one batch must have the same size, but item {int(indices[0])} "
@@ -125,11 +125,26 @@ class BatchLoader:
         y = np.stack(labels).astype(np.int32)                                 # (N, H, W)
         return x, y
 
-    def _name(self, index) -> str:
+    def _failure(self, index: int, epoch: int, batch: int, err: Exception) -> str:
+        """One line: the item (name and files), where in the run, and the cause, briefly.
+
+        A project error (e.g. a label changed since the dataset was validated) already names its file;
+        any other error gets its type and the item's files (when the dataset lists them).
+        """
         try:
-            return f" ({self.dataset.names[int(index)]!r})"
+            name = f" ({self.dataset.names[index]!r})"
         except Exception:
-            return ""
+            name = ""
+        cause = one_line(err) or type(err).__name__
+        if not isinstance(err, TinyDeepLabError):
+            cause = f"{type(err).__name__}: {cause}"
+        try:
+            files = [str(p) for p in self.dataset.files(index)]
+        except Exception:
+            files = []
+        if files and not any(f in cause for f in files):
+            cause += f" (files {', '.join(files)})"
+        return f"BatchLoader: dataset item {index}{name} (batch {batch}, epoch {epoch}) failed: {cause}"
 
     def __iter__(self):
         epoch = self.epoch

@@ -21,8 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import (available_splits, check_label, check_same_size, missing_files_error, read_index_png,
-                  read_rgb, read_split_file)
+from ._io import available_splits, check_label, missing_files_error, read_index_png, read_split_file
 from .base import IGNORE_LABEL, SegmentationDataset, voc_palette
 from .errors import DatasetError
 
@@ -80,11 +79,9 @@ class VOCSegmentation(SegmentationDataset):
                                       "JPEGImages/{id}.jpg and SegmentationClass/{id}.png for every id "
                                       f"in {split_file}")
 
-    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        name = self.names[i]
-        image = read_rgb(self.image_dir / f"{name}.jpg")                  # (H, W, 3)
-        label_path = self.label_dir / f"{name}.png"
-        label = read_index_png(label_path)                                # (H, W)
-        check_same_size(image, label, f"VOC item {name!r}")
-        check_label(label, self.num_classes, IGNORE_LABEL, label_path)
-        return image, label
+    def _files(self, i: int) -> tuple[Path, Path]:
+        return self.image_dir / f"{self.names[i]}.jpg", self.label_dir / f"{self.names[i]}.png"
+
+    def _label(self, i: int) -> np.ndarray:
+        label_path = self._files(i)[1]
+        return check_label(read_index_png(label_path), self.num_classes, IGNORE_LABEL, label_path)  # (H, W)

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from ..models import DeepLabV3Backbone, DeepLabV3ImageSegmenter, ResNetBackbone
-from ..models.preprocessor import ImageConverter
+from ..errors import OptionError
+from ..models.preprocessor import ImageConverter, converter_config
 from .errors import PresetError
 from .keras_layout import TASK_FILE, keras_weight_paths
 
@@ -275,7 +276,10 @@ def model_from_configs(configs: dict, *, source: str) -> DeepLabV3ImageSegmenter
     model = build_from_configs(configs["config"], configs["task"], source=source)
     prep = configs.get("preprocessor")
     if prep:
-        model.preprocessor = ImageConverter.from_config(prep["config"]["image_converter"]["config"])
+        try:
+            model.preprocessor = ImageConverter.from_config(converter_config(prep))
+        except OptionError as err:
+            raise PresetError(f"{source}: preprocessor: {err}") from None
     return model
 
 

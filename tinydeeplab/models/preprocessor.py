@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import ops
+from ..errors import OptionError, PresetError
 from ..functional.resize_coeffs import nearest_indices
 
 INTERPOLATIONS = ("bilinear", "nearest")
@@ -32,16 +33,28 @@ class ImageConverter:
 
     def __init__(self, image_size=None, scale=None, offset=None, interpolation="bilinear",
                  crop_to_aspect_ratio=True):
-        if interpolation not in INTERPOLATIONS:
-            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
-        self.image_size = None if image_size is None else (int(image_size[0]), int(image_size[1]))
-        self.scale = None if scale is None else np.asarray(scale, np.float32)
-        self.offset = None if offset is None else np.asarray(offset, np.float32)
+        self.image_size = _image_size(image_size)
+        self.scale = _per_channel(scale, "scale")
+        self.offset = _per_channel(offset, "offset")
+        if not isinstance(interpolation, str) or interpolation not in INTERPOLATIONS:
+            raise OptionError(f"interpolation {interpolation!r} is not supported; tinydeeplab implements "
+                              f"{', '.join(map(repr, INTERPOLATIONS))}")
         self.interpolation = interpolation
-        self.crop_to_aspect_ratio = bool(crop_to_aspect_ratio)
+        self.crop_to_aspect_ratio = _flag(crop_to_aspect_ratio, "crop_to_aspect_ratio")
 
     @classmethod
     def from_config(cls, cfg: dict) -> "ImageConverter":
+        """From a KerasHub image converter's ``config`` object; OptionError naming the key otherwise.
+
+        ``pad_to_aspect_ratio`` and ``antialias`` must be false (or absent): tinydeeplab does not
+        implement them, and ignoring them would preprocess differently from Keras.
+        """
+        if not isinstance(cfg, dict):
+            raise OptionError(f"the image converter config must be a JSON object, got {type(cfg).__name__}")
+        for key in ("pad_to_aspect_ratio", "antialias"):
+            if cfg.get(key) is not None and _flag(cfg[key], key):
+                raise OptionError(f"{key} is true, which tinydeeplab does not implement (only bilinear/nearest "
+                                  f"resizing without antialiasing, after an optional crop_to_aspect_ratio)")
         return cls(cfg.get("image_size"), cfg.get("scale"), cfg.get("offset"),
                    cfg.get("interpolation", "bilinear"), cfg.get("crop_to_aspect_ratio", True))
 
@@ -53,10 +66,10 @@ class ImageConverter:
         for name in ("preprocessor.json", "image_converter.json"):
             path = Path(directory) / name
             if path.exists():
-                data = read_json(path)
-                cfg = data.get("config", {})
-                conv = cfg.get("image_converter", data)
-                return cls.from_config(conv.get("config", conv) if isinstance(conv, dict) else {})
+                try:
+                    return cls.from_config(converter_config(read_json(path)))
+                except OptionError as err:
+                    raise PresetError(f"{path}: {err}") from None
         return cls()
 
     def get_config(self) -> dict:
@@ -86,6 +99,70 @@ class ImageConverter:
         if self.offset is not None:
             x = x + self.offset
         return x.astype(np.float32, copy=False), box
+
+
+def converter_config(data: dict):
+    """The image converter's ``config`` in a parsed preprocessor.json or image_converter.json object.
+
+    preprocessor.json holds it at ``config.image_converter.config`` (``image_converter`` may be null:
+    no conversion), image_converter.json at ``config``.  OptionError naming the key when a level is
+    not a JSON object.
+
+    >>> converter_config({"config": {"image_converter": {"config": {"image_size": [8, 8]}}}})
+    {'image_size': [8, 8]}
+    >>> converter_config({"config": 5})
+    Traceback (most recent call last):
+    ...
+    tinydeeplab.errors.OptionError: 'config' must be a JSON object, got int
+    """
+    def level(obj, key, where):
+        value = obj.get(key) if isinstance(obj, dict) else None
+        if not isinstance(value, dict):
+            raise OptionError(f"{where!r} must be a JSON object, got {type(value).__name__}")
+        return value
+
+    cfg = level(data, "config", "config")
+    if "image_converter" not in cfg:
+        return cfg                                                      # image_converter.json
+    if cfg["image_converter"] is None:
+        return {}
+    return level(level(cfg, "image_converter", "config.image_converter"), "config",
+                 "config.image_converter.config")
+
+
+def _image_size(value):
+    """``None`` or ``(height, width)`` of two whole numbers >= 1, else OptionError naming image_size."""
+    if value is None:
+        return None
+    arr = _array(value) if isinstance(value, (list, tuple, np.ndarray)) else np.asarray(None)
+    if (arr.shape != (2,) or arr.dtype.kind not in "iuf" or not np.isfinite(arr).all()
+            or not np.array_equal(arr, np.round(arr)) or (arr < 1).any()):
+        raise OptionError(f"image_size must be [height, width], two whole numbers >= 1, got {value!r}")
+    return int(arr[0]), int(arr[1])
+
+
+def _per_channel(value, key: str):
+    """``None``, or a float32 scalar / (1,) / (3,) array of finite numbers, else OptionError naming ``key``."""
+    if value is None:
+        return None
+    arr = _array(value) if not isinstance(value, (str, bytes, dict, bool)) else np.asarray(None)
+    if arr.dtype.kind not in "iuf" or arr.shape not in ((), (1,), (3,)) or not np.isfinite(arr).all():
+        raise OptionError(f"{key} must be a finite number or a list of 3 (one per RGB channel), got {value!r}")
+    return arr.astype(np.float32)
+
+
+def _array(value) -> np.ndarray:
+    """``value`` as an array; an object array (refused by the callers) for ragged or odd content."""
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError):
+        return np.asarray(None)
+
+
+def _flag(value, key: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise OptionError(f"{key} must be true or false, got {value!r}")
+    return bool(value)
 
 
 def resize(x, size, interpolation="bilinear"):
