@@ -18,6 +18,7 @@ from .io.keras_preset import save_keras_preset
 from .models.recipes import build_model
 from .train import evaluate
 from .train.builder import build_trainer
+from .train.rundir import RunLock
 from .viz import prediction_figure
 
 SCALE, OFFSET = 1 / 127.5, -1.0   # model input = pixel * SCALE + OFFSET (the model's converter, used by the loader)
@@ -36,16 +37,16 @@ def run_demo(out_dir="tinydeeplab-demo", *, model_name="small", epochs=14, steps
     trainer = build_trainer(model, train_set, out_dir=out, epochs=epochs, batch_size=batch_size, crop=None, lr=lr,
                             schedule="cosine", warmup=min(20, total // 10), momentum=0.9, weight_decay=1e-4,
                             clip_norm=5.0, seed=seed, val_set=val_set, progress=progress)
-    history = trainer.fit(resume=resume)
-    result = evaluate(model, val_set, progress=False)
-
-    shown = [val_set[i] for i in range(4)]
-    preds = [model.segment(image) for image, _ in shown]
-    prediction_figure(out / "predictions.png", [im for im, _ in shown], preds, val_set.palette,
-                      val_set.class_names, labels=[lab for _, lab in shown],
-                      title=f"validation mIoU {result['miou']:.3f}")
-    with warnings.catch_warnings():      # the small model's 64-channel head: a tinydeeplab-only preset
-        warnings.simplefilter("ignore")
-        save_keras_preset(model, out / "preset", overwrite=True)
+    with RunLock(out):                   # one writer for the whole demo, the figures and preset included
+        history = trainer.fit(resume=resume)
+        result = evaluate(model, val_set, progress=False)
+        shown = [val_set[i] for i in range(4)]
+        preds = [model.segment(image) for image, _ in shown]
+        prediction_figure(out / "predictions.png", [im for im, _ in shown], preds, val_set.palette,
+                          val_set.class_names, labels=[lab for _, lab in shown],
+                          title=f"validation mIoU {result['miou']:.3f}")
+        with warnings.catch_warnings():  # the small model's 64-channel head: a tinydeeplab-only preset
+            warnings.simplefilter("ignore")
+            save_keras_preset(model, out / "preset", overwrite=True)
     return {**result, "out_dir": out, "history": history, "class_names": val_set.class_names,
             "num_parameters": model.num_parameters()}

@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -47,11 +46,12 @@ def save_png(path, array) -> Path:
     """Write an (H, W) or (H, W, 3) uint8 array as PNG (atomically: temp file, then rename)."""
     from PIL import Image
 
+    from .atomic import open_for_write
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(np.asarray(array, np.uint8)).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with open_for_write(path) as f:
+        Image.fromarray(np.asarray(array, np.uint8)).save(f, format="PNG")
     return path
 
 
@@ -81,7 +81,10 @@ def prediction_figure(path, images, predictions, palette, class_names=None, labe
     if title:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.06 if class_names is not None else 0, 1, 1))
+    from .atomic import open_for_write
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with open_for_write(path) as f:
+        fig.savefig(f, dpi=100, format="png")
     return path
