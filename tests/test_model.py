@@ -126,7 +126,7 @@ def _check_every_entry(model, x, c, training, rtol=1e-5, atol=1e-7):
         return float((model.forward(x, training=training) * c).sum())
 
     _, dx, grads = _loss_and_grads(model, x, c, training)
-    params = dict(model._slots())
+    params = dict(model.slots())
     checked = 0
     for name, g in grads.items():
         table, key = params[name]

@@ -136,7 +136,7 @@ def _replace_preset(model, preset: Path) -> Path:
             shutil.rmtree(leftover)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")                # narrow models: the tinydeeplab-only warning
-        model.save_keras_preset(fresh)
+        from . import save_keras_preset; save_keras_preset(model, fresh)  # noqa: E702
     if preset.exists():
         preset.rename(old)
     fresh.rename(preset)

@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 from .data import BatchLoader, Compose, RandomHorizontalFlip, SyntheticShapes
-from .io.keras_preset import preset_configs
+from .io.keras_preset import preset_configs, save_keras_preset
 from .models.recipes import build_model
 from .train import SGD, Cosine, Trainer, evaluate
 from .viz import prediction_figure
@@ -55,6 +55,6 @@ def run_demo(out_dir="tinydeeplab-demo", *, model_name="small", epochs=14, steps
         shutil.rmtree(preset)
     with warnings.catch_warnings():      # the small model's 64-channel head: a tinydeeplab-only preset
         warnings.simplefilter("ignore")
-        model.save_keras_preset(preset)
+        save_keras_preset(model, preset)
     return {**result, "out_dir": out, "history": history, "class_names": val_set.class_names,
             "num_parameters": model.num_parameters()}

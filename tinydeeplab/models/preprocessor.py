@@ -11,8 +11,6 @@ op as the model's upsampling.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from ..backend import ops
@@ -44,20 +42,6 @@ class ImageConverter:
     def from_config(cls, cfg: dict) -> "ImageConverter":
         return cls(cfg.get("image_size"), cfg.get("scale"), cfg.get("offset"),
                    cfg.get("interpolation", "bilinear"), cfg.get("crop_to_aspect_ratio", True))
-
-    @classmethod
-    def from_preset_dir(cls, directory: Path) -> "ImageConverter":
-        """Read preprocessor.json (or image_converter.json); an identity converter when neither exists."""
-        from ..io.keras_preset import read_json  # local import: io depends on models, not the reverse
-
-        for name in ("preprocessor.json", "image_converter.json"):
-            path = Path(directory) / name
-            if path.exists():
-                data = read_json(path)
-                cfg = data.get("config", {})
-                conv = cfg.get("image_converter", data)
-                return cls.from_config(conv.get("config", conv) if isinstance(conv, dict) else {})
-        return cls()
 
     def get_config(self) -> dict:
         tolist = lambda a: None if a is None else a.tolist()  # noqa: E731
