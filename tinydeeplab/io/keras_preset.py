@@ -3,7 +3,7 @@
 A preset directory holds::
 
     config.json          the backbone: DeepLabV3Backbone with a nested image-encoder config (any class in
-                         :data:`tinydeeplab.models.ENCODERS`, e.g. ResNetBackbone)
+                         tinydeeplab.models.ENCODERS, e.g. ResNetBackbone)
     task.json            the segmenter: num_classes, activation (and the backbone again)
     preprocessor.json    image converter: image_size, scale, offset, interpolation, crop_to_aspect_ratio
     model.weights.h5     backbone weights, paths from :mod:`tinydeeplab.io.keras_layout`

@@ -20,10 +20,9 @@ Everything else in tinydeeplab reaches an encoder only through this class:
 ``stages()``                    named intermediate outputs: parity report rows and architecture docs
 ==============================  =====================================================================
 
-:func:`register_encoder` adds a class to :data:`ENCODERS`; the preset reader and writer, the
+:func:`register_encoder` adds a class to ``ENCODERS``; the preset reader and writer, the
 recipes, the parity report and the architecture page look encoders up there by class name.
 """
-from __future__ import annotations
 
 from typing import NamedTuple
 

@@ -230,8 +230,8 @@ class Add(OpLayer):
 
     ``Add(inplace=True)`` writes the sum over ``a``: for an ``a`` that nothing else reads afterwards
     (a residual branch's fresh output), which saves one activation-sized buffer per block. The two
-    gradients are the same array, not copies: the backward of every layer reads its ``dout`` and never
-    writes into it, so both branches can read it.
+    gradients are the same array, not copies (``add_backward`` would copy twice): a layer's backward
+    reads its ``dout`` and returns a new array, so both branches can read the one ``dy``.
 
     >>> add = Add()
     >>> add([np.ones((1, 1, 1, 2), np.float32), np.full((1, 1, 1, 2), 2.0, np.float32)]).ravel().tolist()
