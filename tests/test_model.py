@@ -68,9 +68,10 @@ def test_classify_before_upsample_is_exact(training):
 @pytest.mark.parametrize("plus, pre_activation", [(True, False), (False, True)])
 @pytest.mark.parametrize("training", [False, True])
 def test_inplace_relus_change_nothing(backend, plus, pre_activation, training):
-    """The models' in-place ReLUs (over BN / add outputs) give bit-identical logits, gradients and
-    moving statistics to out-of-place ones, and a recorded BN output still holds its negative values."""
-    from tinydeeplab.nn import ReLU
+    """The models' in-place ReLUs (over BN / add outputs) and residual adds (over the residual branch)
+    give bit-identical logits, gradients and moving statistics to out-of-place ones, and a recorded BN
+    output still holds its negative values."""
+    from tinydeeplab.nn import Add, ReLU
     from tinydeeplab.nn.hooks import record_outputs
 
     rng = np.random.default_rng(3)
@@ -79,7 +80,9 @@ def test_inplace_relus_change_nothing(backend, plus, pre_activation, training):
     plain.load_state_dict(fast.state_dict())
     relus = [m for _, m in plain.modules() if isinstance(m, ReLU)]
     assert relus and all(m.inplace for m in relus)
-    for m in relus:
+    adds = [m for _, m in plain.modules() if isinstance(m, Add)]
+    assert adds and all(m.inplace for m in adds)
+    for m in relus + adds:
         m.inplace = False
     x = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
     c = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
@@ -126,7 +129,7 @@ def _check_every_entry(model, x, c, training, rtol=1e-5, atol=1e-7):
         return float((model.forward(x, training=training) * c).sum())
 
     _, dx, grads = _loss_and_grads(model, x, c, training)
-    params = dict(model._slots())
+    params = dict(model.slots())
     checked = 0
     for name, g in grads.items():
         table, key = params[name]

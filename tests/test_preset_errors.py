@@ -136,7 +136,7 @@ def test_cli_reports_a_bad_preset_in_one_line(preset, capsys):
 
 def test_export_round_trip_is_exact(tmp_path):
     model = load_keras_preset(PRESET)
-    out = model.save_keras_preset(tmp_path / "exported")
+    out = save_keras_preset(model, tmp_path / "exported")
     again = load_keras_preset(out)
     ref, got = model.state_dict(), again.state_dict()
     assert ref.keys() == got.keys()

@@ -3,8 +3,8 @@
 The stages compared are the points where both implementations expose a tensor with the same
 meaning (tinydeeplab module name -> KerasHub layer name)::
 
-    backbone.image_encoder.stem              pool1_pool                 (N, H/4, W/4, C)
-    backbone.image_encoder.stack{i}.block{j} stack{i}_block{j}_out      (``_add`` for ResNet v2)
+    backbone.image_encoder.<stage>           the encoder's stages()     e.g. ResNet's stem: pool1_pool,
+                                                                        stack{i}.block{j}: stack{i}_block{j}_out
     backbone.aspp                            spatial_pyramid_pooling    (N, H/2^k, W/2^k, 256)
     backbone.low_level_projection            decoder_relu               (V3+ only)
     backbone.head                            segmentation_head_relu     (N, H/4, W/4, 256) for V3+
@@ -23,12 +23,12 @@ from .nn.hooks import record_outputs
 
 
 def stage_names(model) -> list[tuple[str, str, str]]:
-    """``[(tinydeeplab module, keras scope, keras layer)]``; scope is "encoder" or "backbone"."""
-    enc = model.backbone.image_encoder
-    out = [("backbone.image_encoder.stem", "encoder", "pool1_pool")]
-    for s in range(enc.num_stacks):
-        for b in range(len(enc.blocks(s))):
-            out.append((f"backbone.image_encoder.stack{s}.block{b}", "encoder", f"stack{s}_block{b}_out"))
+    """``[(tinydeeplab module, keras scope, keras layer)]``; scope is "encoder" or "backbone".
+
+    The encoder's rows are the :meth:`~tinydeeplab.models.encoder.Encoder.stages` that name a Keras layer.
+    """
+    out = [(f"backbone.image_encoder.{st.module}", "encoder", st.keras_layer)
+           for st in model.backbone.image_encoder.stages() if st.keras_layer is not None]
     out.append(("backbone.aspp", "backbone", "SpatialPyramidPooling"))
     if model.backbone.low_key is not None:
         out.append(("backbone.low_level_projection", "backbone", "decoder_relu"))
@@ -62,10 +62,7 @@ def keras_stages(preset_dir, x, model) -> dict[str, np.ndarray]:
     def layer_output(net, name):
         if name == "SpatialPyramidPooling":
             return next(lay for lay in net.layers if type(lay).__name__ == name).output
-        try:
-            return net.get_layer(name).output
-        except ValueError:
-            return net.get_layer(name.replace("_out", "_add")).output    # ResNet v2 blocks end in the add
+        return net.get_layer(name).output
 
     stages = stage_names(model)
     result = {}
@@ -91,7 +88,7 @@ def logits_at_size(model, x, size, training=False):
         return model.forward(x, training=training)
     from .models.preprocessor import resize
 
-    f = model.backbone.forward(x, training, upsample=False)                          # (N, h, w, 256)
+    f = model.backbone.forward(x, training)                                          # (N, h, w, 256)
     return resize(model.output_conv.forward(f), size)                                # (N, *size, K)
 
 

@@ -54,7 +54,7 @@ def check_against_keras_config(model) -> str:
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)                      # Keras is only imported inside its functions
     full = mod.FULL
-    enc = model.backbone.image_encoder.config
+    enc = model.backbone.image_encoder.get_config()
     bb = model.backbone.config
     diffs = [f"encoder.{k}: {enc.get(k)!r} != {v!r}" for k, v in full["encoder"].items() if enc.get(k) != v]
     diffs += [f"backbone.{k}: {bb.get(k)!r} != {v!r}" for k, v in full["backbone"].items() if bb.get(k) != v]
@@ -67,29 +67,23 @@ def check_against_keras_config(model) -> str:
     return "recipe 'resnet50' == FULL config of tools/make_parity_fixtures.py"
 
 
+ENCODER = "backbone.image_encoder."
+
+
+def encoder_stages(model):
+    """The encoder's own :meth:`~tinydeeplab.models.encoder.Encoder.stages` (the protocol: no ResNet here)."""
+    return model.backbone.image_encoder.stages()
+
+
+def level_module(model, level) -> str:
+    """Dotted name of the module whose output is pyramid level ``level`` ("P5")."""
+    return next(ENCODER + st.module for st in encoder_stages(model) if st.level == level)
+
+
 def stages(model):
     """``[(module name, description)]`` in data-flow order; "" = the segmenter's logits."""
-    enc = model.backbone.image_encoder
     bb = model.backbone
-    rows = [("backbone.image_encoder.stem.conv1", "stem: 7x7/2 conv (ZeroPadding 3 + valid) -> BN -> ReLU"),
-            ("backbone.image_encoder.stem", "stem: ZeroPadding 1 -> 3x3/2 max pool")]
-    for s in range(enc.num_stacks):
-        blocks = enc.blocks(s)
-        f = enc.config["stackwise_num_filters"][s]
-        st = enc.blocks(s)[0].conv2.conv.strides[0]
-        dil = enc.blocks(s)[0].conv2.conv.dilation_rate[0]
-        for b in range(len(blocks)):
-            what = f"bottleneck 1x1 {f} -> 3x3 {f}"
-            if b == 0 and st > 1:
-                what += f" /{st}"
-            if dil > 1:
-                what += f" rate {dil}"
-            what += f" -> 1x1 {4 * f}"
-            if b == 0:
-                what += ", projection shortcut"
-            last = b == len(blocks) - 1
-            rows.append((f"backbone.image_encoder.stack{s}.block{b}",
-                         f"stack{s} block{b}: {what}" + (f" = **P{s + 2}**" if last else "")))
+    rows = [(ENCODER + st.module, st.description) for st in encoder_stages(model)]
     rates = bb.aspp.dilation_rates
     rows.append(("backbone.aspp.branch0", "ASPP branch 0: 1x1 conv -> BN -> ReLU"))
     for i, r in enumerate(rates):
@@ -125,12 +119,10 @@ def record(model, size=SIZE, seed=0, repeats=2):
 def n_params(model, name) -> int:
     if name == "":
         return 0
-    module = dict(model.modules())[name]
-    if name == "backbone.aspp":             # the row is the projection; the ASPP total is in the text
-        return module.projection.num_parameters()
-    if name == "backbone.image_encoder.stem":
-        return module.pool.num_parameters()
-    return module.num_parameters()
+    # a row counts what its module holds beyond the rows nested inside it (the ASPP row: its projection)
+    modules = dict(model.modules())
+    inner = [n for n, _ in stages(model) if n.startswith(name + ".")]
+    return modules[name].num_parameters() - sum(modules[n].num_parameters() for n in inner)
 
 
 def stride_of(shape, size=SIZE) -> str:
@@ -179,7 +171,6 @@ def draw_figure(model, outputs, path, size=SIZE):
     import matplotlib.pyplot as plt
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-    enc = model.backbone.image_encoder
     bb = model.backbone
     colours = {"input": "#e0e0e0", "encoder": "#cfe2f3", "aspp": "#fce5cd", "decoder": "#d9ead3",
                "head": "#e6d7f0"}
@@ -218,21 +209,14 @@ def draw_figure(model, outputs, path, size=SIZE):
     # encoder column
     xe = 1.7
     box("input", xe, 9.9, "input image", "model-ready float32", (1, size, size, 3), "input")
-    box("stem", xe, 8.55, "stem", "7×7/2 conv, BN, ReLU; 3×3/2 max pool", o["backbone.image_encoder.stem"],
-        "encoder")
-    arrow("input", "bottom", "stem", "top")
-    prev = "stem"
-    for s in range(enc.num_stacks):
-        key = f"P{s + 2}"
-        nb = len(enc.blocks(s))
-        f = enc.config["stackwise_num_filters"][s]
-        dil = enc.blocks(s)[0].conv2.conv.dilation_rate[0]
-        st = enc.blocks(s)[0].conv2.conv.strides[0]
-        how = f"{nb} bottlenecks {f}→{4 * f}" + (f", /{st}" if st > 1 else "") + (f", rate {dil}" if dil > 1 else "")
-        box(key, xe, 7.2 - 1.35 * s, f"stack{s} → {key}", how,
-            o[f"backbone.image_encoder.stack{s}.block{nb - 1}"], "encoder")
+    prev, y = "input", 8.55
+    for st in encoder_stages(model):            # the stages the encoder asks the figure to draw
+        if st.box is None:
+            continue
+        key = st.level or st.module
+        box(key, xe, y, *st.box, o[ENCODER + st.module], "encoder")
         arrow(prev, "bottom", key, "top")
-        prev = key
+        prev, y = key, y - 1.35
     spp = bb.config["spatial_pyramid_pooling_key"]
     low = bb.low_key
 
@@ -304,9 +288,11 @@ def draw_figure(model, outputs, path, size=SIZE):
 
 # -- the page ----------------------------------------------------------------------------------------
 def os16_rows(model, outputs, size=SIZE):
-    keep = ["backbone.image_encoder.stack2.block5", "backbone.image_encoder.stack3.block0",
-            "backbone.image_encoder.stack3.block2", "backbone.aspp.branch3", "backbone.aspp",
-            "backbone.encoder_upsample", "(segmenter output)"]
+    names = [n for n, _ in stages(model)]
+    p4, p5 = level_module(model, "P4"), level_module(model, "P5")
+    after_p4 = names[names.index(p4) + 1]          # the first stage that trades its stride for dilation
+    keep = [p4, after_p4, p5, "backbone.aspp.branch3", "backbone.aspp", "backbone.encoder_upsample",
+            "(segmenter output)"]
     return [r for r in shape_rows(model, outputs, size) if r[1] in keep]
 
 
@@ -318,8 +304,8 @@ def page(rows, rows16, model, model16, seconds, seconds16, load=None) -> str:
     aspp_p = model.backbone.aspp.num_parameters()
     dec_p = model.backbone.num_parameters() - enc_p - aspp_p
     cls_p = model.output_conv.num_parameters()
-    p5 = [r for r in rows if r[1] == "backbone.image_encoder.stack3.block2"][0][2]
-    p5_16 = [r for r in rows16 if r[1] == "backbone.image_encoder.stack3.block2"][0][2]
+    p5 = [r for r in rows if r[1] == level_module(model, "P5")][0][2]
+    p5_16 = [r for r in rows16 if r[1] == level_module(model16, "P5")][0][2]
     rates = model.backbone.aspp.dilation_rates
     live = ", ".join(f"rate {r}: {live_tap_fraction(p5[1], r):.0%}" for r in rates)
     live16 = ", ".join(f"rate {r}: {live_tap_fraction(p5_16[1], r):.0%}" for r in rates)

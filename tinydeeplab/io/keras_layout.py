@@ -5,50 +5,18 @@ in snake case plus a counter, in the order the saving code walks the model's ``l
 
     layers/functional/layers/conv2d_7/vars/0        (the 8th Conv2D of the image-encoder graph)
 
-so the mapping is a matter of listing our Conv2D / BatchNorm modules in Keras's order. Inside a
-functional graph Keras orders layers by decreasing depth (longest path to an output), ties broken
-by a depth-first walk from the outputs that visits an ``Add``'s inputs in order
-``[shortcut, residual]``. For a ResNet block that puts the shortcut's 1x1 conv (and its BN) right
-before the *last* convolution of the residual branch (and its BN)::
-
-    v1 bottleneck:  1_conv 1_bn 2_conv 2_bn 0_conv 3_conv 0_bn 3_bn   -> conv order 1, 2, 0, 3
-    v1 basic:       1_conv 1_bn 0_conv 2_conv 0_bn 2_bn               -> conv order 1, 0, 2
+so the mapping is a matter of listing our Conv2D / BatchNorm modules in Keras's order. The image
+encoder's part comes from the encoder itself (:meth:`~tinydeeplab.models.encoder.Encoder.keras_weight_layers`,
+e.g. ResNet's shortcut-before-last-conv order); this module adds the ASPP, the decoder and the head.
 
 Variables: a Conv2D has ``vars/0`` = kernel (HWIO) [, ``vars/1`` = bias]; a BatchNormalization has
 ``vars/0..3`` = gamma, beta, moving_mean, moving_variance.
 """
 from __future__ import annotations
 
+from ..models.encoder import BN_VARS, CONV_VARS
+
 BACKBONE_FILE, TASK_FILE = "model.weights.h5", "task.weights.h5"
-CONV_VARS = ("kernel", "bias")
-BN_VARS = ("gamma", "beta", "moving_mean", "moving_variance")
-
-
-def _conv_and_bn_units(seq):
-    """(conv, bn-or-None) of a conv unit Sequential (children named pad / conv / bn / relu)."""
-    return seq.conv, getattr(seq, "bn", None)
-
-
-def resnet_layer_order(encoder):
-    """Conv2D modules and BatchNorm modules of a :class:`ResNetBackbone` in Keras's layer order."""
-    convs, bns = [], []
-    for _, unit in encoder.stem.children():
-        if hasattr(unit, "conv"):
-            conv, bn = _conv_and_bn_units(unit)
-            convs.append(conv)
-            bns += [bn] if bn is not None else []
-    for s in range(encoder.num_stacks):
-        for block in encoder.blocks(s):
-            if block.pre_activation:
-                bns.append(block.preact.bn)
-            units = block.residual_layers()
-            if block.shortcut is not None:
-                units = units[:-1] + [block.shortcut, units[-1]]  # shortcut just before the last conv
-            for unit in units:
-                conv, bn = _conv_and_bn_units(unit)
-                convs.append(conv)
-                bns += [bn] if bn is not None else []
-    return convs, bns
 
 
 def _counter_name(base, i):
@@ -76,12 +44,12 @@ def keras_weight_paths(segmenter) -> dict[str, tuple[str, str]]:
     backbone = segmenter.backbone
     where: dict[tuple[int, str], str] = {}
 
-    # 1. the image encoder's graph, saved as the nested functional model "functional"
-    convs, bns = resnet_layer_order(backbone.image_encoder)
-    for i, conv in enumerate(convs):
-        _add_unit(where, f"layers/functional/layers/{_counter_name('conv2d', i)}", conv, CONV_VARS)
-    for i, bn in enumerate(bns):
-        _add_unit(where, f"layers/functional/layers/{_counter_name('batch_normalization', i)}", bn, BN_VARS)
+    # 1. the image encoder's graph, saved as the nested functional model "functional"; a layer's counter
+    #    counts the earlier layers of the same Keras class
+    seen: dict[str, int] = {}
+    for layer in backbone.image_encoder.keras_weight_layers():
+        i = seen[layer.name] = seen.get(layer.name, -1) + 1
+        _add_unit(where, f"layers/functional/layers/{_counter_name(layer.name, i)}", layer.module, layer.var_names)
 
     # 2. ASPP: a list of Sequentials (branches, pooling last) and a projection Sequential
     aspp = backbone.aspp

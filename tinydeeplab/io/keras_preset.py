@@ -2,7 +2,8 @@
 
 A preset directory holds::
 
-    config.json          the backbone: DeepLabV3Backbone with a nested ResNetBackbone config
+    config.json          the backbone: DeepLabV3Backbone with a nested image-encoder config (any class in
+                         tinydeeplab.models.ENCODERS, e.g. ResNetBackbone)
     task.json            the segmenter: num_classes, activation (and the backbone again)
     preprocessor.json    image converter: image_size, scale, offset, interpolation, crop_to_aspect_ratio
     model.weights.h5     backbone weights, paths from :mod:`tinydeeplab.io.keras_layout`
@@ -16,18 +17,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 
-from ..models import DeepLabV3Backbone, DeepLabV3ImageSegmenter, ResNetBackbone
 from ..errors import OptionError
+from ..models import DeepLabV3Backbone, DeepLabV3ImageSegmenter, encoder_class
 from ..models.preprocessor import ImageConverter, converter_config
 from .errors import PresetError
 from .keras_layout import TASK_FILE, keras_weight_paths
 
 KAGGLE_PREFIX = "kaggle://"
-SUPPORTED = {"backbone": "DeepLabV3Backbone", "encoder": "ResNetBackbone", "task": "DeepLabV3ImageSegmenter"}
+SUPPORTED = {"backbone": "DeepLabV3Backbone", "task": "DeepLabV3ImageSegmenter"}   # encoders: models.ENCODERS
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -69,21 +71,12 @@ def build_from_configs(backbone_cfg: dict, task_cfg: dict | None, *, source: str
     _require(cfg, ["image_encoder", "spatial_pyramid_pooling_key", "upsampling_size", "dilation_rates"], source)
     enc = cfg["image_encoder"]
     enc_name = _class_name(enc, f"{source} image_encoder")
-    if enc_name != SUPPORTED["encoder"]:
-        raise PresetError(f"{source}: unsupported image_encoder class {enc_name!r} (tinydeeplab supports "
-                          f"{SUPPORTED['encoder']})")
-    e = enc["config"]
-    _require(e, ["stackwise_num_filters", "stackwise_num_blocks", "stackwise_num_strides"],
-             f"{source} image_encoder")
-    image_shape = e.get("image_shape") or [None, None, 3]
     try:
-        encoder = ResNetBackbone(
-            input_conv_filters=e.get("input_conv_filters", [64]),
-            input_conv_kernel_sizes=e.get("input_conv_kernel_sizes", [7]),
-            stackwise_num_filters=e["stackwise_num_filters"], stackwise_num_blocks=e["stackwise_num_blocks"],
-            stackwise_num_strides=e["stackwise_num_strides"], block_type=e.get("block_type", "bottleneck_block"),
-            use_pre_activation=e.get("use_pre_activation", False), in_channels=int(image_shape[-1] or 3),
-            output_stride=output_stride)
+        encoder_cls = encoder_class(enc_name)
+    except ValueError as err:
+        raise PresetError(f"{source}: {err}") from None
+    try:
+        encoder = encoder_cls.from_config(enc["config"], output_stride=output_stride)
         up = cfg["upsampling_size"]
         backbone = DeepLabV3Backbone(
             encoder, cfg["spatial_pyramid_pooling_key"], up[0] if isinstance(up, (list, tuple)) else up,
@@ -137,7 +130,7 @@ def load_weights(model: DeepLabV3ImageSegmenter, directory: Path, *, task_weight
     Optimizer variables (``optimizer/...``) in task.weights.h5 are skipped.
     """
     paths = keras_weight_paths(model)
-    slots = model._slots()
+    slots = model.slots()
     wanted: dict[str, dict[str, str]] = {}
     for name, (fname, h5path) in paths.items():
         if fname == TASK_FILE and not task_weights:
@@ -211,9 +204,22 @@ def load_keras_preset(path, *, output_stride=None) -> DeepLabV3ImageSegmenter:
     task = read_json(task_path) if task_path.exists() else None
     model = build_from_configs(config, task, source=str(directory / "config.json"), output_stride=output_stride)
     load_weights(model, directory, task_weights=task is not None)
-    model.preprocessor = ImageConverter.from_preset_dir(directory)
+    model.preprocessor = read_image_converter(directory)
     model.preset_dir = directory
     return model
+
+
+def read_image_converter(directory: Path) -> ImageConverter:
+    """The preset's :class:`ImageConverter` from preprocessor.json (or image_converter.json); an identity
+    converter when neither exists."""
+    for name in ("preprocessor.json", "image_converter.json"):
+        path = Path(directory) / name
+        if path.exists():
+            try:
+                return ImageConverter.from_config(converter_config(read_json(path)))
+            except OptionError as err:
+                raise PresetError(f"{path}: {err}") from None
+    return ImageConverter()
 
 
 # -- writing ------------------------------------------------------------------------------------
@@ -224,12 +230,18 @@ def _serialized(module: str, class_name: str, config: dict, registered: str | No
             "registered_name": registered}
 
 
+def _snake_case(name: str) -> str:
+    """Keras's default object name: ``"ResNetBackbone"`` -> ``"res_net_backbone"``."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
 def backbone_config(model: DeepLabV3ImageSegmenter) -> dict:
     """The config.json object KerasHub writes for this model's DeepLabV3Backbone."""
     bb = model.backbone
-    enc = _serialized("keras_hub.src.models.resnet.resnet_backbone", "ResNetBackbone",
-                      {"name": "res_net_backbone", **bb.image_encoder.config, "image_shape": [None, None, 3]},
-                      "keras_hub>ResNetBackbone")
+    encoder = bb.image_encoder
+    name = encoder.keras_class_name
+    enc = _serialized(encoder.keras_module, name, {"name": _snake_case(name), **encoder.get_config()},
+                      f"keras_hub>{name}")
     c = bb.config
     return _serialized("keras_hub.src.models.deeplab_v3.deeplab_v3_backbone", "DeepLabV3Backbone",
                        {"name": "deep_lab_v3_backbone", "image_encoder": enc,

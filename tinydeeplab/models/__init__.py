@@ -1,6 +1,10 @@
-"""ResNet encoder, ASPP, DeepLabV3/V3+ backbone and segmenter."""
+"""Image encoders (the :class:`Encoder` protocol and its registry), ASPP, DeepLabV3/V3+ backbone and segmenter."""
 from .aspp import ASPP
 from .deeplab import DeepLabV3Backbone, DeepLabV3ImageSegmenter
+from .encoder import ENCODERS, Encoder, EncoderStage, KerasLayer, encoder_class, register_encoder
 from .resnet import ResNetBackbone
 
-__all__ = ["ResNetBackbone", "ASPP", "DeepLabV3Backbone", "DeepLabV3ImageSegmenter"]
+register_encoder(ResNetBackbone)          # the registry: one line per encoder family
+
+__all__ = ["Encoder", "EncoderStage", "KerasLayer", "ENCODERS", "register_encoder", "encoder_class",
+           "ResNetBackbone", "ASPP", "DeepLabV3Backbone", "DeepLabV3ImageSegmenter"]

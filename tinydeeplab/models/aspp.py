@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import ops
 from ..nn import (BatchNorm, Concatenate, Conv2D, Dropout, GlobalAveragePooling2D, Module, ReLU, Resize,
-                  Sequential)
+                  Sequential, sum_gradients)
 
 
 def conv_bn_relu(c_in, filters, kernel=1, dilation=1, *, seed=None):
@@ -66,5 +65,5 @@ class ASPP(Module):
         d_pooled = self.pooling.backward(self.pooling_resize.backward(d_parts[-1]))
         dx = d_pooled                                                             # every branch read x:
         for branch, d in zip(self.branches(), d_parts[:-1]):                      # their gradients add up
-            dx = ops().add_forward(branch.backward(d), dx, inplace=True)[0]     # over the branch's fresh dx
+            dx = sum_gradients(branch.backward(d), dx)                            # over the branch's fresh dx
         return dx

@@ -7,9 +7,12 @@ Data flow (``key`` = ``spatial_pyramid_pooling_key``, ``low`` = ``low_level_feat
     e = bilinear upsample a by upsampling_size                 (to P[low]'s size for V3+)
     V3+ only:  l = ReLU(BN(1x1 conv(P[low])))  (projection_filters channels)
                e = concat([e, l])
-    f = ReLU(BN(1x1 conv 256 (e)))                             "segmentation head"
-    backbone output = bilinear upsample f by 2^k / upsampling_size  -> (N, H, W, 256)
-    segmenter: logits = 1x1 conv num_classes (no bias) of the backbone output  [-> activation]
+    f = ReLU(BN(1x1 conv 256 (e)))                             "segmentation head": the backbone's output
+    segmenter: logits = 1x1 conv num_classes (no bias) of f, bilinear upsampled by 2^k / upsampling_size
+               to (N, H, W, num_classes)  [-> activation]
+
+KerasHub's DeepLabV3Backbone ends with that last upsampling (of f, before the classifier); here the
+segmenter owns it, so that it can classify first (below), and the backbone returns f at 1/4 (V3+).
 
 KerasHub only runs when H and W are multiples of 2^k (else the concat shapes disagree); here the
 upsamplings are resizes to the exact target size (the low-level map's, then the input's), which are
@@ -24,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_backend, ops, to_numpy
-from ..nn import BatchNorm, Concatenate, Conv2D, Module, ReLU, Resize, Sequential, inference_mode
+from ..nn import BatchNorm, Concatenate, Conv2D, Module, ReLU, Resize, Sequential, inference_mode, sum_gradients
 from .aspp import ASPP, conv_bn_relu
 from .preprocessor import ImageConverter, resize
 
@@ -38,14 +41,18 @@ def _level(key: str) -> int:
 
 
 class DeepLabV3Backbone(Module):
-    """ASPP on one pyramid level, optional V3+ low-level decoder, segmentation head, upsampling.
+    """ASPP on one pyramid level, optional V3+ low-level decoder, segmentation head.
+
+    ``image_encoder`` is any :class:`~tinydeeplab.models.encoder.Encoder`. The output is the head's
+    features (N, h', w', num_channels), at the low-level map's size for V3+ (1/4 of the input) and at
+    ``upsampling_size`` times the ASPP map's otherwise.
 
     >>> from tinydeeplab.models import ResNetBackbone
     >>> enc = ResNetBackbone([64], [7], [64, 8, 8, 8], [1, 1, 1, 1], [1, 2, 2, 2], seed=0)
     >>> net = DeepLabV3Backbone(enc, "P5", 8, [1, 2], low_level_feature_key="P2", projection_filters=8,
     ...                         num_channels=16, seed=0)
     >>> net(np.zeros((1, 64, 64, 3), np.float32)).shape
-    (1, 64, 64, 16)
+    (1, 16, 16, 16)
     """
 
     def __init__(self, image_encoder, spatial_pyramid_pooling_key, upsampling_size, dilation_rates,
@@ -77,16 +84,14 @@ class DeepLabV3Backbone(Module):
         # KerasHub fixes both ASPP and head widths at 256; ``num_channels`` shrinks them for small models
         self.head = Sequential(("conv", Conv2D(head_in, num_channels, 1, seed=seed_())),
                                ("bn", BatchNorm(num_channels)), ("relu", ReLU(inplace=True)))
-        self.output_upsample = Resize()
         self.out_channels = num_channels
 
     @property
     def low_key(self):
         return self.config["low_level_feature_key"]
 
-    def forward(self, x, training=False, *, upsample=True):
-        """``x`` (N, H, W, 3) -> (N, H, W, num_channels); with ``upsample=False`` the head's features at 1/4."""
-        self._input_size = x.shape[1:3]
+    def forward(self, x, training=False):
+        """``x`` (N, H, W, 3) -> the head's features (N, H/4, W/4, num_channels) for V3+."""
         pyramid = self.image_encoder.forward(x, training)
         a = self.aspp.forward(pyramid[self.config["spatial_pyramid_pooling_key"]], training)  # (N, h, w, 256)
         if self.low_key is not None:
@@ -96,12 +101,10 @@ class DeepLabV3Backbone(Module):
         else:
             up = self.config["upsampling_size"]
             e = self.encoder_upsample.forward(a, size=(a.shape[1] * up, a.shape[2] * up))
-        f = self.head.forward(e, training)                                           # (N, h', w', 256)
-        return self.output_upsample.forward(f, size=self._input_size) if upsample else f
+        return self.head.forward(e, training)                                        # (N, h', w', 256)
 
-    def backward(self, dy, *, upsampled=True):
-        d = self.output_upsample.backward(dy) if upsampled else dy
-        d = self.head.backward(d)
+    def backward(self, dy):
+        d = self.head.backward(dy)
         d_pyramid = {}
         if self.low_key is not None:
             d, d_low = self.concat.backward(d)                                       # split the concat
@@ -109,7 +112,7 @@ class DeepLabV3Backbone(Module):
         d_a = self.encoder_upsample.backward(d)
         key = self.config["spatial_pyramid_pooling_key"]
         d_key = self.aspp.backward(d_a)
-        d_pyramid[key] = ops().add_forward(d_pyramid[key], d_key)[0] if key in d_pyramid else d_key
+        d_pyramid[key] = sum_gradients(d_key, d_pyramid[key]) if key in d_pyramid else d_key  # over fresh d_key
         return self.image_encoder.backward(d_pyramid)
 
 
@@ -129,6 +132,7 @@ class DeepLabV3ImageSegmenter(Module):
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         self.backbone = backbone
         self.output_conv = Conv2D(backbone.out_channels, num_classes, 1, seed=seed)
+        self.output_upsample = Resize()                                    # to the input's size
         self.num_classes, self.activation = num_classes, activation
         self.classify_before_upsample = classify_before_upsample
         self.preprocessor = ImageConverter()  # identity; presets bring their own
@@ -141,17 +145,17 @@ class DeepLabV3ImageSegmenter(Module):
         """
         if get_backend() == "cuda" and isinstance(x, np.ndarray):
             return to_numpy(self.forward(ops().to_device(x), training))
+        f = self.backbone.forward(x, training)                                        # (N, H/4, W/4, 256)
         if not self.classify_before_upsample:
-            return self.output_conv.forward(self.backbone.forward(x, training))
-        f = self.backbone.forward(x, training, upsample=False)                       # (N, H/4, W/4, 256)
+            return self.output_conv.forward(self.output_upsample.forward(f, size=x.shape[1:3]))
         z = self.output_conv.forward(f)                                               # (N, H/4, W/4, K)
-        return self.backbone.output_upsample.forward(z, size=x.shape[1:3])           # (N, H, W, K)
+        return self.output_upsample.forward(z, size=x.shape[1:3])                    # (N, H, W, K)
 
     def backward(self, dlogits):
         if not self.classify_before_upsample:
-            return self.backbone.backward(self.output_conv.backward(dlogits))
-        dz = self.backbone.output_upsample.backward(dlogits)
-        return self.backbone.backward(self.output_conv.backward(dz), upsampled=False)
+            return self.backbone.backward(self.output_upsample.backward(self.output_conv.backward(dlogits)))
+        dz = self.output_upsample.backward(dlogits)
+        return self.backbone.backward(self.output_conv.backward(dz))
 
     def predict(self, images, batch_size: int = 4):
         """Model-ready NHWC float32 images -> Keras ``predict`` output (logits or activation)."""
@@ -170,12 +174,6 @@ class DeepLabV3ImageSegmenter(Module):
         elif self.activation == "sigmoid":
             out = 1.0 / (1.0 + np.exp(-out))
         return out
-
-    def save_keras_preset(self, directory):
-        """Write this model as a KerasHub preset directory (see :func:`tinydeeplab.io.keras_preset.save_keras_preset`)."""
-        from ..io.keras_preset import save_keras_preset
-
-        return save_keras_preset(self, directory)
 
     def segment(self, images, *, outside_label: int = 255):
         """Raw RGB images -> label maps at each image's own size.

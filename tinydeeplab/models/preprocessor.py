@@ -11,12 +11,10 @@ op as the model's upsampling.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from ..backend import ops
-from ..errors import OptionError, PresetError
+from ..errors import OptionError
 from ..functional.resize_coeffs import nearest_indices
 
 INTERPOLATIONS = ("bilinear", "nearest")
@@ -57,20 +55,6 @@ class ImageConverter:
                                   f"resizing without antialiasing, after an optional crop_to_aspect_ratio)")
         return cls(cfg.get("image_size"), cfg.get("scale"), cfg.get("offset"),
                    cfg.get("interpolation", "bilinear"), cfg.get("crop_to_aspect_ratio", True))
-
-    @classmethod
-    def from_preset_dir(cls, directory: Path) -> "ImageConverter":
-        """Read preprocessor.json (or image_converter.json); an identity converter when neither exists."""
-        from ..io.keras_preset import read_json  # local import: io depends on models, not the reverse
-
-        for name in ("preprocessor.json", "image_converter.json"):
-            path = Path(directory) / name
-            if path.exists():
-                try:
-                    return cls.from_config(converter_config(read_json(path)))
-                except OptionError as err:
-                    raise PresetError(f"{path}: {err}") from None
-        return cls()
 
     def get_config(self) -> dict:
         tolist = lambda a: None if a is None else a.tolist()  # noqa: E731

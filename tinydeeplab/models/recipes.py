@@ -19,18 +19,24 @@ training (their presets load in tinydeeplab only).
 from __future__ import annotations
 
 from .deeplab import DeepLabV3Backbone, DeepLabV3ImageSegmenter
+from .encoder import encoder_class
 from .preprocessor import ImageConverter
-from .resnet import ResNetBackbone
 
-RECIPES = {
-    "tiny": dict(encoder=([16], [7], [16] * 4, [1] * 4, [1, 2, 2, 2], "bottleneck_block"), channels=32,
-                 projection_filters=16),
-    "small": dict(encoder=([32], [7], [32] * 4, [1] * 4, [1, 2, 2, 2], "bottleneck_block"), channels=64,
-                  projection_filters=32),
-    "resnet18": dict(encoder=([64], [7], [64, 128, 256, 512], [2, 2, 2, 2], [1, 2, 2, 2], "basic_block"),
-                     channels=256, projection_filters=48),
-    "resnet50": dict(encoder=([64], [7], [64, 128, 256, 512], [3, 4, 6, 3], [1, 2, 2, 2], "bottleneck_block"),
-                     channels=256, projection_filters=48),
+
+def _resnet(stem, filters, blocks, block_type):
+    """A KerasHub ``ResNetBackbone`` config: one stem conv (7x7), strides 1, 2, 2, 2."""
+    return ("ResNetBackbone", dict(input_conv_filters=[stem], input_conv_kernel_sizes=[7],
+                                   stackwise_num_filters=filters, stackwise_num_blocks=blocks,
+                                   stackwise_num_strides=[1, 2, 2, 2], block_type=block_type))
+
+
+RECIPES = {   # encoder: (Keras class name, its config); ASPP / head width; V3+ projection filters
+    "tiny": dict(encoder=_resnet(16, [16] * 4, [1] * 4, "bottleneck_block"), channels=32, projection_filters=16),
+    "small": dict(encoder=_resnet(32, [32] * 4, [1] * 4, "bottleneck_block"), channels=64, projection_filters=32),
+    "resnet18": dict(encoder=_resnet(64, [64, 128, 256, 512], [2, 2, 2, 2], "basic_block"), channels=256,
+                     projection_filters=48),
+    "resnet50": dict(encoder=_resnet(64, [64, 128, 256, 512], [3, 4, 6, 3], "bottleneck_block"), channels=256,
+                     projection_filters=48),
 }
 
 
@@ -41,9 +47,8 @@ def build_model(name: str, num_classes: int, *, seed: int = 0, scale=1 / 127.5, 
     if name not in RECIPES:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(RECIPES)}")
     r = RECIPES[name]
-    filters0, kernels0, filters, blocks, strides, block_type = r["encoder"]
-    enc = ResNetBackbone(filters0, kernels0, filters, blocks, strides, block_type, output_stride=output_stride,
-                         seed=seed)
+    class_name, config = r["encoder"]
+    enc = encoder_class(class_name).from_config(config, output_stride=output_stride, seed=seed)
     backbone = DeepLabV3Backbone(enc, "P5", 8, [6, 12, 18], low_level_feature_key="P2",
                                  projection_filters=r["projection_filters"], num_channels=r["channels"],
                                  seed=seed + 1)

@@ -27,9 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import ops
-from ..nn import BatchNorm, Conv2D, MaxPool2D, Module, ReLU, Sequential, ZeroPadding2D
-from ..nn.layers import _OpLayer
+from ..nn import Add, BatchNorm, Conv2D, MaxPool2D, Module, OpLayer, ReLU, Sequential, ZeroPadding2D, sum_gradients
+from .encoder import Encoder, EncoderStage, keras_layer
 
 BN_EPS, BN_MOMENTUM = 1e-5, 0.9  # KerasHub ResNet batch-norm settings
 BLOCK_TYPES = ("bottleneck_block", "basic_block")
@@ -83,6 +82,7 @@ class Block(Module):
             raise ValueError(f"block_type must be one of {BLOCK_TYPES}, got {block_type!r}")
         self.shortcut = (conv_unit(c_in, c_out, 1, strides=strides, bn=post, relu=False, seed=seed())
                          if conv_shortcut else None)
+        self.add = Add(inplace=True)                                   # r + s, over r (fresh)
         self.out_relu = ReLU(inplace=True) if post else None           # over the add's fresh output
         self.pre_activation = pre_activation
         self.out_channels = c_out
@@ -99,22 +99,22 @@ class Block(Module):
             s = self.shortcut.forward(p, training)                           # projection of p
         else:
             s = x                                                            # identity: always x itself
-        y = ops().add_forward(r, s, inplace=True)[0]                         # r + s, over r (fresh)
+        y = self.add.forward([r, s])                                         # (N, H', W', C_out)
         return self.out_relu.forward(y) if self.out_relu is not None else y
 
     def backward(self, dy):
         d = self.out_relu.backward(dy) if self.out_relu is not None else dy
-        d_residual, d_shortcut = d, d                                        # the add copies d
+        d_residual, d_shortcut = self.add.backward(d)                        # the add hands d to both
         for layer in reversed(self.residual_layers()):
             d_residual = layer.backward(d_residual)                          # gradient w.r.t. p
         if self.shortcut is not None:
-            d_p = ops().add_forward(d_residual, self.shortcut.backward(d_shortcut), inplace=True)[0]  # both read p
+            d_p = sum_gradients(d_residual, self.shortcut.backward(d_shortcut))   # both read p
             return self.preact.backward(d_p) if self.pre_activation else d_p
         dx = self.preact.backward(d_residual) if self.pre_activation else d_residual
-        return ops().add_forward(dx, d_shortcut, inplace=True)[0]          # dx is fresh; d_shortcut is not
+        return sum_gradients(dx, d_shortcut)                                 # dx is fresh; d_shortcut is not
 
 
-class _NegInfPad(_OpLayer):
+class _NegInfPad(OpLayer):
     """v2 stem: pad with -inf so padded cells never win the following max pool.
 
     Implemented as a zero pad plus a -inf border; the gradient of the border is zero.
@@ -130,13 +130,17 @@ class _NegInfPad(_OpLayer):
         return self._back("zero_pad2d", dout)
 
 
-class ResNetBackbone(Module):
+class ResNetBackbone(Encoder):
     """ResNet encoder returning ``{"P2": ..., "P5": ...}`` (KerasHub ``ResNetBackbone`` arguments).
 
     >>> enc = ResNetBackbone([64], [7], [64, 16], [1, 1], [1, 2], seed=0)
     >>> {k: v.shape for k, v in enc(np.zeros((1, 64, 64, 3), np.float32)).items()}
     {'P2': (1, 16, 16, 256), 'P3': (1, 8, 8, 64)}
     """
+
+    keras_class_name = "ResNetBackbone"
+    keras_module = "keras_hub.src.models.resnet.resnet_backbone"
+    REQUIRED_CONFIG = ("stackwise_num_filters", "stackwise_num_blocks", "stackwise_num_strides")
 
     def __init__(self, input_conv_filters=(64,), input_conv_kernel_sizes=(7,),
                  stackwise_num_filters=(64, 128, 256, 512), stackwise_num_blocks=(3, 4, 6, 3),
@@ -159,7 +163,7 @@ class ResNetBackbone(Module):
                            stackwise_num_blocks=list(stackwise_num_blocks),
                            stackwise_num_strides=list(stackwise_num_strides),
                            block_type=block_type, use_pre_activation=bool(use_pre_activation))
-        self.output_stride = output_stride
+        self.output_stride, self.in_channels = output_stride, int(in_channels)
         rng = np.random.default_rng(seed)
         seed_ = lambda: int(rng.integers(2**31))  # noqa: E731
         strides, dilations = atrous_schedule(list(stackwise_num_strides), output_stride)
@@ -214,12 +218,86 @@ class ResNetBackbone(Module):
         for s in reversed(range(self.num_stacks)):
             g = d_pyramid.get(f"P{s + 2}")
             if g is not None:
-                dx = g if dx is None else ops().add_forward(dx, g, inplace=True)[0]  # over the stack's dx
+                dx = g if dx is None else sum_gradients(dx, g)                        # over the stack's dx
             if dx is not None:
                 dx = getattr(self, f"stack{s}").backward(dx)
         if dx is None:
             raise ValueError(f"backward needs a gradient for at least one of {list(self.pyramid_channels)}")
         return self.stem.backward(dx)
+
+    # -- the encoder protocol: Keras config, weight order, named stages --------------------------------
+    def get_config(self) -> dict:
+        return {**self.config, "image_shape": [None, None, self.in_channels]}
+
+    @classmethod
+    def from_config(cls, config: dict, *, output_stride=None, seed=None) -> "ResNetBackbone":
+        """KerasHub's ``ResNetBackbone`` config -> a ResNetBackbone (``name``, ``dtype``, ... ignored).
+
+        >>> cfg = ResNetBackbone([64], [7], [64, 16], [1, 1], [1, 2], seed=0).get_config()
+        >>> ResNetBackbone.from_config(cfg).get_config() == cfg
+        True
+        """
+        missing = [k for k in cls.REQUIRED_CONFIG if k not in config]
+        if missing:
+            raise ValueError(f"image_encoder: missing keys {missing}")
+        image_shape = config.get("image_shape") or [None, None, 3]
+        return cls(input_conv_filters=config.get("input_conv_filters", [64]),
+                   input_conv_kernel_sizes=config.get("input_conv_kernel_sizes", [7]),
+                   stackwise_num_filters=config["stackwise_num_filters"],
+                   stackwise_num_blocks=config["stackwise_num_blocks"],
+                   stackwise_num_strides=config["stackwise_num_strides"],
+                   block_type=config.get("block_type", "bottleneck_block"),
+                   use_pre_activation=config.get("use_pre_activation", False),
+                   in_channels=int(image_shape[-1] or 3), output_stride=output_stride, seed=seed)
+
+    def keras_weight_layers(self):
+        """Conv2D and BatchNorm layers in Keras's order. Inside a functional graph Keras orders layers
+        by decreasing depth, ties broken by a depth-first walk from the outputs that visits an ``Add``'s
+        inputs as ``[shortcut, residual]``; for a block that puts the shortcut's conv (and BN) right
+        before the *last* unit of the residual branch::
+
+            v1 bottleneck:  1_conv 1_bn 2_conv 2_bn 0_conv 3_conv 0_bn 3_bn   -> conv order 1, 2, 0, 3
+            v1 basic:       1_conv 1_bn 0_conv 2_conv 0_bn 2_bn               -> conv order 1, 0, 2
+        """
+        units = [unit for _, unit in self.stem.children() if hasattr(unit, "conv")]
+        preacts = {}
+        for s in range(self.num_stacks):
+            for block in self.blocks(s):
+                residual = block.residual_layers()
+                if block.shortcut is not None:
+                    residual = residual[:-1] + [block.shortcut, residual[-1]]
+                if block.pre_activation:
+                    preacts[id(residual[0])] = block.preact.bn
+                units += residual
+        layers = []
+        for unit in units:
+            if id(unit) in preacts:
+                layers.append(keras_layer(preacts[id(unit)]))                # v2: the block's first BN
+            layers += [keras_layer(m) for m in (unit.conv, getattr(unit, "bn", None)) if m is not None]
+        return layers
+
+    def stages(self):
+        """The stem, then every block (KerasHub's ``stack{s}_block{b}_out``: the ReLU after the add in v1,
+        the add itself in v2); the last block of stack ``s`` outputs ``P{s+2}``."""
+        cfg = self.config
+        k = cfg["input_conv_kernel_sizes"][0]
+        out = [EncoderStage("stem.conv1", f"stem: {k}x{k}/2 conv (ZeroPadding {(k - 1) // 2} + valid) -> BN -> ReLU"),
+               EncoderStage("stem", "stem: ZeroPadding 1 -> 3x3/2 max pool", "pool1_pool",
+                            box=("stem", f"{k}×{k}/2 conv, BN, ReLU; 3×3/2 max pool"))]
+        bottleneck = cfg["block_type"] == "bottleneck_block"
+        for s in range(self.num_stacks):
+            f, blocks = cfg["stackwise_num_filters"][s], self.blocks(s)
+            conv = blocks[0].conv2.conv if bottleneck else blocks[0].conv1.conv
+            st, dil = conv.strides[0], conv.dilation_rate[0]
+            for b, block in enumerate(blocks):
+                what = (f"bottleneck 1x1 {f} -> 3x3 {f}" if bottleneck else f"basic 3x3 {f}") +                     (f" /{st}" if b == 0 and st > 1 else "") + (f" rate {dil}" if dil > 1 else "") +                     (f" -> 1x1 {4 * f}" if bottleneck else f" -> 3x3 {f}") +                     (", projection shortcut" if block.shortcut is not None else "")
+                level = f"P{s + 2}" if b == len(blocks) - 1 else None
+                how = (f"{len(blocks)} {'bottlenecks' if bottleneck else 'basic blocks'} "
+                       f"{f}→{block.out_channels}" + (f", /{st}" if st > 1 else "") + (f", rate {dil}" if dil > 1 else ""))
+                out.append(EncoderStage(f"stack{s}.block{b}", f"stack{s} block{b}: {what}" +
+                                        (f" = **{level}**" if level else ""), f"stack{s}_block{b}_out", level,
+                                        (f"stack{s} → {level}", how) if level else None))
+        return out
 
 
 def atrous_schedule(strides, output_stride):

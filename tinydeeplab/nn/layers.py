@@ -19,8 +19,12 @@ def _rng(seed_or_rng) -> np.random.Generator:
     return seed_or_rng if isinstance(seed_or_rng, np.random.Generator) else np.random.default_rng(seed_or_rng)
 
 
-class _OpLayer(Module):
-    """Remembers the backend module and cache of the last forward for the backward."""
+class OpLayer(Module):
+    """A layer that runs one op pair of the current backend: ``_run(op, ...)`` calls ``<op>_forward`` and
+    remembers the backend module and the cache; ``_back(op, dout)`` hands that cache to ``<op>_backward``.
+
+    Subclass it for a new layer (``forward`` calls ``self._run``, ``backward`` calls ``self._back``).
+    """
 
     def _run(self, op: str, *args, **kwargs):
         self._ops = ops()
@@ -31,13 +35,17 @@ class _OpLayer(Module):
         return out
 
     def _back(self, op: str, dout):
+        return getattr(self._ops, op + "_backward")(dout, self._saved_cache())
+
+    def _saved_cache(self):
+        """The cache of the last forward, or RuntimeError when there is none to go backward through."""
         if getattr(self, "_cache", None) is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward "
                                "(or after a forward under inference_mode)")
-        return getattr(self._ops, op + "_backward")(dout, self._cache)
+        return self._cache
 
 
-class Conv2D(_OpLayer):
+class Conv2D(OpLayer):
     """2-D convolution, NHWC input, HWIO ``kernel``: ``y = sum_taps x_window @ kernel[i, j] (+ bias)``.
 
     >>> conv = Conv2D(3, 8, kernel_size=3, strides=2, seed=0)
@@ -71,7 +79,7 @@ class Conv2D(_OpLayer):
         return dx
 
 
-class BatchNorm(_OpLayer):
+class BatchNorm(OpLayer):
     """Batch normalisation over N, H, W per channel.
 
     ``y = gamma * (x - mean) / sqrt(var + epsilon) + beta`` with batch statistics (biased
@@ -103,7 +111,7 @@ class BatchNorm(_OpLayer):
         return dx
 
 
-class ReLU(_OpLayer):
+class ReLU(OpLayer):
     """``y = max(x, 0)``. ``ReLU(inplace=True)`` overwrites its input: the models use it right after a
     batch norm, a convolution or an add, whose fresh output nothing else reads (their caches keep their
     inputs, not their outputs), which saves one activation-sized buffer per layer."""
@@ -119,7 +127,7 @@ class ReLU(_OpLayer):
         return self._back("relu", dout)
 
 
-class ZeroPadding2D(_OpLayer):
+class ZeroPadding2D(OpLayer):
     """Pads H and W with zeros: int, ``(ph, pw)`` or ``((top, bottom), (left, right))``."""
 
     def __init__(self, padding):
@@ -133,7 +141,7 @@ class ZeroPadding2D(_OpLayer):
         return self._back("zero_pad2d", dout)
 
 
-class MaxPool2D(_OpLayer):
+class MaxPool2D(OpLayer):
     """Max over ``pool_size`` windows moved by ``strides``."""
 
     def __init__(self, pool_size=3, strides=2, padding="valid"):
@@ -147,7 +155,7 @@ class MaxPool2D(_OpLayer):
         return self._back("max_pool2d", dout)
 
 
-class GlobalAveragePooling2D(_OpLayer):
+class GlobalAveragePooling2D(OpLayer):
     """Mean over H and W, kept as ``(N, 1, 1, C)``."""
 
     def forward(self, x, training=False):
@@ -157,7 +165,7 @@ class GlobalAveragePooling2D(_OpLayer):
         return self._back("global_avg_pool", dout)
 
 
-class Resize(_OpLayer):
+class Resize(OpLayer):
     """Bilinear resize (half-pixel centres) to a size given at call time: ``forward(x, size=(H, W))``."""
 
     def forward(self, x, training=False, *, size=None):
@@ -169,7 +177,7 @@ class Resize(_OpLayer):
         return self._back("bilinear_resize", dout)
 
 
-class UpSampling2D(_OpLayer):
+class UpSampling2D(OpLayer):
     """Bilinear upsampling by an integer factor (Keras ``UpSampling2D(interpolation="bilinear")``)."""
 
     def __init__(self, size):
@@ -183,7 +191,7 @@ class UpSampling2D(_OpLayer):
         return self._back("upsample_bilinear", dout)
 
 
-class Dropout(_OpLayer):
+class Dropout(OpLayer):
     """Inverted dropout: training ``y = x * mask / (1 - rate)`` with ``mask ~ Bernoulli(1 - rate)``
     (the ``dropout`` op, drawing from this layer's generator); inference ``y = x``. The backward applies
     the same mask."""
@@ -206,7 +214,7 @@ class Dropout(_OpLayer):
         return dout if self._cache is None else self._back("dropout", dout)
 
 
-class Concatenate(_OpLayer):
+class Concatenate(OpLayer):
     """Concatenation along channels: ``forward([a, b, ...])``; ``backward`` returns the list of slices."""
 
     def forward(self, xs, training=False):
@@ -214,3 +222,45 @@ class Concatenate(_OpLayer):
 
     def backward(self, dout):
         return self._back("concat", dout)
+
+
+class Add(OpLayer):
+    """Residual add ``y = a + b`` of two same-shaped tensors: ``forward([a, b])``; ``backward(dy)``
+    returns ``[dy, dy]`` (the add hands the same gradient to both inputs).
+
+    ``Add(inplace=True)`` writes the sum over ``a``: for an ``a`` that nothing else reads afterwards
+    (a residual branch's fresh output), which saves one activation-sized buffer per block. The two
+    gradients are the same array, not copies (``add_backward`` would copy twice): a layer's backward
+    reads its ``dout`` and returns a new array, so both branches can read the one ``dy``.
+
+    >>> add = Add()
+    >>> add([np.ones((1, 1, 1, 2), np.float32), np.full((1, 1, 1, 2), 2.0, np.float32)]).ravel().tolist()
+    [3.0, 3.0]
+    >>> da, db = add.backward(np.ones((1, 1, 1, 2), np.float32))
+    >>> da is db
+    True
+    """
+
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+        self.inplace = bool(inplace)
+
+    def forward(self, xs, training=False):
+        a, b = xs
+        return self._run("add", a, b, inplace=self.inplace)
+
+    def backward(self, dout):
+        self._saved_cache()          # the same check as every layer: a forward must have kept its cache
+        return [dout, dout]
+
+
+def sum_gradients(fresh, other):
+    """``fresh + other``, written over ``fresh``: the gradient of a tensor that several branches read is
+    the sum of their gradients (the adjoint of the fork). ``fresh`` must be an array nothing else reads
+    (a backward's own output); the values are those of ``fresh + other``.
+
+    >>> g = np.ones(2, np.float32)
+    >>> sum_gradients(g, np.ones(2, np.float32)) is g, g.tolist()
+    (True, [2.0, 2.0])
+    """
+    return ops().add_forward(fresh, other, inplace=True)[0]

@@ -150,7 +150,7 @@ class Module:
         Raises ``ValueError`` listing missing / unexpected names (``strict``) or the first
         shape mismatch, naming ``source`` (for example the checkpoint path).
         """
-        own = self._slots()
+        own = self.slots()
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
         if strict and (missing or unexpected):
@@ -165,7 +165,15 @@ class Module:
             new = value.astype(table[key].dtype, copy=True)
             table[key] = new if isinstance(table[key], np.ndarray) else _on_device(new)   # stay where it was
 
-    def _slots(self) -> dict[str, tuple[dict, str]]:
+    def slots(self) -> dict[str, tuple[dict, str]]:
+        """``{dotted name: (table, key)}`` for every parameter and buffer: ``table[key]`` is the array, and
+        assigning ``table[key] = new`` replaces it in the model (how loaders write weights in).
+
+        >>> from tinydeeplab.nn import Conv2D
+        >>> table, key = Conv2D(1, 2, 1, seed=0).slots()["kernel"]
+        >>> key, table[key].shape
+        ('kernel', (1, 1, 1, 2))
+        """
         slots = {}
         for path, mod in self.modules():
             for table in (mod.params, mod.buffers):

@@ -200,7 +200,7 @@ plt.show()
 # %% [markdown]
 # ## Export as a KerasHub preset, load it back, compare stage by stage
 #
-# `model.save_keras_preset(directory)` writes the files of a KerasHub `DeepLabV3ImageSegmenter` preset:
+# `tinydeeplab.save_keras_preset(model, directory)` writes the files of a KerasHub `DeepLabV3ImageSegmenter` preset:
 # `config.json` (the backbone), `task.json` (the segmenter), `preprocessor.json` / `image_converter.json`, and the
 # weights in Keras's HDF5 layout (`model.weights.h5`, `task.weights.h5`). KerasHub fixes the ASPP and decoder at 256
 # channels; our tiny model uses 32, so the preset gets an extra `num_channels` key and a warning says that only
@@ -217,7 +217,7 @@ plt.show()
 workdir = Path(tempfile.mkdtemp(prefix="tinydeeplab-notebook-"))
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    preset_dir = model.save_keras_preset(workdir / "preset")
+    preset_dir = tinydeeplab.save_keras_preset(model, workdir / "preset")
 for w in caught:
     print("warning:", w.message)
 for f in sorted(preset_dir.iterdir()):
@@ -278,7 +278,7 @@ if keras_hub is not None:
             module.params["beta"] = rng.normal(0, 0.2, n).astype(np.float32)
             module.buffers["moving_mean"] = rng.normal(0, 0.2, n).astype(np.float32)
             module.buffers["moving_variance"] = rng.uniform(0.5, 1.5, n).astype(np.float32)
-    keras_dir = keras_sized.save_keras_preset(workdir / "keras_preset")
+    keras_dir = tinydeeplab.save_keras_preset(keras_sized, workdir / "keras_preset")
     x_k = np.random.default_rng(1).uniform(-1, 1, (1, 64, 64, 3)).astype(np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)          # Keras's notes about optimizer variables
