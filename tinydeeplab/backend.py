@@ -72,6 +72,19 @@ def use_backend(name: str):
         set_backend(previous)
 
 
+HELP = ("ops backend: numpy (the reference), cpu (Numba kernels), cuda (Numba CUDA kernels on the GPU: "
+        "pip install 'tinydeeplab[cuda]'; NUMBA_ENABLE_CUDASIM=1 simulates it)")
+"""One line describing the backends, for command-line help."""
+
+DEVICE_BACKENDS = ("cuda",)
+"""Backends whose arrays live in an accelerator's memory (``to_device`` copies, ``to_host`` copies back)."""
+
+
+def is_device_array(a) -> bool:
+    """Whether ``a`` lives in an accelerator's memory (a Numba CUDA device array)."""
+    return not isinstance(a, np.ndarray) and hasattr(a, "copy_to_host") and hasattr(a, "shape")
+
+
 def to_numpy(a):
     """``a`` as a host NumPy array: NumPy arrays (and None) pass through, device arrays are copied back.
 
@@ -80,9 +93,38 @@ def to_numpy(a):
     """
     if a is None or isinstance(a, np.ndarray):
         return a
-    if hasattr(a, "copy_to_host"):  # a numba.cuda device array
+    if is_device_array(a):
         return a.copy_to_host()
     return np.asarray(a)
+
+
+to_host = to_numpy
+
+
+def ops_for(a):
+    """The ops module for array ``a`` where it lives: a device backend for a device array (the current
+    one when it is a device backend); for a host array the current backend, or the NumPy reference when
+    the current backend keeps its arrays on a device."""
+    current = get_backend()
+    if is_device_array(a):
+        return ops(current if current in DEVICE_BACKENDS else DEVICE_BACKENDS[0])
+    return ops("numpy" if current in DEVICE_BACKENDS else current)
+
+
+def to_device(a):
+    """``a`` where the current backend's ops want it (copied to the GPU on cuda; unchanged on the host)."""
+    return ops().to_device(a)
+
+
+def zeros_like(a):
+    """Zeros with ``a``'s shape and dtype, in the memory where ``a`` lives."""
+    return ops_for(a).zeros_like(a)
+
+
+def transfer(a, name: str):
+    """Array ``a`` in the memory of backend ``name`` (copied between host and device when they differ)."""
+    _check(name)
+    return ops(name).to_device(a) if name in DEVICE_BACKENDS else to_numpy(a)
 
 
 def ops(name: str | None = None):

@@ -126,8 +126,10 @@ def load_model(args):
 
 
 def _place(model, args):
-    """Move the model's weights to the GPU once when ``--backend cuda`` (inputs/outputs stay on the host)."""
-    return model.to("cuda") if getattr(args, "backend", None) == "cuda" else model
+    """Move the model's weights once to where the selected backend keeps them (inputs/outputs stay on the host)."""
+    from .backend import get_backend
+
+    return model.to(get_backend())
 
 
 RUN_KEYS = ("model", "init-preset", "dataset", "data", "split", "num-classes", "batch-size", "crop", "min-scale",
@@ -206,7 +208,7 @@ def cmd_train(args) -> int:
         print(f"training {model.num_parameters():,} parameters on {len(train_set)} {args.dataset} images "
               f"({len(loader)} batches of {args.batch_size} per epoch); outputs in {out}", file=sys.stderr)
         trainer.fit(resume=not args.restart)
-        model.to("numpy")                                  # back from the GPU (a no-op on the CPU backends)
+        model.to("numpy")                                  # back to the host (a no-op on the host backends)
         preset = _replace_preset(model, out / "preset")
     print(f"done: {out / 'checkpoint.npz'}, {out / 'metrics.csv'}, "
           f"{out / 'curves.png'}, {preset}")
@@ -370,11 +372,9 @@ def cmd_parity(args) -> int:
 
 
 def _backend_arg(parser) -> None:
-    from .backend import BACKENDS
+    from .backend import BACKENDS, HELP
 
-    parser.add_argument("--backend", choices=BACKENDS,
-                        help="ops backend (default: $TINYDEEPLAB_BACKEND, else cpu); cuda runs on the GPU "
-                             "(pip install 'tinydeeplab[cuda]')")
+    parser.add_argument("--backend", choices=BACKENDS, help=f"{HELP} (default: $TINYDEEPLAB_BACKEND, else cpu)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,7 @@ from .batchnorm import batchnorm_backward, batchnorm_forward, moving_average
 from .conv import conv2d_backward, conv2d_forward
 from .dropout import dropout_backward, dropout_forward
 from .loss import softmax_cross_entropy_backward, softmax_cross_entropy_forward
+from .optim import global_norm, is_device_array, scale_, sgd_update, to_device, to_host, zeros_like
 from .padding import zero_pad2d_backward, zero_pad2d_forward
 from .pooling import global_avg_pool_backward, global_avg_pool_forward, max_pool2d_backward, max_pool2d_forward
 from .resize import (bilinear_resize_backward, bilinear_resize_forward, upsample_bilinear_backward,
@@ -28,4 +29,8 @@ OPS = ("conv2d", "zero_pad2d", "batchnorm", "relu", "max_pool2d", "global_avg_po
        "upsample_bilinear", "concat", "split", "add", "softmax_cross_entropy", "dropout")
 """Names of the op pairs every backend module exports as ``<op>_forward`` / ``<op>_backward``."""
 
-__all__ = [f"{op}_{half}" for op in OPS for half in ("forward", "backward")] + ["moving_average", "OPS"]
+DEVICE_CONTRACT = ("to_device", "to_host", "is_device_array", "zeros_like", "sgd_update", "global_norm", "scale_")
+"""What every backend exports besides the op pairs: array placement and the optimizer's arithmetic."""
+
+__all__ = ([f"{op}_{half}" for op in OPS for half in ("forward", "backward")]
+           + ["moving_average", "OPS", "DEVICE_CONTRACT", *DEVICE_CONTRACT])

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import get_backend, ops, to_numpy
+from ..backend import is_device_array, to_device, to_host
 from ..nn import BatchNorm, Concatenate, Conv2D, Module, ReLU, Resize, Sequential, inference_mode, sum_gradients
 from .aspp import ASPP, conv_bn_relu
 from .preprocessor import ImageConverter, resize
@@ -140,11 +140,14 @@ class DeepLabV3ImageSegmenter(Module):
     def forward(self, x, training=False):
         """``x`` (N, H, W, 3) model-ready float32 -> logits (N, H, W, num_classes).
 
-        On the cuda backend a host (NumPy) ``x`` goes to the GPU and the logits come back: host in, host
+        On a device backend a host (NumPy) ``x`` goes to the device and the logits come back: host in, host
         out, which is what ``predict``, ``segment`` and evaluation use; device in, device out for training.
         """
-        if get_backend() == "cuda" and isinstance(x, np.ndarray):
-            return to_numpy(self.forward(ops().to_device(x), training))
+        if not is_device_array(x):
+            return to_host(self._logits(to_device(x), training))
+        return self._logits(x, training)
+
+    def _logits(self, x, training):
         f = self.backbone.forward(x, training)                                        # (N, H/4, W/4, 256)
         if not self.classify_before_upsample:
             return self.output_conv.forward(self.output_upsample.forward(f, size=x.shape[1:3]))

@@ -201,14 +201,14 @@ class Dropout(OpLayer):
         if not 0.0 <= rate < 1.0:
             raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
         self.rate = float(rate)
-        self._rng = _rng(seed)
+        self.rng = _rng(seed)             # public: checkpoints save and restore its state
         self._cache = None
 
     def forward(self, x, training=False):
         if not training or self.rate == 0.0:
             self._cache = None
             return x
-        return self._run("dropout", x, rate=self.rate, rng=self._rng)
+        return self._run("dropout", x, rate=self.rate, rng=self.rng)
 
     def backward(self, dout):
         return dout if self._cache is None else self._back("dropout", dout)

@@ -23,20 +23,17 @@ from typing import Iterator
 import numpy as np
 
 
+def _place_like(new, old):
+    """``new`` (a host array) in the memory where ``old`` lives (:mod:`tinydeeplab.backend`)."""
+    from ..backend import ops_for
+
+    return ops_for(old).to_device(new)
+
+
 def _zeros_like(a):
-    """Zeros shaped like ``a`` where ``a`` lives: a NumPy array, or a device array on the cuda backend."""
-    if isinstance(a, np.ndarray):
-        return np.zeros_like(a)
-    from ..kernels.cuda import zeros_like   # only device arrays get here
+    from ..backend import zeros_like
 
     return zeros_like(a)
-
-
-def _on_device(a):
-    """Copy ``a`` to the GPU (``tinydeeplab.kernels.cuda.to_device``), checking first that one is usable."""
-    from ..backend import ops
-
-    return ops("cuda").to_device(a)
 
 
 def first_non_finite(named_arrays) -> str | None:
@@ -137,6 +134,18 @@ class Module:
         """All parameters and buffers by dotted name (the checkpoint content)."""
         return {**dict(self.named_parameters()), **dict(self.named_buffers())}
 
+    def rng_states(self) -> dict:
+        """``{module name: bit-generator state}`` of every module holding a random generator as ``rng``
+        (dropout): plain JSON, stored in checkpoints so a resumed run draws the same masks."""
+        return {path: mod.rng.bit_generator.state for path, mod in self.modules()
+                if isinstance(getattr(mod, "rng", None), np.random.Generator)}
+
+    def set_rng_states(self, states: dict) -> None:
+        """Restore what :meth:`rng_states` returned (modules not named in ``states`` are left alone)."""
+        for path, mod in self.modules():
+            if path in states and isinstance(getattr(mod, "rng", None), np.random.Generator):
+                mod.rng.bit_generator.state = states[path]
+
     def first_non_finite(self) -> str | None:
         """Dotted name of the first parameter or buffer holding a NaN or an infinity, else None.
 
@@ -163,7 +172,7 @@ class Module:
             if value.shape != table[key].shape:
                 raise ValueError(f"{source}: {name} has shape {value.shape}, the model expects {table[key].shape}")
             new = value.astype(table[key].dtype, copy=True)
-            table[key] = new if isinstance(table[key], np.ndarray) else _on_device(new)   # stay where it was
+            table[key] = _place_like(new, table[key])                          # stay where it was
 
     def slots(self) -> dict[str, tuple[dict, str]]:
         """``{dotted name: (table, key)}`` for every parameter and buffer: ``table[key]`` is the array, and
@@ -192,23 +201,22 @@ class Module:
     def to(self, name: str) -> "Module":
         """Move every parameter and buffer to the memory of backend ``name``; drops the gradients; returns self.
 
-        ``"cuda"``: Numba device arrays (copied once; the ops then keep everything on the GPU);
-        ``"numpy"`` / ``"cpu"``: host NumPy arrays. Select the same backend for the ops, e.g.
-        ``backend.set_backend("cuda"); model.to("cuda")``.
+        A device backend (see :data:`tinydeeplab.backend.DEVICE_BACKENDS`): device arrays, copied once, after
+        which the ops keep everything on the device; a host backend (``"numpy"``, ``"cpu"``): NumPy arrays.
+        Select the same backend for the ops: ``backend.set_backend(name); model.to(name)``.
 
         >>> from tinydeeplab.nn import Conv2D
         >>> type(Conv2D(1, 2, 1, seed=0).to("numpy").params["kernel"]).__name__
         'ndarray'
         """
-        from ..backend import BACKENDS, to_numpy
+        from ..backend import BACKENDS, transfer
 
         if name not in BACKENDS:
             raise ValueError(f"Module.to: name must be one of {BACKENDS}, got {name!r}")
-        move = _on_device if name == "cuda" else to_numpy
         for _, mod in self.modules():
             for table in (mod.params, mod.buffers):
                 for key in table:
-                    table[key] = move(table[key])
+                    table[key] = transfer(table[key], name)
             mod.grads = {}
         return self
 

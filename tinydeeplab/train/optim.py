@@ -15,9 +15,10 @@ Parameters are updated in place (``p -= ...``) through ``module.params``, so lay
 ``self.params[key]`` see the new values; parameters are looked up afresh at every step, so the
 optimizer keeps working after ``model.load_state_dict`` replaced the arrays.
 
-On the GPU (parameters that are device arrays, after ``model.to("cuda")``) the same update runs as one
-CUDA kernel per parameter and the velocity lives on the device too; the gradient norm is a device
-reduction with one number copied back (:mod:`tinydeeplab.kernels.cuda.optim`).
+The arithmetic is the backends' ``sgd_update``, ``global_norm`` and ``scale_`` (the reference is
+:mod:`tinydeeplab.functional.optim`), called on the backend that holds each parameter
+(:func:`tinydeeplab.backend.ops_for`): on a device backend the update is one kernel per parameter,
+the velocity lives beside the parameter, and the gradient norm comes back as one number.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import math
 
 import numpy as np
 
-from ..backend import to_numpy
+from ..backend import ops_for, to_numpy
 
 DECAYED_KEYS = ("kernel",)
 """Parameter keys that weight decay applies to (conv kernels only)."""
@@ -79,35 +80,15 @@ class SGD:
         for name, key, p, g in _params_and_grads(self.model):
             if g is None:
                 continue
-            if not isinstance(p, np.ndarray):                # a device array: the same update on the GPU
-                self._step_on_device(name, key, p, g, lr)
-                continue
-            d = g.astype(p.dtype, copy=True)                 # d = g (+ wd * p for kernels)
-            if wd and key in DECAYED_KEYS:
-                d += wd * p
-            if mu == 0:
-                p -= lr * d
-                continue
-            v = self.velocity.get(name)
-            if v is None or v.shape != p.shape:
-                v = self.velocity[name] = np.zeros_like(p)
-            v *= mu                                          # v = mu * v + d
-            v += d
-            p -= lr * (d + mu * v) if self.nesterov else lr * v
-
-    def _step_on_device(self, name, key, p, g, lr) -> None:
-        from ..kernels.cuda import optim as gpu
-        from ..kernels.cuda import to_device, zeros_like
-
-        v = None
-        if self.momentum:
-            v = self.velocity.get(name)
-            if v is None or tuple(v.shape) != tuple(p.shape):
-                v = zeros_like(p)
-            self.velocity[name] = v = to_device(v)                   # e.g. restored from a checkpoint
-        wd = self.weight_decay if key in DECAYED_KEYS else 0.0
-        gpu.sgd_update(p, to_device(g), v, lr=lr, momentum=self.momentum, weight_decay=wd,
-                       nesterov=self.nesterov)
+            owner = ops_for(p)                               # the backend whose memory holds p
+            v = None
+            if mu:
+                v = self.velocity.get(name)
+                if v is None or tuple(v.shape) != tuple(p.shape):
+                    v = owner.zeros_like(p)
+                self.velocity[name] = v = owner.to_device(v)  # e.g. restored from a checkpoint
+            owner.sgd_update(p, owner.to_device(g), v, lr=lr, momentum=mu,
+                             weight_decay=wd if key in DECAYED_KEYS else 0.0, nesterov=self.nesterov)
 
     def zero_grad(self) -> None:
         self.model.zero_grad()
@@ -154,18 +135,11 @@ def clip_grad_norm(model, max_norm: float) -> float:
     if not max_norm > 0:
         raise ValueError(f"max_norm must be > 0, got {max_norm}")
     grads = [g for _, _, _, g in _params_and_grads(model) if g is not None]
-    if grads and not isinstance(grads[0], np.ndarray):          # device arrays: reduce and scale on the GPU
-        from ..kernels.cuda import optim as gpu
-
-        total = gpu.global_norm(grads)
-        if math.isfinite(total) and total > max_norm:
-            for g in grads:
-                gpu.scale_(g, max_norm / total)
-        return total
-    total = math.sqrt(sum(float(np.dot(g.ravel().astype(np.float64), g.ravel().astype(np.float64)))
-                          for g in grads))
+    if not grads:
+        return 0.0
+    owner = ops_for(grads[0])
+    total = owner.global_norm(grads)
     if math.isfinite(total) and total > max_norm:
-        scale = max_norm / total
         for g in grads:
-            g *= g.dtype.type(scale)
+            owner.scale_(g, max_norm / total)
     return total

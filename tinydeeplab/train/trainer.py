@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import write_bytes
-from ..backend import get_backend, ops
+from ..backend import get_backend, ops, to_device
 from ..errors import DivergenceError, TrainingError
 from ..nn.module import first_non_finite
 from ..progress import Progress
@@ -49,18 +49,6 @@ CHECKPOINT, METRICS_CSV, METRICS_JSON, CURVES = "checkpoint.npz", "metrics.csv",
 
 
 NonFiniteLossError = DivergenceError   # the former name (a FloatingPointError then and now)
-
-
-def _rng_states(model) -> dict:
-    """``{module name: bit-generator state}`` of every ``np.random.Generator`` held by a module."""
-    return {path: mod._rng.bit_generator.state for path, mod in model.modules()
-            if isinstance(getattr(mod, "_rng", None), np.random.Generator)}
-
-
-def _set_rng_states(model, states: dict) -> None:
-    for path, mod in model.modules():
-        if path in states and isinstance(getattr(mod, "_rng", None), np.random.Generator):
-            mod._rng.bit_generator.state = states[path]
 
 
 EXPLOSION_FACTOR = 1e3
@@ -164,8 +152,7 @@ class Trainer:
                 self.resume()
             else:
                 self.epoch, self.global_step, self.history = 0, 0, []
-            if get_backend() == "cuda":
-                self.model.to("cuda")        # parameters, buffers and momentum live on the GPU from here on
+            self.model.to(get_backend())     # parameters and buffers where the backend's ops want them
             while self.epoch < self.epochs:
                 row = self.train_epoch(self.epoch)
                 self._check_state(row["epoch"])
@@ -194,7 +181,7 @@ class Trainer:
             raise TrainingError(f"{self.checkpoint_path}: this run has already trained {epoch} epochs, more than the "
                                 f"{self.epochs} asked for; ask for more epochs to extend it, or --restart")
         self.epoch, self.global_step, self.history = epoch, global_step, history
-        _set_rng_states(self.model, meta.get("rng", {}))
+        self.model.set_rng_states(meta.get("rng", {}))
         self._write_metrics()
         done = " (complete: nothing left to train)" if epoch == self.epochs else ""
         self._say(f"resumed from {self.checkpoint_path}: {self.epoch} of {self.epochs} epoch(s) done, "
@@ -216,8 +203,7 @@ class Trainer:
         with self.bar:
             for i, (x, y) in enumerate(loader):
                 lr = float(self.lr_schedule(self.global_step))
-                if get_backend() == "cuda":
-                    x = ce.to_device(x)                                               # images to the GPU
+                x = to_device(x)                                      # images where the ops want them
                 logits = self.model.forward(x, training=True)                         # (N, H, W, K)
                 loss, cache = ce.softmax_cross_entropy_forward(logits, y, ignore_label=self.ignore_label,
                                                                class_weights=self.class_weights)
@@ -279,7 +265,7 @@ class Trainer:
         run = {} if self.run_config is None else {"run": self.run_config}
         save_checkpoint(self.checkpoint_path, self.model, self.optimizer, epoch=self.epoch,
                         global_step=self.global_step, epochs=self.epochs, history=self.history,
-                        rng=_rng_states(self.model), **run, **self.checkpoint_meta)
+                        rng=self.model.rng_states(), **run, **self.checkpoint_meta)
         self._write_metrics()
         self._plot()
 

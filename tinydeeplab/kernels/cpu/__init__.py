@@ -9,7 +9,8 @@ Kernels live next to their wrappers: ``conv.py`` (im2col + BLAS GEMM, col2im gat
 ``batchnorm.py`` (chunked per-channel sums), ``resize.py`` (bilinear, gather adjoint),
 ``pooling.py`` (max pool, gather backward), ``activation.py`` (ReLU), ``loss.py`` (softmax CE).
 Ops that are a single NumPy call already (concat, split, add, zero padding, global average pooling,
-dropout, the moving average) are re-exported from the reference.
+dropout, the moving average) are re-exported from the reference, as is the host device contract
+(``to_device``/``to_host`` pass arrays through; ``sgd_update``, ``global_norm``, ``scale_``).
 
 All kernels are ``@njit(parallel=True, cache=True)``: the first call of a process compiles (or loads
 the on-disk cache from ``__pycache__``); set ``NUMBA_DISABLE_JIT=1`` to step through them as Python.
@@ -29,8 +30,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before Numba starts its t
 
 from . import memory  # noqa: E402,F401  (keeps freed activation memory in the heap, see memory.py)
 
-from ...functional import (OPS, add_backward, add_forward, concat_backward, concat_forward,  # noqa: E402
-                           dropout_backward, dropout_forward,
+from ...functional import (OPS, DEVICE_CONTRACT, add_backward, add_forward, concat_backward,  # noqa: E402
+                           concat_forward, dropout_backward, dropout_forward, global_norm, is_device_array,
+                           scale_, sgd_update, to_device, to_host, zeros_like,
                            global_avg_pool_backward, global_avg_pool_forward, moving_average,
                            split_backward, split_forward, zero_pad2d_backward, zero_pad2d_forward)
 from .activation import relu_backward, relu_forward  # noqa: E402
@@ -41,4 +43,5 @@ from .pooling import max_pool2d_backward, max_pool2d_forward  # noqa: E402
 from .resize import (bilinear_resize_backward, bilinear_resize_forward,  # noqa: E402
                      upsample_bilinear_backward, upsample_bilinear_forward)
 
-__all__ = [f"{op}_{half}" for op in OPS for half in ("forward", "backward")] + ["moving_average", "OPS"]
+__all__ = ([f"{op}_{half}" for op in OPS for half in ("forward", "backward")]
+           + ["moving_average", "OPS", *DEVICE_CONTRACT])

@@ -37,6 +37,7 @@ from .batchnorm import batchnorm_backward, batchnorm_forward, moving_average
 from .conv import conv2d_backward, conv2d_forward
 from .loss import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from .memory import SIMULATED, is_device_array, to_device, to_host, zeros_like
+from .optim import global_norm, scale_, sgd_update
 from .pooling import global_avg_pool_backward, global_avg_pool_forward, max_pool2d_backward, max_pool2d_forward
 from .resize import (bilinear_resize_backward, bilinear_resize_forward, upsample_bilinear_backward,
                      upsample_bilinear_forward)
@@ -67,4 +68,5 @@ def check_available() -> None:
 
 
 __all__ = ([f"{op}_{half}" for op in OPS for half in ("forward", "backward")]
-           + ["moving_average", "OPS", "to_device", "to_host", "is_device_array", "zeros_like", "check_available"])
+           + ["moving_average", "OPS", "to_device", "to_host", "is_device_array", "zeros_like", "sgd_update",
+              "global_norm", "scale_", "check_available"])
