@@ -496,7 +496,7 @@ def test_freed_activations_are_reused_without_page_faults():
     import platform
     import resource
 
-    from tinydeeplab.kernels.cpu import memory
+    from tinydeeplab.kernels.cpu import allocator as memory
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("the setting is glibc-specific")

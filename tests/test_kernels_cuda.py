@@ -21,7 +21,7 @@ from tinydeeplab import functional as R
 from tinydeeplab.kernels import cuda as G
 from tinydeeplab.kernels.cuda import conv as gconv
 from tinydeeplab.kernels.cuda import gemm as ggemm
-from tinydeeplab.kernels.cuda.memory import SIMULATED
+from tinydeeplab.kernels.cuda.device import SIMULATED
 
 try:
     G.check_available()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from .memory import empty, flat, launch_1d
+from .device import empty, flat, launch_1d
 from .reduce import vector_sum
 
 

@@ -19,10 +19,9 @@ import math
 import numpy as np
 from numba import cuda
 
-from ...functional._checks import check_grad_shape, check_nhwc, pair
-from ...functional.geometry import window_geometry
-from ...functional.pooling import _check_windows_touch_input
-from .memory import empty, launch_1d, require_device, spec
+from ...functional.checks import check_grad_shape, check_nhwc
+from ...functional.pooling import max_pool2d_geometry
+from .device import empty, launch_1d, require_device, spec
 
 
 @cuda.jit
@@ -105,10 +104,7 @@ def max_pool2d_forward(x, *, pool_size=3, stride=2, padding="valid"):
     """
     check_nhwc(spec(x), "x")
     require_device(x, "x")
-    pool = pair(pool_size, "pool_size")
-    stride = pair(stride, "stride")
-    pads, out_hw = window_geometry(x.shape, pool, stride, (1, 1), padding, name="x")
-    _check_windows_touch_input(x.shape, pool, stride, pads, out_hw)
+    pool, stride, pads, out_hw = max_pool2d_geometry(tuple(x.shape), pool_size, stride, padding)
     (pt, _), (pl, _) = pads
     n, _, _, c = x.shape
     y = empty((n, *out_hw, c), x.dtype)                           # (N, H_out, W_out, C)

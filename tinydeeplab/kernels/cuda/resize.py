@@ -24,9 +24,9 @@ import functools
 import numpy as np
 from numba import cuda
 
-from ...functional._checks import check_grad_shape, check_nhwc, pair
+from ...functional.checks import check_grad_shape, check_nhwc, pair
 from ...functional.resize_coeffs import bilinear_coefficients
-from .memory import empty, launch_1d, require_device, spec, to_device
+from .device import empty, launch_1d, require_device, spec, to_device
 
 
 @functools.lru_cache(maxsize=256)
