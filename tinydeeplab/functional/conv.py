@@ -64,8 +64,9 @@ class ConvPlan(NamedTuple):
     """What :func:`conv2d_plan` works out for a convolution (shapes only, no data).
 
     ``pads`` ``((top, bottom), (left, right))``, ``out_hw`` ``(H_out, W_out)``; ``live_h`` / ``live_w`` the
-    kernel indices ``i`` / ``j`` of the live taps along each axis (consecutive: both ends of the rows a tap
-    reads grow with ``i``); ``taps`` every live tap as ``(i, j, (o0, o1), (p0, p1))``, the output rows and
+    kernel indices ``i`` / ``j`` of the live taps along each axis (usually consecutive, but a stride larger
+    than the input can step over it: on one pixel padded by 2, a 3-wide kernel at stride 2 has taps 0 and 2
+    live and 1 dead); ``taps`` every live tap as ``(i, j, (o0, o1), (p0, p1))``, the output rows and
     columns where it reads real pixels, row-major; ``gemm_only`` when the one live tap reads ``x`` itself
     (a 1x1 convolution: one GEMM on the reshaped tensor); ``dead_fraction`` the share of an im2col's
     products (outputs x live taps) that would multiply padding.

@@ -10,10 +10,10 @@ Same maths as :mod:`tinydeeplab.functional.conv` (NHWC activations, HWIO kernels
     col[p, (a * TW + b) * C + c] = x[n, oh*sh - pt + (i0 + a)*dh, ow*sw - pl + (j0 + b)*dw, c]  or 0
     y = col @ w_live.reshape(TH * TW * C, F)                      # (P, F), P = N * H_out * W_out
 
-The padding is never materialised: an index that falls outside ``x`` reads 0. The live taps (those that
-read at least one real pixel, from the shared :func:`~tinydeeplab.functional.conv.conv2d_plan`) form a
-range ``i0 <= i < i0 + TH`` per axis, so an ASPP branch with a rate larger than the map runs as a 1x1
-convolution. A 1x1 / stride 1 / unpadded conv
+The padding is never materialised: an index that falls outside ``x`` reads 0. The kernels run the taps
+``i0 <= i < i0 + TH`` per axis, from the first to the last live one (those that read at least one real
+pixel, from the shared :func:`~tinydeeplab.functional.conv.conv2d_plan`), so an ASPP branch with a rate
+larger than the map runs as a 1x1 convolution. A 1x1 / stride 1 / unpadded conv
 needs no im2col: ``y = x.reshape(P, C) @ w.reshape(C, F)``. ``col`` is built for a chunk of output rows
 at a time (at most :data:`IM2COL_MAX_BYTES`).
 
@@ -133,10 +133,12 @@ def copy_into_taps(w, live, i0, n_th, j0, n_tw, *, to_taps):
 
 def _kernel_plan(geometry, w_shape):
     """The live taps of ``geometry`` (a :class:`~tinydeeplab.functional.conv.ConvPlan`) as the kernels take
-    them: ``(first, count)`` per axis (the live taps are consecutive), ``gemm_only`` and ``all_live``."""
+    them: per axis the range ``(first, count)`` from the first to the last live tap, ``gemm_only`` and
+    ``all_live``. A dead tap inside the range (a stride > 1 on a map smaller than the kernel can step over
+    the input: taps 0 and 2 live, 1 dead) reads only zeros, so it adds nothing and its gradient stays 0."""
     live_h, live_w = geometry.live_h, geometry.live_w
-    i0, n_th = (live_h[0], len(live_h)) if live_h else (0, 0)
-    j0, n_tw = (live_w[0], len(live_w)) if live_w else (0, 0)
+    i0, n_th = (live_h[0], live_h[-1] - live_h[0] + 1) if live_h else (0, 0)
+    j0, n_tw = (live_w[0], live_w[-1] - live_w[0] + 1) if live_w else (0, 0)
     return {"i0": i0, "n_th": n_th, "j0": j0, "n_tw": n_tw, "gemm_only": geometry.gemm_only,
             "all_live": n_th == w_shape[0] and n_tw == w_shape[1]}
 
