@@ -1,13 +1,8 @@
-"""Batch normalisation on the GPU. Same maths as :mod:`tinydeeplab.functional.batchnorm`::
-
-    xhat = (x - mean) * inv_std,  inv_std = 1 / sqrt(var + eps)
-    y    = gamma * xhat + beta                       # per channel, over the M = N*H*W pixels
-
-Backward (``sdy = sum dy``, ``sdyx = sum dy * xhat``, sums over the M pixels)::
-
-    dbeta = sdy,  dgamma = sdyx
-    training:   dx = gamma * inv_std * (dy - sdy / M - xhat * sdyx / M)
-    inference:  dx = gamma * inv_std * dy
+"""Batch normalisation on the GPU. Same maths as :mod:`tinydeeplab.functional.batchnorm`, in the form of
+the CPU kernel (:mod:`tinydeeplab.kernels.cpu.batchnorm`): with ``inv_std = 1 / sqrt(var + eps)`` and the
+per-channel sums ``sdy = sum dy``, ``sdyx = sum dy * xhat`` over the ``M = N*H*W`` pixels,
+``y = gamma * (x - mean) * inv_std + beta``, ``dbeta = sdy``, ``dgamma = sdyx`` and, in training,
+``dx = gamma * inv_std * (dy - sdy / M - xhat * sdyx / M)`` (inference: ``dx = gamma * inv_std * dy``).
 
 ``x`` is viewed as an ``(M, C)`` matrix. The per-channel sums are the deterministic two-stage column
 reductions of :mod:`.reduce` (float64, two passes for the variance: ``sum (x - mean)^2``). Per-channel

@@ -35,7 +35,7 @@ from numba import cuda
 from ...functional.checks import check_conv2d_args, check_grad_shape
 from ...functional.conv import conv2d_plan
 from .gemm import matmul
-from .device import cast, empty, launch_1d, require_device, spec, zeros
+from .device import cast, empty, launch_1d, require_device, spec, unravel_nhwc, zeros
 from .reduce import column_sums
 
 IM2COL_MAX_BYTES = 256 * 2**20
@@ -70,10 +70,7 @@ def _col2im(dcol, dx, g0, g1, out_h, out_w, i0, n_th, j0, n_tw, sh, sw, dh, dw, 
     """``dx[n, h, w, c] += sum of dcol[row, tap]`` over the (row, tap) of output rows ``[g0, g1)`` that read it."""
     n_img, h_in, w_in, c_in = dx.shape                      # (N, H, W, C)
     for idx in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
-        c = idx % c_in
-        w = (idx // c_in) % w_in
-        h = (idx // (c_in * w_in)) % h_in
-        n = idx // (c_in * w_in * h_in)
+        n, h, w, c = unravel_nhwc(idx, h_in, w_in, c_in)
         acc = dx[n, h, w, c]
         for a in range(n_th):
             t = h + pt - (i0 + a) * dh                      # = oh * sh if tap row a of output row oh reads h

@@ -113,6 +113,17 @@ def launch_1d(kernel, n: int, *args) -> None:
 # Small kernels used by several ops
 # ---------------------------------------------------------------------------------------------------
 
+@cuda.jit(device=True)
+def unravel_nhwc(idx, h_n, w_n, c_n):
+    """``(n, h, w, c)`` of the flat index ``idx`` into a C-contiguous ``(N, H, W, C)`` array: a grid-stride
+    kernel with one thread per element finds its pixel and channel with it."""
+    c = idx % c_n
+    w = (idx // c_n) % w_n
+    h = (idx // (c_n * w_n)) % h_n
+    n = idx // (c_n * w_n * h_n)
+    return n, h, w, c
+
+
 @cuda.jit
 def _fill_kernel(flat, value):
     """``flat[i] = value`` for every i (grid-stride)."""

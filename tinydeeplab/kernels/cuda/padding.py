@@ -9,7 +9,7 @@ from numba import cuda
 
 from ...functional.checks import check_grad_shape, check_nhwc
 from ...functional.padding import resolve_zero_padding
-from .device import empty, launch_1d, require_device, spec
+from .device import empty, launch_1d, require_device, spec, unravel_nhwc
 
 
 @cuda.jit
@@ -17,10 +17,7 @@ def _pad(x, y, top, left):
     """``y[n, h, w, c] = x[n, h - top, w - left, c]`` where that is inside ``x``, else 0."""
     n_img, h_out, w_out, c_n = y.shape
     for idx in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-        c = idx % c_n
-        w = (idx // c_n) % w_out
-        h = (idx // (c_n * w_out)) % h_out
-        n = idx // (c_n * w_out * h_out)
+        n, h, w, c = unravel_nhwc(idx, h_out, w_out, c_n)
         hs, ws = h - top, w - left
         if 0 <= hs < x.shape[1] and 0 <= ws < x.shape[2]:
             y[n, h, w, c] = x[n, hs, ws, c]
@@ -33,10 +30,7 @@ def _crop(dy, dx, top, left):
     """``dx[n, h, w, c] = dy[n, h + top, w + left, c]``."""
     n_img, h_in, w_in, c_n = dx.shape
     for idx in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
-        c = idx % c_n
-        w = (idx // c_n) % w_in
-        h = (idx // (c_n * w_in)) % h_in
-        n = idx // (c_n * w_in * h_in)
+        n, h, w, c = unravel_nhwc(idx, h_in, w_in, c_n)
         dx[n, h, w, c] = dy[n, h + top, w + left, c]
 
 
