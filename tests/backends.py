@@ -24,9 +24,10 @@ try:
 except ImportError as err:   # no numba.cuda, or TINYDEEPLAB_REAL_CUDA=1 on a machine without a GPU
     CUDA_MISSING = str(err)
 
-BACKENDS = [pytest.param("cpu", id="cpu"),
-            pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(CUDA_MISSING is not None,
-                                                                      reason=str(CUDA_MISSING)))]
+NEEDS_CUDA = pytest.mark.skipif(CUDA_MISSING is not None, reason=str(CUDA_MISSING))
+"""Mark of a cuda case: skipped, with the reason, where neither a GPU nor the simulator is usable."""
+
+BACKENDS = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=NEEDS_CUDA)]
 """``@pytest.mark.parametrize("name", BACKENDS)``: the backends compared with the reference."""
 
 DRAW_SIZES = {"cpu": {"max_size": 6, "max_channels": 3}, "cuda": {"max_size": 4, "max_channels": 2}}

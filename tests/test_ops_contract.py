@@ -1,12 +1,13 @@
 """The op contract every backend keeps (``docs/ops.md``): the reference's names and signatures, and the
 reference's validation, i.e. the same ``ValueError`` (type and message) for the same bad call, forward
 and backward. The per-op comparisons of results are in the other ``test_ops_*.py`` modules."""
+import importlib
 import inspect
 
 import numpy as np
 import pytest
 
-from backends import BACKENDS, host, on, ops
+from backends import BACKENDS, NEEDS_CUDA, host, on, ops
 from strategies import normal
 from tinydeeplab import backend
 from tinydeeplab import functional as R
@@ -16,7 +17,7 @@ from tinydeeplab.kernels import cpu as K
 @pytest.mark.parametrize("name", BACKENDS)
 def test_backend_exports_the_reference_ops_with_the_same_signatures(name):
     mod = ops(name)
-    assert backend.ops("numpy") is R
+    assert mod is importlib.import_module(f"tinydeeplab.kernels.{name}") and backend.ops("numpy") is R
     for op in R.__all__:
         assert hasattr(mod, op), op
         if callable(getattr(R, op)):
@@ -38,10 +39,10 @@ def test_cpu_ops_without_a_kernel_are_the_reference_functions():
     assert K.moving_average is R.moving_average
 
 
-@pytest.mark.parametrize("name", [p for p in BACKENDS if p.id == "cuda"])
-def test_cuda_refuses_host_arrays_with_a_clear_message(name):
+@NEEDS_CUDA
+def test_cuda_refuses_host_arrays_with_a_clear_message():
     with pytest.raises(ValueError, match="device array on the cuda backend.*to_device"):
-        ops(name).relu_forward(np.zeros((1, 2, 2, 1), np.float32))
+        ops("cuda").relu_forward(np.zeros((1, 2, 2, 1), np.float32))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -70,6 +71,7 @@ BAD_CALLS = [
     ("moving_average", (_f32(3), _f32(2), 0.9), {}),
     ("moving_average", (_f32(3), _f32(3), 1.5), {}),
     ("relu_forward", ([1.0, 2.0],), {}),
+    ("relu_forward", (np.zeros((2, 2), np.int32),), {}),
     ("dropout_forward", (_f32(1, 2, 2, 1),), {"rate": 1.0, "rng": np.random.default_rng(0)}),
     ("max_pool2d_forward", (_f32(1, 2, 2, 1),), {"pool_size": 3, "stride": 1}),
     ("max_pool2d_forward", (_f32(1, 4, 4, 1),), {"pool_size": 0}),

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backends import BACKENDS, DRAW_SIZES, assert_all_close, assert_close, for_drawn_cases, host, on, ops
+from backends import BACKENDS, DRAW_SIZES, NEEDS_CUDA, assert_all_close, assert_close, for_drawn_cases, host, on, ops
 from strategies import conv_cases, normal, seeds
 from tinydeeplab import functional as R
 from tinydeeplab.functional.conv import conv2d_plan
@@ -54,8 +54,8 @@ def setting(module, name, value):
 
 # The CPU convolution's own choice of path, or one of its two paths forced for every case.
 CPU_PATHS = {"auto": kconv.TAPWISE_MIN_DEAD_FRACTION, "im2col": 2.0, "tapwise": -1.0}
-RUNS = [pytest.param(p.values[0], "auto", id=p.id, marks=p.marks) for p in BACKENDS] + [
-    pytest.param("cpu", "im2col", id="cpu-im2col"), pytest.param("cpu", "tapwise", id="cpu-tapwise")]
+RUNS = [pytest.param("cpu", "auto", id="cpu"), pytest.param("cpu", "im2col", id="cpu-im2col"),
+        pytest.param("cpu", "tapwise", id="cpu-tapwise"), pytest.param("cuda", "auto", id="cuda", marks=NEEDS_CUDA)]
 """(backend, path) pairs of the drawn comparisons."""
 
 
