@@ -43,14 +43,14 @@ def nhwc_shapes(draw, min_size=1, max_size=6, max_channels=3):
 
 
 @st.composite
-def conv_cases(draw):
+def conv_cases(draw, max_size=6, max_channels=3):
     """A consistent conv2d configuration: shapes, stride, dilation, padding and a data seed.
 
     A padding that leaves the window larger than the padded input falls back to "same" (which
     always works), so no draw is wasted.
     """
-    n, h, w, c = draw(nhwc_shapes())
-    f = draw(channels)
+    n, h, w, c = draw(nhwc_shapes(max_size=max_size, max_channels=max_channels))
+    f = draw(st.integers(1, max_channels))
     kh, kw = draw(kernel_sizes), draw(kernel_sizes)
     stride, dilation, padding = draw(strides), draw(dilations), draw(paddings)
     s2 = stride if isinstance(stride, tuple) else (stride, stride)
@@ -64,9 +64,9 @@ def conv_cases(draw):
 
 
 @st.composite
-def pool_cases(draw):
+def pool_cases(draw, max_size=7, max_channels=3):
     """A consistent max_pool2d configuration (every window must touch the input)."""
-    n, h, w, c = draw(nhwc_shapes(max_size=7))
+    n, h, w, c = draw(nhwc_shapes(max_size=max_size, max_channels=max_channels))
     pool = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
     stride = draw(strides)
     padding = draw(st.one_of(st.sampled_from(["same", "valid"]), st.tuples(st.integers(0, 1), st.integers(0, 1))))

@@ -12,7 +12,7 @@ from PIL import Image
 
 from tinydeeplab.cli import main, read_image
 from tinydeeplab.data import DatasetError, FolderDataset
-from tinydeeplab.data._io import check_image_file, read_rgb
+from tinydeeplab.data.files import check_image_file, read_rgb
 
 PRESET = Path(__file__).parent / "fixtures" / "v3_tiny" / "preset"
 

@@ -1,12 +1,14 @@
-"""CUDA backend (``tinydeeplab.kernels.cuda``) against the NumPy reference (``tinydeeplab.functional``).
+"""What is particular to the CUDA backend (``tinydeeplab.kernels.cuda``), against NumPy.
+
+The ops themselves are compared with the reference on every backend in ``tests/test_ops_*.py``. Here:
+the tiled GEMM in both tile configurations and with split-K, the caching allocator, the simulator fix,
+the SGD/clipping kernels, ``Module.to``, the backend's one-line error without a GPU, and a whole
+DeepLabV3+ training step (logits, loss, every gradient, the weights after SGD) on cuda vs numpy.
 
 Runs on Numba's CUDA simulator (``tests/conftest.py`` sets ``NUMBA_ENABLE_CUDASIM=1``), where every GPU
 thread is a Python thread, so the shapes are tiny; ``TINYDEEPLAB_REAL_CUDA=1`` runs the same tests on a
-GPU. Every op, forward and backward, is compared with the reference (never with itself), plus the tiled
-GEMM in both tile configurations, the SGD/clipping kernels, ``Module.to`` and a whole DeepLabV3+
-training step (logits, loss, every gradient, the weights after SGD) on cuda vs numpy.
+GPU. Comparisons use the one ``assert_close`` of ``tests/backends.py``.
 """
-import inspect
 import os
 import subprocess
 import sys
@@ -15,13 +17,12 @@ import numpy as np
 import pytest
 from numba import cuda, float64
 
+from backends import assert_close
 from model_factories import randomize_batchnorm, tiny_segmenter
 from tinydeeplab import backend
-from tinydeeplab import functional as R
 from tinydeeplab.kernels import cuda as G
-from tinydeeplab.kernels.cuda import conv as gconv
 from tinydeeplab.kernels.cuda import gemm as ggemm
-from tinydeeplab.kernels.cuda.memory import SIMULATED
+from tinydeeplab.kernels.cuda.device import SIMULATED
 
 try:
     G.check_available()
@@ -31,46 +32,8 @@ except ImportError as err:  # TINYDEEPLAB_REAL_CUDA=1 on a machine without a GPU
 dev, host = G.to_device, G.to_host
 
 
-def assert_close(actual, expected, rtol=1e-4, atol_scale=1e-5):
-    """``actual`` (device or host) against the reference: rtol plus an atol relative to the values' magnitude."""
-    actual = host(actual)
-    expected = np.asarray(expected)
-    assert isinstance(actual, np.ndarray) and actual.shape == expected.shape, (getattr(actual, "shape", None),
-                                                                               expected.shape)
-    assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
-    scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
-    tight = expected.dtype == np.float64
-    np.testing.assert_allclose(actual, expected, rtol=1e-10 if tight else rtol,
-                               atol=(1e-12 if tight else atol_scale) * scale)
-
-
 def normal(rng, shape, dtype=np.float32):
     return rng.normal(size=shape).astype(dtype)
-
-
-# ---------------------------------------------------------------------------------------------------
-# The module is a drop-in for the reference
-# ---------------------------------------------------------------------------------------------------
-
-def test_exports_the_reference_ops_with_the_same_signatures():
-    assert backend.ops("cuda") is G
-    for name in R.__all__:
-        assert hasattr(G, name), name
-        if callable(getattr(R, name)):
-            assert inspect.signature(getattr(G, name)) == inspect.signature(getattr(R, name)), name
-
-
-def test_host_arrays_are_refused_with_a_clear_message():
-    with pytest.raises(ValueError, match="device array on the cuda backend.*to_device"):
-        G.relu_forward(np.zeros((1, 2, 2, 1), np.float32))
-
-
-def test_validation_is_shared_with_the_reference(rng):
-    x, w = dev(normal(rng, (1, 4, 4, 3))), dev(normal(rng, (3, 3, 2, 4)))
-    with pytest.raises(ValueError, match="channel mismatch"):
-        G.conv2d_forward(x, w)
-    with pytest.raises(ValueError, match="float32 or float64"):
-        G.relu_forward(dev(np.zeros((2, 2), np.int32)))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -130,195 +93,6 @@ def test_a_wrong_kernel_result_is_caught(rng):
     a, b = normal(rng, (5, 5)), normal(rng, (5, 3))
     with pytest.raises(AssertionError):
         assert_close(ggemm.matmul(dev(a), dev(b)), a.T @ b)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Convolution
-# ---------------------------------------------------------------------------------------------------
-
-CONV_CASES = [  # x shape, w shape, stride, dilation, padding, bias
-    ((2, 5, 6, 3), (3, 3, 3, 4), 1, 1, "same", True),
-    ((1, 6, 5, 2), (3, 3, 2, 3), 2, 1, "same", False),
-    ((1, 7, 7, 2), (3, 3, 2, 2), 1, 2, "same", False),
-    ((2, 5, 5, 2), (2, 2, 2, 3), 1, 1, "same", True),          # even kernel: asymmetric Keras padding
-    ((1, 6, 6, 2), (4, 4, 2, 2), 2, 1, "same", False),
-    ((1, 6, 5, 3), (3, 2, 3, 2), (2, 1), 1, "valid", True),
-    ((1, 5, 5, 2), (3, 3, 2, 2), 2, (1, 2), ((1, 0), (2, 1)), False),   # explicit padding
-    ((2, 4, 4, 3), (1, 1, 3, 5), 1, 1, "same", True),          # 1x1: one GEMM, no im2col
-    ((1, 3, 3, 2), (3, 3, 2, 2), 1, 4, "same", False),         # dilation > input: only the centre tap
-    ((1, 5, 5, 2), (1, 1, 2, 3), 2, 1, "valid", False),        # strided 1x1 (ResNet shortcut)
-]
-
-
-def check_conv(ops, rng, x_shape, w_shape, stride, dilation, padding, bias, dtype=np.float32):
-    x, w = normal(rng, x_shape, dtype), normal(rng, w_shape, dtype)
-    b = normal(rng, w_shape[3:], dtype) if bias else None
-    kw = dict(stride=stride, dilation=dilation, padding=padding)
-    y_ref, c_ref = R.conv2d_forward(x, w, b, **kw)
-    y, cache = ops.conv2d_forward(dev(x), dev(w), None if b is None else dev(b), **kw)
-    assert_close(y, y_ref)
-    dy = normal(rng, y_ref.shape, dtype)
-    for got, ref in zip(ops.conv2d_backward(dev(dy), cache), R.conv2d_backward(dy, c_ref)):
-        if ref is None:
-            assert got is None
-        else:
-            assert_close(got, ref)
-
-
-@pytest.mark.parametrize("case", CONV_CASES, ids=[f"conv{i}" for i in range(len(CONV_CASES))])
-def test_conv2d_forward_backward(rng, case):
-    check_conv(G, rng, *case)
-
-
-def test_conv2d_float64(rng):
-    check_conv(G, rng, (1, 5, 4, 2), (3, 3, 2, 2), 2, 1, "same", True, dtype=np.float64)
-
-
-def test_conv2d_chunked_im2col(rng, monkeypatch):
-    monkeypatch.setattr(gconv, "IM2COL_MAX_BYTES", 64)     # one output row per chunk
-    check_conv(G, rng, (2, 4, 5, 2), (3, 3, 2, 3), 1, 1, "same", True)
-
-
-def test_a_wrong_conv_is_caught(rng):
-    """A kernel that ignores the dilation would pass a test against itself, not against the reference."""
-    class IgnoresDilation:
-        conv2d_backward = staticmethod(G.conv2d_backward)
-
-        @staticmethod
-        def conv2d_forward(x, w, b=None, **kw):
-            return G.conv2d_forward(x, w, b, **{**kw, "dilation": 1})
-    with pytest.raises(AssertionError):
-        check_conv(IgnoresDilation, rng, (1, 7, 7, 2), (3, 3, 2, 2), 1, 2, "same", False)
-
-
-# ---------------------------------------------------------------------------------------------------
-# The other ops
-# ---------------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("training", [True, False])
-def test_batchnorm(rng, training):
-    x = normal(rng, (2, 3, 4, 5)) * 3 + 1
-    gamma, beta = rng.uniform(0.5, 1.5, 5).astype(np.float32), normal(rng, (5,))
-    mm, mv = normal(rng, (5,)), rng.uniform(0.5, 1.5, 5).astype(np.float32)
-    y_ref, c_ref = R.batchnorm_forward(x, gamma, beta, mm, mv, training=training, eps=1e-3)
-    y, cache = G.batchnorm_forward(*map(dev, (x, gamma, beta, mm, mv)), training=training, eps=1e-3)
-    assert_close(y, y_ref)
-    assert_close(cache["mean"], c_ref["mean"])
-    assert_close(cache["var"], c_ref["var"])
-    dy = normal(rng, x.shape)
-    for got, ref in zip(G.batchnorm_backward(dev(dy), cache), R.batchnorm_backward(dy, c_ref)):
-        assert_close(got, ref)
-    assert_close(G.moving_average(dev(mm), cache["mean"], 0.9), R.moving_average(mm, c_ref["mean"], 0.9))
-
-
-def test_relu(rng):
-    x = normal(rng, (2, 3, 3, 2))
-    x[0, 0, 0, 0] = 0.0
-    y_ref, c_ref = R.relu_forward(x)
-    y, cache = G.relu_forward(dev(x))
-    assert_close(y, y_ref)
-    dy = normal(rng, x.shape)
-    assert_close(G.relu_backward(dev(dy), cache), R.relu_backward(dy, c_ref))
-    xd = dev(x)
-    y, cache = G.relu_forward(xd, inplace=True)                 # writes over its input
-    assert y is xd
-    assert_close(xd, y_ref)
-    assert_close(G.relu_backward(dev(dy), cache), R.relu_backward(dy, c_ref))
-
-
-def test_dropout_draws_the_reference_mask(rng):
-    x, dy = normal(rng, (2, 3, 3, 4)), normal(rng, (2, 3, 3, 4))
-    y_ref, c_ref = R.dropout_forward(x, rate=0.3, rng=np.random.default_rng(7))
-    y, cache = G.dropout_forward(dev(x), rate=0.3, rng=np.random.default_rng(7))
-    assert_close(y, y_ref)
-    assert_close(G.dropout_backward(dev(dy), cache), R.dropout_backward(dy, c_ref))
-
-
-@pytest.mark.parametrize("pool,stride,padding", [(3, 2, "valid"), (2, 2, "valid"), (3, 2, "same"), (2, 1, 1)])
-def test_max_pool2d(rng, pool, stride, padding):
-    x = normal(rng, (2, 5, 6, 2))
-    x[0, 0, :2, 0] = 1.5                                     # a tie: the first maximum wins
-    y_ref, c_ref = R.max_pool2d_forward(x, pool_size=pool, stride=stride, padding=padding)
-    y, cache = G.max_pool2d_forward(dev(x), pool_size=pool, stride=stride, padding=padding)
-    assert_close(y, y_ref)
-    dy = normal(rng, y_ref.shape)
-    assert_close(G.max_pool2d_backward(dev(dy), cache), R.max_pool2d_backward(dy, c_ref))
-
-
-def test_global_avg_pool(rng):
-    x = normal(rng, (2, 3, 5, 4))
-    y_ref, c_ref = R.global_avg_pool_forward(x)
-    y, cache = G.global_avg_pool_forward(dev(x))
-    assert_close(y, y_ref)
-    dy = normal(rng, y_ref.shape)
-    assert_close(G.global_avg_pool_backward(dev(dy), cache), R.global_avg_pool_backward(dy, c_ref))
-
-
-@pytest.mark.parametrize("in_hw,out_hw", [((2, 3), (5, 7)), ((7, 6), (3, 4)), ((4, 4), (4, 4)), ((1, 3), (4, 2))])
-def test_bilinear_resize(rng, in_hw, out_hw):
-    x = normal(rng, (2, *in_hw, 3))
-    y_ref, c_ref = R.bilinear_resize_forward(x, out_hw)
-    y, cache = G.bilinear_resize_forward(dev(x), out_hw)
-    assert_close(y, y_ref)
-    dy = normal(rng, y_ref.shape)
-    assert_close(G.bilinear_resize_backward(dev(dy), cache), R.bilinear_resize_backward(dy, c_ref))
-
-
-def test_upsample_bilinear(rng):
-    x = normal(rng, (1, 3, 2, 2))
-    y_ref, c_ref = R.upsample_bilinear_forward(x, (2, 3))
-    y, cache = G.upsample_bilinear_forward(dev(x), (2, 3))
-    assert_close(y, y_ref)
-    dy = normal(rng, y_ref.shape)
-    assert_close(G.upsample_bilinear_backward(dev(dy), cache), R.upsample_bilinear_backward(dy, c_ref))
-
-
-def test_concat_split_add_zero_pad(rng):
-    a, b = normal(rng, (2, 3, 2, 2)), normal(rng, (2, 3, 2, 3))
-    y, cache = G.concat_forward([dev(a), dev(b)])
-    y_ref, c_ref = R.concat_forward([a, b])
-    assert_close(y, y_ref)
-    dy = normal(rng, y_ref.shape)
-    for got, ref in zip(G.concat_backward(dev(dy), cache), R.concat_backward(dy, c_ref)):
-        assert_close(got, ref)
-    parts, cache = G.split_forward(dev(y_ref), [2, 3])
-    for got, ref in zip(parts, [a, b]):
-        assert_close(got, ref)
-    assert_close(G.split_backward([dev(a), dev(b)], cache), y_ref)
-    s, cache = G.add_forward(dev(a), dev(a * 2))
-    assert_close(s, a * 3)
-    for got in G.add_backward(dev(a), cache):
-        assert_close(got, a)
-    pads = ((1, 0), (2, 1))
-    p, cache = G.zero_pad2d_forward(dev(a), pads)
-    p_ref, pc_ref = R.zero_pad2d_forward(a, pads)
-    assert_close(p, p_ref)
-    assert_close(G.zero_pad2d_backward(dev(p_ref * 2), cache), R.zero_pad2d_backward(p_ref * 2, pc_ref))
-
-
-@pytest.mark.parametrize("ignore_label,weighted,label_dtype", [(255, False, np.int64), (255, True, np.uint8),
-                                                               (None, True, np.int32)])
-def test_softmax_cross_entropy(rng, ignore_label, weighted, label_dtype):
-    logits = normal(rng, (2, 3, 4, 5)) * 4
-    labels = rng.integers(0, 5, (2, 3, 4)).astype(label_dtype)
-    if ignore_label is not None:
-        labels[0, 0, :3] = ignore_label
-    cw = rng.uniform(0.2, 2.0, 5).astype(np.float32) if weighted else None
-    loss_ref, c_ref = R.softmax_cross_entropy_forward(logits, labels, ignore_label=ignore_label, class_weights=cw)
-    loss, cache = G.softmax_cross_entropy_forward(dev(logits), labels, ignore_label=ignore_label, class_weights=cw)
-    assert isinstance(loss, float)
-    np.testing.assert_allclose(loss, loss_ref, rtol=1e-5)
-    assert_close(G.softmax_cross_entropy_backward(0.5, cache), R.softmax_cross_entropy_backward(0.5, c_ref))
-
-
-def test_softmax_cross_entropy_device_labels_and_nothing_valid(rng):
-    logits = normal(rng, (1, 2, 2, 3))
-    labels = np.full((1, 2, 2), 255, np.int64)
-    loss, cache = G.softmax_cross_entropy_forward(dev(logits), dev(labels))
-    assert loss == 0.0
-    assert_close(G.softmax_cross_entropy_backward(1.0, cache), np.zeros_like(logits))
-    with pytest.raises(ValueError, match="bad values 7"):
-        G.softmax_cross_entropy_forward(dev(logits), dev(np.full((1, 2, 2), 7)))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -316,9 +316,9 @@ def read_image(path) -> np.ndarray:
     """An RGB uint8 (H, W, 3) array from an image file, or a one-line DatasetError naming the file.
 
     16-bit and float images are scaled to 8 bits, or refused, by the dataset readers' own rule
-    (:func:`tinydeeplab.data._io.rgb8`).
+    (:func:`tinydeeplab.data.read_rgb`).
     """
-    from .data._io import read_rgb
+    from .data import read_rgb
 
     return read_rgb(path)
 

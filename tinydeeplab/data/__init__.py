@@ -42,6 +42,7 @@ from .sbd import SBDSegmentation
 from .shapes import SHAPE_CLASSES, SyntheticShapes
 from .transforms import (Compose, PadTo, RandomCrop, RandomHorizontalFlip, RandomScale, Resize,
                          to_model_input)
+from .files import read_rgb
 from .validate import DatasetCheck, validate_dataset
 from .voc import VOC_CLASSES, VOCSegmentation
 
@@ -49,5 +50,5 @@ __all__ = [
     "IGNORE_LABEL", "SegmentationDataset", "voc_palette", "DatasetError", "LoaderError",
     "VOCSegmentation", "VOC_CLASSES", "SBDSegmentation", "CamVid", "CAMVID_CLASSES", "FolderDataset",
     "SyntheticShapes", "SHAPE_CLASSES", "Compose", "RandomScale", "RandomCrop", "RandomHorizontalFlip",
-    "Resize", "PadTo", "to_model_input", "BatchLoader", "validate_dataset", "DatasetCheck",
+    "Resize", "PadTo", "to_model_input", "BatchLoader", "validate_dataset", "DatasetCheck", "read_rgb",
 ]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import check_same_size, read_rgb
+from .files import check_same_size, read_rgb
 from .errors import DatasetError
 
 IGNORE_LABEL = 255
@@ -38,7 +38,7 @@ class SegmentationDataset:
     Subclasses set ``num_classes``, ``class_names``, ``palette`` and ``names``.  File-backed ones
     implement ``_files(i) -> (image_path, label_path)`` and ``_label(i) -> (H, W) uint8`` (read, range
     checked, mapped to 255 = ignore), for ``0 <= i < len(self)``; the image is then read by
-    :func:`~tinydeeplab.data._io.read_rgb` and the sizes compared.  Generated datasets override
+    :func:`~tinydeeplab.data.files.read_rgb` and the sizes compared.  Generated datasets override
     ``_load(i) -> (image (H, W, 3) uint8, label (H, W) uint8)`` and have no files.
     """
 

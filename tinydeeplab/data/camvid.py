@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import check_label, read_index_png
+from .files import check_label, read_index_png
 from .base import IGNORE_LABEL, SegmentationDataset
 from .errors import DatasetError
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import IMAGE_SUFFIXES, check_label, read_index_png, require_dir
+from .files import IMAGE_SUFFIXES, check_label, read_index_png, require_dir
 from .base import IGNORE_LABEL, SegmentationDataset, check_class_names, voc_palette
 from .errors import DatasetError
 

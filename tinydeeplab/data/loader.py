@@ -30,7 +30,7 @@ import threading
 import numpy as np
 
 from ..errors import TinyDeepLabError
-from ._io import one_line
+from .files import one_line
 from .errors import DatasetError, LoaderError
 from .transforms import to_model_input
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from ._io import available_splits, check_label, missing_files_error, read_split_file
+from .files import available_splits, check_label, missing_files_error, read_split_file
 from .base import IGNORE_LABEL, SegmentationDataset, voc_palette
 from .errors import DatasetError
 from .voc import VOC_CLASSES

@@ -3,8 +3,8 @@
 :func:`validate_dataset` reads every item once and stops at the first bad one with a one-line
 :class:`DatasetError` naming the item, its file and what is wrong:
 
-* the image decodes (as :func:`~tinydeeplab.data._io.read_rgb` would; see
-  :func:`~tinydeeplab.data._io.check_image_file` for the cheap JPEG path);
+* the image decodes (as :func:`~tinydeeplab.data.files.read_rgb` would; see
+  :func:`~tinydeeplab.data.files.check_image_file` for the cheap JPEG path);
 * the label decodes *in full* and every value is a class ``< num_classes`` or the ignore label
   (the dataset's own reader does this, with its mapping, e.g. CamVid's void 11 -> 255);
 * image and label have the same size.
@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import check_image_file, check_label, check_same_size, one_line
+from .files import check_image_file, check_label, check_same_size, one_line
 from .errors import DatasetError
 
 CACHE_FORMAT = "tinydeeplab dataset check 1"      # change it when the rules of a check change

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import available_splits, check_label, missing_files_error, read_index_png, read_split_file
+from .files import available_splits, check_label, missing_files_error, read_index_png, read_split_file
 from .base import IGNORE_LABEL, SegmentationDataset, voc_palette
 from .errors import DatasetError
 

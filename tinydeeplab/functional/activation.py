@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import check_array, check_grad_shape
+from .checks import check_array, check_grad_shape
 
 
 def relu_forward(x, *, inplace=False):

@@ -23,11 +23,9 @@ The two subtracted terms of the training ``dx`` are the paths through the batch 
 """
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
-from ._checks import check_batchnorm_args, check_array, check_grad_shape
+from .checks import check_batchnorm_args, check_grad_shape, check_moving_average_args
 
 
 def batchnorm_forward(x, gamma, beta, moving_mean, moving_var, *, training, eps=1e-3):
@@ -50,8 +48,6 @@ def batchnorm_forward(x, gamma, beta, moving_mean, moving_var, *, training, eps=
     [1.0, 3.0, 5.0, 7.0]
     """
     check_batchnorm_args(x, gamma, beta, moving_mean, moving_var, training, eps)
-
-
     if training:
         mean = x.mean(axis=(0, 1, 2))                       # (C,)
         var = ((x - mean) ** 2).mean(axis=(0, 1, 2))        # (C,) biased: divided by N*H*W
@@ -97,10 +93,5 @@ def moving_average(moving, batch_value, momentum):
     >>> moving_average(np.array([0.0, 1.0]), np.array([1.0, 3.0]), 0.9).round(6).tolist()
     [0.1, 1.2]
     """
-    check_array(moving, "moving")
-    check_array(batch_value, "batch_value")
-    if moving.shape != batch_value.shape:
-        raise ValueError(f"moving {moving.shape} and batch_value {batch_value.shape} must share one shape")
-    if not isinstance(momentum, numbers.Real) or not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"momentum must be a number in [0, 1], got {momentum!r}")
+    check_moving_average_args(moving, batch_value, momentum)
     return (moving * momentum + batch_value * (1.0 - momentum)).astype(moving.dtype, copy=False)

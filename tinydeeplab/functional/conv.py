@@ -22,27 +22,92 @@ Backward (the same loop, read in reverse)::
 A tap whose rows (or columns) all fall in the zero padding reads only zeros: it adds nothing to ``y``,
 ``dw[i, j]`` stays 0 and nothing reaches ``dx``, so it is skipped. With a dilation larger than the
 input (an ASPP rate of 18 on a 16 x 16 map) only the centre tap survives.
+
+**The plan.** Which taps are live, and where each one reads real pixels, depends only on the shapes
+and options. :func:`conv2d_plan` works it out once, and every backend (this reference, the Numba CPU
+and the CUDA kernels) runs the convolution it describes.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
-from ._checks import check_conv2d_args, check_grad_shape
+from .checks import check_conv2d_args, check_grad_shape
 from .geometry import window_geometry
 
 
-def _tap_slices(i: int, j: int, dilation, stride, out_hw) -> tuple[slice, slice, slice, slice]:
-    """Index of the pixels of ``xpad`` read by kernel tap ``(i, j)``: a strided window ``(N, H_out, W_out, C)``."""
+def tap_slices(i: int, j: int, dilation, stride, out_hw) -> tuple[slice, slice, slice, slice]:
+    """Index of the pixels of ``xpad`` read by kernel tap ``(i, j)``: a strided window ``(N, H_out, W_out, C)``.
+
+    >>> tap_slices(1, 2, (1, 2), (2, 1), (3, 4))[1:3]       # rows 1, 3, 5; columns 4 .. 7
+    (slice(1, 6, 2), slice(4, 8, 1))
+    """
     (dh, dw), (sh, sw), (ho, wo) = dilation, stride, out_hw
     r0, c0 = i * dh, j * dw
     return (slice(None), slice(r0, r0 + (ho - 1) * sh + 1, sh), slice(c0, c0 + (wo - 1) * sw + 1, sw), slice(None))
 
 
-def _tap_is_live(offset: int, pad_before: int, size: int, stride: int, n_out: int) -> bool:
-    """True when some of the rows ``offset, offset + stride, ...`` (``n_out`` of them) lie inside the input,
-    i.e. in ``[pad_before, pad_before + size)`` of the padded axis."""
-    rows = offset + stride * np.arange(n_out)
-    return bool(np.any((rows >= pad_before) & (rows < pad_before + size)))
+def tap_output_range(offset: int, stride: int, pad_before: int, size: int, n_out: int) -> tuple[int, int]:
+    """Outputs ``[o0, o1)`` along one axis whose tap at ``offset`` (``i * d``) reads a real pixel:
+    ``0 <= o * stride - pad_before + offset < size``. Empty (``o0 == o1``) for a dead tap.
+
+    >>> tap_output_range(0, 1, 12, 16, 16), tap_output_range(12, 1, 12, 16, 16)   # rate 12 on 16 rows
+    ((12, 16), (0, 16))
+    """
+    o0 = max(0, -(-(pad_before - offset) // stride))                 # ceil((pad_before - offset) / stride)
+    o1 = min(n_out, (size - 1 + pad_before - offset) // stride + 1)
+    return o0, max(o0, o1)
+
+
+class ConvPlan(NamedTuple):
+    """What :func:`conv2d_plan` works out for a convolution (shapes only, no data).
+
+    ``pads`` ``((top, bottom), (left, right))``, ``out_hw`` ``(H_out, W_out)``; ``live_h`` / ``live_w`` the
+    kernel indices ``i`` / ``j`` of the live taps along each axis (usually consecutive, but a stride larger
+    than the input can step over it: on one pixel padded by 2, a 3-wide kernel at stride 2 has taps 0 and 2
+    live and 1 dead); ``taps`` every live tap as ``(i, j, (o0, o1), (p0, p1))``, the output rows and
+    columns where it reads real pixels, row-major; ``gemm_only`` when the one live tap reads ``x`` itself
+    (a 1x1 convolution: one GEMM on the reshaped tensor); ``dead_fraction`` the share of an im2col's
+    products (outputs x live taps) that would multiply padding.
+    """
+    pads: tuple
+    out_hw: tuple
+    live_h: tuple
+    live_w: tuple
+    taps: tuple
+    gemm_only: bool
+    dead_fraction: float
+
+
+def conv2d_plan(x_shape, w_shape, stride, dilation, padding) -> ConvPlan:
+    """Padding, output size and live taps of a convolution; ``stride`` and ``dilation`` as pairs.
+
+    A padding spec that is malformed, or leaves the window larger than the padded input, raises
+    ``ValueError`` (from :func:`~tinydeeplab.functional.geometry.window_geometry`).
+
+    >>> p = conv2d_plan((1, 16, 16, 4), (3, 3, 4, 8), (1, 1), (18, 18), "same")   # ASPP rate 18 at 16 x 16
+    >>> p.live_h, p.live_w, p.gemm_only
+    ((1,), (1,), True)
+    >>> p = conv2d_plan((1, 16, 16, 4), (3, 3, 4, 8), (1, 1), (12, 12), "same")
+    >>> p.live_h, p.taps[0], p.dead_fraction                                       # 24 of 48 reads are real
+    ((0, 1, 2), (0, 0, (12, 16), (12, 16)), 0.75)
+    """
+    kh, kw = w_shape[:2]
+    pads, out_hw = window_geometry(x_shape, (kh, kw), stride, dilation, padding, name="x")
+    (pt, _), (pl, _) = pads
+    rows = [tap_output_range(i * dilation[0], stride[0], pt, x_shape[1], out_hw[0]) for i in range(kh)]
+    cols = [tap_output_range(j * dilation[1], stride[1], pl, x_shape[2], out_hw[1]) for j in range(kw)]
+    live_h = tuple(i for i in range(kh) if rows[i][1] > rows[i][0])
+    live_w = tuple(j for j in range(kw) if cols[j][1] > cols[j][0])
+    taps = tuple((i, j, rows[i], cols[j]) for i in live_h for j in live_w)
+    gemm_only = (len(live_h) == 1 and len(live_w) == 1 and tuple(stride) == (1, 1)
+                 and live_h[0] * dilation[0] == pt and live_w[0] * dilation[1] == pl
+                 and tuple(out_hw) == tuple(x_shape[1:3]))
+    real = sum((r1 - r0) * (c1 - c0) for _, _, (r0, r1), (c0, c1) in taps)    # products with real pixels
+    total = out_hw[0] * out_hw[1] * len(live_h) * len(live_w)                  # products im2col would do
+    dead = 1.0 - real / total if total else 1.0
+    return ConvPlan(pads, tuple(out_hw), live_h, live_w, taps, gemm_only, dead)
 
 
 def conv2d_forward(x, w, b=None, *, stride=1, dilation=1, padding="same"):
@@ -69,24 +134,19 @@ def conv2d_forward(x, w, b=None, *, stride=1, dilation=1, padding="same"):
     True
     """
     stride, dilation = check_conv2d_args(x, w, b, stride, dilation)
-    kh, kw, c, f = w.shape
-    n, h, wd, _ = x.shape
-    pads, out_hw = window_geometry(x.shape, (kh, kw), stride, dilation, padding, name="x")
+    f = w.shape[3]
+    n = x.shape[0]
+    plan = conv2d_plan(x.shape, w.shape, stride, dilation, padding)
+    pads, out_hw = plan.pads, plan.out_hw
     (pt, pb), (pl, pr) = pads
     ho, wo = out_hw
 
     xpad = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))   # (N, H + pt + pb, W + pl + pr, C)
     y = np.zeros((n, ho, wo, f), dtype=x.dtype)              # (N, H_out, W_out, F)
-    live_taps = []
-    for i in range(kh):
-        if not _tap_is_live(i * dilation[0], pt, h, stride[0], ho):
-            continue                                         # every row this tap reads is padding
-        for j in range(kw):
-            if not _tap_is_live(j * dilation[1], pl, wd, stride[1], wo):
-                continue
-            window = xpad[_tap_slices(i, j, dilation, stride, out_hw)]  # (N, H_out, W_out, C)
-            y += window @ w[i, j]                                        # (C, F) -> (N, H_out, W_out, F)
-            live_taps.append((i, j))
+    live_taps = [(i, j) for i, j, _, _ in plan.taps]         # taps that read only padding are skipped
+    for i, j in live_taps:
+        window = xpad[tap_slices(i, j, dilation, stride, out_hw)]   # (N, H_out, W_out, C)
+        y += window @ w[i, j]                                       # (C, F) -> (N, H_out, W_out, F)
     if b is not None:
         y += b
     cache = {"xpad": xpad, "w": w, "has_bias": b is not None, "x_shape": x.shape, "pads": pads,
@@ -117,7 +177,7 @@ def conv2d_backward(dy, cache):
     dxpad = np.zeros_like(xpad)     # (N, H + pt + pb, W + pl + pr, C)
     dw = np.zeros_like(w)           # (KH, KW, C, F)
     for i, j in cache["live_taps"]:
-        idx = _tap_slices(i, j, dilation, stride, out_hw)
+        idx = tap_slices(i, j, dilation, stride, out_hw)
         window = xpad[idx]                                                  # (N, H_out, W_out, C)
         dw[i, j] = np.tensordot(window, dy, axes=([0, 1, 2], [0, 1, 2]))    # (C, F)
         dxpad[idx] += dy @ w[i, j].T                                        # (N, H_out, W_out, C)

@@ -6,11 +6,9 @@ the same way on the host, so all backends drop the same units.
 """
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
-from ._checks import check_array, check_grad_shape
+from .checks import check_array, check_dropout_rate, check_grad_shape
 
 
 def dropout_forward(x, *, rate, rng):
@@ -21,8 +19,7 @@ def dropout_forward(x, *, rate, rng):
     [2.0]
     """
     check_array(x, "x")
-    if not isinstance(rate, numbers.Real) or not 0.0 <= rate < 1.0:
-        raise ValueError(f"dropout rate must be in [0, 1), got {rate!r}")
+    check_dropout_rate(rate)
     keep = rng.random(x.shape) >= rate
     scale = (keep / (1.0 - rate)).astype(x.dtype)          # (same shape as x): 0 or 1 / (1 - rate)
     return x * scale, {"scale": scale}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numbers
 
-from ._checks import pair
+from .checks import pair
 
 
 def same_padding_1d(size: int, k: int, s: int, d: int) -> tuple[int, int]:

@@ -12,11 +12,9 @@ A pixel is valid when ``y != ignore_label``. Backward (``p = softmax(z)``)::
 """
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
-from ._checks import loss_class_weights
+from .checks import check_dloss, loss_class_weights
 
 
 def softmax_cross_entropy_forward(logits, labels, *, ignore_label=255, class_weights=None):
@@ -63,10 +61,7 @@ def softmax_cross_entropy_backward(dloss, cache):
     >>> softmax_cross_entropy_backward(1.0, cache).ravel().tolist()     # p - onehot = [0.5 - 1, 0.5]
     [-0.5, 0.5]
     """
-    if isinstance(dloss, np.ndarray) and dloss.size == 1:
-        dloss = dloss.item()
-    if not isinstance(dloss, numbers.Real) or isinstance(dloss, bool):
-        raise ValueError(f"dloss must be a real number (1.0 for the loss itself), got {dloss!r}")
+    dloss = check_dloss(dloss)
     log_p, w_pix, total = cache["log_p"], cache["w_pix"], cache["total"]
     if total == 0:
         return np.zeros_like(log_p)                            # no valid pixel: the loss is the constant 0

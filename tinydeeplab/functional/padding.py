@@ -9,7 +9,7 @@ import numbers
 
 import numpy as np
 
-from ._checks import check_grad_shape, check_nhwc, pair
+from .checks import check_grad_shape, check_nhwc, pair
 
 
 def resolve_zero_padding(padding) -> tuple[tuple[int, int], tuple[int, int]]:

@@ -17,18 +17,35 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import check_grad_shape, check_nhwc, pair
-from .conv import _tap_slices
+from .checks import check_grad_shape, check_nhwc, pair
+from .conv import tap_slices
 from .geometry import window_geometry
 
 
-def _check_windows_touch_input(x_shape, pool, stride, pads, out_hw) -> None:
+def check_windows_touch_input(x_shape, pool, stride, pads, out_hw) -> None:
     """Every window must cover at least one real pixel (else its max would be -inf)."""
     for axis, name in ((0, "height"), (1, "width")):
         k, s, (before, _), n_out, size = pool[axis], stride[axis], pads[axis], out_hw[axis], x_shape[1 + axis]
         if k <= before or (n_out - 1) * s >= before + size:
             raise ValueError(f"padding {pads} leaves a pooling window entirely in the padding along the {name} "
                              f"of x (shape {tuple(x_shape)}, pool_size {pool}, stride {stride})")
+
+
+def max_pool2d_geometry(x_shape, pool_size, stride, padding):
+    """Validate a max pool's options and lay out its windows, for every backend.
+
+    Returns ``(pool, stride, pads, out_hw)``: ``pool`` and ``stride`` as pairs, ``pads`` as
+    ``((top, bottom), (left, right))`` and ``out_hw = (H_out, W_out)``. Raises ``ValueError`` for a bad
+    option, a window larger than the padded input, or a window that lies entirely in the padding.
+
+    >>> max_pool2d_geometry((1, 5, 5, 1), 3, 2, "same")
+    ((3, 3), (2, 2), ((1, 1), (1, 1)), (3, 3))
+    """
+    pool = pair(pool_size, "pool_size")
+    stride = pair(stride, "stride")
+    pads, out_hw = window_geometry(x_shape, pool, stride, (1, 1), padding, name="x")
+    check_windows_touch_input(x_shape, pool, stride, pads, out_hw)
+    return pool, stride, pads, out_hw
 
 
 def max_pool2d_forward(x, *, pool_size=3, stride=2, padding="valid"):
@@ -45,19 +62,16 @@ def max_pool2d_forward(x, *, pool_size=3, stride=2, padding="valid"):
     (1, 2, 2, 1)
     """
     check_nhwc(x, "x")
-    pool = pair(pool_size, "pool_size")
-    stride = pair(stride, "stride")
+    pool, stride, pads, out_hw = max_pool2d_geometry(x.shape, pool_size, stride, padding)
     dilation = (1, 1)
-    pads, out_hw = window_geometry(x.shape, pool, stride, dilation, padding, name="x")
-    _check_windows_touch_input(x.shape, pool, stride, pads, out_hw)
     (pt, pb), (pl, pr) = pads
 
     xpad = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)), constant_values=-np.inf)  # (N, Hp, Wp, C)
-    y = xpad[_tap_slices(0, 0, dilation, stride, out_hw)].copy()   # (N, H_out, W_out, C): tap (0, 0)
+    y = xpad[tap_slices(0, 0, dilation, stride, out_hw)].copy()   # (N, H_out, W_out, C): tap (0, 0)
     argmax = np.zeros(y.shape, dtype=np.int64)                     # winning tap, i * KW + j
     for i in range(pool[0]):
         for j in range(pool[1]):
-            window = xpad[_tap_slices(i, j, dilation, stride, out_hw)]
+            window = xpad[tap_slices(i, j, dilation, stride, out_hw)]
             better = window > y                                    # strict: ties keep the earlier tap
             y = np.where(better, window, y)
             argmax[better] = i * pool[1] + j
@@ -84,7 +98,7 @@ def max_pool2d_backward(dy, cache):
     for i in range(pool[0]):
         for j in range(pool[1]):
             won = argmax == i * pool[1] + j                         # (N, H_out, W_out, C)
-            dxpad[_tap_slices(i, j, (1, 1), stride, out_hw)] += np.where(won, dy, 0)
+            dxpad[tap_slices(i, j, (1, 1), stride, out_hw)] += np.where(won, dy, 0)
     return dxpad[:, pt:pt + h, pl:pl + w, :].copy()                 # (N, H, W, C)
 
 

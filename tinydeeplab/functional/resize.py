@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import check_grad_shape, check_nhwc, pair
+from .checks import check_grad_shape, check_nhwc, pair
 from .resize_coeffs import bilinear_coefficients
 
 

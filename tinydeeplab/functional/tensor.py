@@ -6,11 +6,9 @@
 """
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
-from ._checks import check_array, check_grad_shape, check_nhwc, check_nhwc_list, check_same_dtype, check_same_shape
+from .checks import check_add_args, check_grad_shape, check_nhwc, check_nhwc_list, check_split_grads, check_split_sizes
 
 
 def concat_forward(xs):
@@ -45,14 +43,10 @@ def split_forward(x, sizes):
     [[0.0, 1.0], [2.0, 3.0, 4.0]]
     """
     check_nhwc(x, "x")
-    if (not isinstance(sizes, (list, tuple)) or len(sizes) == 0
-            or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1 for s in sizes)):
-        raise ValueError(f"sizes must be a non-empty list of ints >= 1, got {sizes!r}")
-    if sum(sizes) != x.shape[3]:
-        raise ValueError(f"sizes {list(sizes)} add up to {sum(sizes)} but x (shape {x.shape}) has {x.shape[3]} channels")
+    sizes = check_split_sizes(sizes, x.shape)
     offsets = np.cumsum(sizes)[:-1]
     ys = [part.copy() for part in np.split(x, offsets, axis=3)]       # each (N, H, W, sizes[k])
-    return ys, {"x_shape": x.shape, "sizes": [int(s) for s in sizes]}
+    return ys, {"x_shape": x.shape, "sizes": sizes}
 
 
 def split_backward(dys, cache):
@@ -62,13 +56,7 @@ def split_backward(dys, cache):
     >>> split_backward([np.ones((1, 1, 1, 1)), np.zeros((1, 1, 1, 2))], cache).ravel().tolist()
     [1.0, 0.0, 0.0]
     """
-    n, h, w, _ = cache["x_shape"]
-    sizes = cache["sizes"]
-    if not isinstance(dys, (list, tuple)) or len(dys) != len(sizes):
-        raise ValueError(f"dys must be a list of {len(sizes)} gradients (one per piece), got {type(dys).__name__}"
-                         + (f" of length {len(dys)}" if isinstance(dys, (list, tuple)) else ""))
-    for k, (dy, size) in enumerate(zip(dys, sizes)):
-        check_grad_shape(dy, (n, h, w, size), f"dys[{k}]")
+    check_split_grads(dys, cache["x_shape"], cache["sizes"])
     return np.concatenate(dys, axis=3)                   # (N, H, W, C)
 
 
@@ -86,10 +74,7 @@ def add_forward(a, b, *, inplace=False):
     >>> y is a, a.ravel().tolist()
     (True, [2.0, 2.0])
     """
-    check_array(a, "a")
-    check_array(b, "b")
-    check_same_shape(a=a, b=b)
-    check_same_dtype(a=a, b=b)
+    check_add_args(a, b)
     return np.add(a, b, out=a if inplace else None), {"shape": a.shape}
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import ops
-from ..functional._checks import pair
+from ..functional.checks import pair
 from .module import Module, in_inference_mode
 
 

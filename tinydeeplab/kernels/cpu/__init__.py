@@ -2,7 +2,7 @@
 
 ``backend.ops("cpu")`` returns this module; it exports exactly the names of the reference
 (``<op>_forward`` / ``<op>_backward`` for every op in :data:`OPS`, plus ``moving_average``), with the
-same signatures, validation (shared ``_checks.py``) and return conventions, so it is a drop-in.
+same signatures, validation (shared ``functional/checks.py``) and return conventions, so it is a drop-in.
 Caches are backend-private: hand a cache only to the backward of the module that made it.
 
 Kernels live next to their wrappers: ``conv.py`` (im2col + BLAS GEMM, col2im gather),
@@ -22,13 +22,13 @@ Importing this package therefore sets ``OMP_WAIT_POLICY=PASSIVE`` unless the var
 
 Memory: importing it also asks glibc to keep freed large blocks for reuse instead of returning them
 to the OS, which saves a page fault per 4 KiB of every large activation in every step (see
-:mod:`.memory`; ``TINYDEEPLAB_KEEP_FREED_MEMORY=0`` turns it off).
+:mod:`.allocator`; ``TINYDEEPLAB_KEEP_FREED_MEMORY=0`` turns it off).
 """
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before Numba starts its thread pool
 
-from . import memory  # noqa: E402,F401  (keeps freed activation memory in the heap, see memory.py)
+from . import allocator  # noqa: E402,F401  (keeps freed activation memory in the heap, see allocator.py)
 
 from ...functional import (OPS, DEVICE_CONTRACT, add_backward, add_forward, concat_backward,  # noqa: E402
                            concat_forward, dropout_backward, dropout_forward, global_norm, is_device_array,
@@ -44,4 +44,4 @@ from .resize import (bilinear_resize_backward, bilinear_resize_forward,  # noqa:
                      upsample_bilinear_backward, upsample_bilinear_forward)
 
 __all__ = ([f"{op}_{half}" for op in OPS for half in ("forward", "backward")]
-           + ["moving_average", "OPS", *DEVICE_CONTRACT])
+           + ["moving_average", "OPS", "DEVICE_CONTRACT", *DEVICE_CONTRACT])

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ...functional._checks import check_array, check_grad_shape
+from ...functional.checks import check_array, check_grad_shape
 
 
 @njit(parallel=True, cache=True, fastmath=False)

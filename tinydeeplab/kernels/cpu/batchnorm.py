@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ...functional._checks import check_batchnorm_args, check_grad_shape
+from ...functional.checks import check_batchnorm_args, check_grad_shape
 
 N_CHUNKS = 64
 """Number of row blocks whose partial sums are computed in parallel (fixed: deterministic results)."""

@@ -30,7 +30,8 @@ the same element.
 **Exact savings.** A kernel tap whose rows (or columns) all fall in the zero padding reads only zeros:
 it is dropped from ``col`` and from ``w`` (ASPP with rate 18 on a 16 x 16 map keeps only the centre tap).
 A 1x1 convolution with stride 1 and no padding (or a conv that collapses to one such tap) needs no
-im2col at all: ``y = x.reshape(P, C) @ w.reshape(C, F)``.
+im2col at all: ``y = x.reshape(P, C) @ w.reshape(C, F)``. Which taps are live, and where, is the shared
+plan of every backend (:func:`tinydeeplab.functional.conv.conv2d_plan`).
 
 **Taps (atrous convolution on small maps).** Skipping whole taps is not enough for ASPP: with rate 12
 on a 16 x 16 map every tap reads real pixels for *some* outputs, yet 75 % of the products in ``col``
@@ -50,8 +51,8 @@ import threading
 import numpy as np
 from numba import njit, prange
 
-from ...functional._checks import check_conv2d_args, check_grad_shape
-from ...functional.geometry import window_geometry
+from ...functional.checks import check_conv2d_args, check_grad_shape
+from ...functional.conv import conv2d_plan
 
 TAPWISE_MIN_DEAD_FRACTION = 0.4
 """Run tap by tap when more than this fraction of the im2col products would read padding (below it,
@@ -183,45 +184,20 @@ def scratch(shape, dtype) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Geometry shared by forward and backward
+# The shared plan (tinydeeplab.functional.conv2d_plan) in the form the kernels take
 # ---------------------------------------------------------------------------------------------------
 
-def _live_offsets(k: int, d: int, s: int, pad_before: int, size: int, n_out: int) -> np.ndarray:
-    """Offsets ``i * d`` of the taps along one axis that read at least one real (unpadded) pixel."""
-    rows = np.arange(n_out) * s - pad_before            # first tap's input index for each output
-    live = [i * d for i in range(k) if np.any((rows + i * d >= 0) & (rows + i * d < size))]
-    return np.array(live, dtype=np.int64)
-
-
-def _plan(x_shape, w_shape, stride, dilation, pads, out_hw):
-    """Everything the kernels need: live tap offsets/indices and whether the conv is a plain GEMM."""
-    kh, kw = w_shape[:2]
-    (pt, _), (pl, _) = pads
-    tap_h = _live_offsets(kh, dilation[0], stride[0], pt, x_shape[1], out_hw[0])
-    tap_w = _live_offsets(kw, dilation[1], stride[1], pl, x_shape[2], out_hw[1])
-    idx_h = tap_h // dilation[0]                        # kernel indices i of the live taps
-    idx_w = tap_w // dilation[1]
-    # One live tap that reads x[n, oh, ow] itself: a 1x1 convolution, one GEMM on the reshaped tensor.
-    gemm_only = (tap_h.size == 1 and tap_w.size == 1 and stride == (1, 1)
-                 and tap_h[0] == pt and tap_w[0] == pl and tuple(out_hw) == tuple(x_shape[1:3]))
-    rows = [_valid_range(i * dilation[0], stride[0], pt, x_shape[1], out_hw[0]) for i in range(kh)]
-    cols = [_valid_range(j * dilation[1], stride[1], pl, x_shape[2], out_hw[1]) for j in range(kw)]
-    taps = [(i, j, rows[i], cols[j]) for i in range(kh) for j in range(kw)
-            if rows[i][1] > rows[i][0] and cols[j][1] > cols[j][0]]
-    real = sum((r1 - r0) * (c1 - c0) for _, _, (r0, r1), (c0, c1) in taps)   # products with real pixels
-    total = out_hw[0] * out_hw[1] * tap_h.size * tap_w.size                   # products im2col would do
-    dead = 1.0 - real / total if total else 1.0
-    tapwise = not gemm_only and total > 0 and dead > TAPWISE_MIN_DEAD_FRACTION
-    return {"tap_h": tap_h, "tap_w": tap_w, "idx_h": idx_h, "idx_w": idx_w, "gemm_only": gemm_only,
-            "taps": taps if tapwise else None, "dead_fraction": dead}
-
-
-def _valid_range(offset: int, s: int, pad_before: int, size: int, n_out: int) -> tuple[int, int]:
-    """Outputs ``[o0, o1)`` along one axis whose tap at ``offset`` reads a real pixel:
-    ``0 <= o*s - pad_before + offset < size``."""
-    o0 = max(0, -(-(pad_before - offset) // s))                      # ceil((pad_before - offset) / s)
-    o1 = min(n_out, (size - 1 + pad_before - offset) // s + 1)
-    return o0, max(o0, o1)
+def _kernel_plan(geometry, dilation):
+    """The live taps of ``geometry`` (a :class:`~tinydeeplab.functional.conv.ConvPlan`) as the kernels take
+    them: offsets ``tap_h = i * dh`` / ``tap_w = j * dw`` and indices ``idx_h`` / ``idx_w`` (int64 arrays),
+    ``gemm_only``, and ``taps`` (the live taps with their output ranges) when the conv runs tap by tap."""
+    idx_h = np.array(geometry.live_h, dtype=np.int64)   # kernel indices i of the live taps
+    idx_w = np.array(geometry.live_w, dtype=np.int64)
+    tapwise = (not geometry.gemm_only and len(geometry.taps) > 0
+               and geometry.dead_fraction > TAPWISE_MIN_DEAD_FRACTION)
+    return {"tap_h": idx_h * dilation[0], "tap_w": idx_w * dilation[1], "idx_h": idx_h, "idx_w": idx_w,
+            "gemm_only": geometry.gemm_only, "taps": list(geometry.taps) if tapwise else None,
+            "dead_fraction": geometry.dead_fraction}
 
 
 def _live_weights(w, plan) -> np.ndarray:
@@ -257,10 +233,11 @@ def conv2d_forward(x, w, b=None, *, stride=1, dilation=1, padding="same"):
     stride, dilation = check_conv2d_args(x, w, b, stride, dilation)
     kh, kw, c, f = w.shape
     n = x.shape[0]
-    pads, out_hw = window_geometry(x.shape, (kh, kw), stride, dilation, padding, name="x")
+    geometry = conv2d_plan(x.shape, w.shape, stride, dilation, padding)
+    pads, out_hw = geometry.pads, geometry.out_hw
     ho, wo = out_hw
     x = np.ascontiguousarray(x)
-    plan = _plan(x.shape, w.shape, stride, dilation, pads, out_hw)
+    plan = _kernel_plan(geometry, dilation)
     wmat = _live_weights(np.ascontiguousarray(w), plan)          # (T_live * C, F)
 
     y = np.empty((n * ho * wo, f), dtype=x.dtype)                # (P, F), P = N * H_out * W_out

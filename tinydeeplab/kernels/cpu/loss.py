@@ -11,12 +11,10 @@ storing a second ``(N, H, W, K)`` array.
 """
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 from numba import njit, prange
 
-from ...functional._checks import loss_class_weights
+from ...functional.checks import check_dloss, loss_class_weights
 
 
 @njit(parallel=True, cache=True, fastmath=False)
@@ -90,10 +88,7 @@ def softmax_cross_entropy_backward(dloss, cache):
     >>> softmax_cross_entropy_backward(1.0, cache).ravel().tolist()
     [-0.5, 0.5]
     """
-    if isinstance(dloss, np.ndarray) and dloss.size == 1:
-        dloss = dloss.item()
-    if not isinstance(dloss, numbers.Real) or isinstance(dloss, bool):
-        raise ValueError(f"dloss must be a real number (1.0 for the loss itself), got {dloss!r}")
+    dloss = check_dloss(dloss)
     z, total = cache["z"], cache["total"]
     dz = np.empty_like(z)                                                # (P, K)
     if total == 0:

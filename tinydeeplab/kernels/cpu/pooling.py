@@ -18,9 +18,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ...functional._checks import check_grad_shape, check_nhwc, pair
-from ...functional.geometry import window_geometry
-from ...functional.pooling import _check_windows_touch_input
+from ...functional.checks import check_grad_shape, check_nhwc
+from ...functional.pooling import max_pool2d_geometry
 
 
 @njit(parallel=True, cache=True, fastmath=False)
@@ -92,10 +91,7 @@ def max_pool2d_forward(x, *, pool_size=3, stride=2, padding="valid"):
     [[5.0, 7.0], [13.0, 15.0]]
     """
     check_nhwc(x, "x")
-    pool = pair(pool_size, "pool_size")
-    stride = pair(stride, "stride")
-    pads, out_hw = window_geometry(x.shape, pool, stride, (1, 1), padding, name="x")
-    _check_windows_touch_input(x.shape, pool, stride, pads, out_hw)
+    pool, stride, pads, out_hw = max_pool2d_geometry(x.shape, pool_size, stride, padding)
     (pt, _), (pl, _) = pads
     n, _, _, c = x.shape
     y = np.empty((n, *out_hw, c), dtype=x.dtype)                 # (N, H_out, W_out, C)

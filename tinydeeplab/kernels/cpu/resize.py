@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ...functional._checks import check_grad_shape, check_nhwc, pair
+from ...functional.checks import check_grad_shape, check_nhwc, pair
 from ...functional.resize_coeffs import bilinear_coefficients
 
 

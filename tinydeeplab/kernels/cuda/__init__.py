@@ -2,23 +2,26 @@
 
 ``backend.set_backend("cuda")`` selects this module. It exports exactly the op names of the reference
 (``<op>_forward`` / ``<op>_backward`` for every op in :data:`OPS`, plus ``moving_average``) with the same
-signatures and the same argument validation (shared ``_checks.py``), plus the helpers :func:`to_device`,
+signatures and the same argument validation (shared ``functional/checks.py``), plus the helpers :func:`to_device`,
 :func:`to_host`, :func:`is_device_array` and :func:`check_available`.
 
 **Arrays stay on the GPU.** The ops take and return Numba device arrays (``DeviceNDArray``) and refuse
 host arrays with a clear message. Copies happen at the ends: ``to_device(images)``, ``to_host(logits)``,
 a model moves once with ``model.to("cuda")``; inside a step only the loss value and the gradient norm
-come back (one float64 each), and dropout's host-drawn mask goes up (see :mod:`.activation`).
+come back (one float64 each), and dropout's host-drawn mask goes up (see :mod:`.dropout`).
 
-Modules, one per op family (mirroring ``kernels/cpu``):
+Op modules have the names of their :mod:`tinydeeplab.functional` twins: :mod:`.conv` (im2col / col2im
+around the GEMM), :mod:`.batchnorm`, :mod:`.activation` (ReLU), :mod:`.dropout`, :mod:`.padding`,
+:mod:`.pooling`, :mod:`.resize`, :mod:`.loss`, :mod:`.tensor` (concat / split / add). They only launch
+kernels: validation and planning (the conv's live taps, the pooling windows) come from the functional
+modules. Besides them:
 
-* :mod:`.memory`    to/from the device, allocation, the grid-stride launch configuration;
+* :mod:`.device`    device arrays: to/from the host, allocation, the grid-stride launch configuration;
 * :mod:`.allocator` the caching device-memory manager (freed blocks are reused, no ``cuMemFree`` per step);
 * :mod:`.gemm`      tiled shared-memory matrix product (the convolution's work horse);
-* :mod:`.conv`      im2col / col2im kernels around the GEMM;
 * :mod:`.reduce`    deterministic column and vector sums (batch norm, bias gradient, loss, norm);
-* :mod:`.batchnorm`, :mod:`.activation` (ReLU, dropout), :mod:`.pooling`, :mod:`.resize`, :mod:`.loss`,
-  :mod:`.tensor` (concat / split / add / zero padding), :mod:`.optim` (SGD update, gradient norm).
+* :mod:`.optim`     the SGD update and the global gradient norm;
+* :mod:`.simulator` a fix of the CUDA simulator's shared arrays (the tests run on it).
 
 Caches are backend-private: hand a cache only to the backward of the module that made it.
 
@@ -30,19 +33,20 @@ GPU nor the simulator.
 """
 from numba import cuda
 
-from ...functional import OPS
+from ...functional import DEVICE_CONTRACT, OPS
 from . import allocator, simulator
-from .activation import dropout_backward, dropout_forward, relu_backward, relu_forward
+from .activation import relu_backward, relu_forward
 from .batchnorm import batchnorm_backward, batchnorm_forward, moving_average
 from .conv import conv2d_backward, conv2d_forward
+from .device import SIMULATED, is_device_array, to_device, to_host, zeros_like
+from .dropout import dropout_backward, dropout_forward
 from .loss import softmax_cross_entropy_backward, softmax_cross_entropy_forward
-from .memory import SIMULATED, is_device_array, to_device, to_host, zeros_like
 from .optim import global_norm, scale_, sgd_update
+from .padding import zero_pad2d_backward, zero_pad2d_forward
 from .pooling import global_avg_pool_backward, global_avg_pool_forward, max_pool2d_backward, max_pool2d_forward
 from .resize import (bilinear_resize_backward, bilinear_resize_forward, upsample_bilinear_backward,
                      upsample_bilinear_forward)
-from .tensor import (add_backward, add_forward, concat_backward, concat_forward, split_backward, split_forward,
-                     zero_pad2d_backward, zero_pad2d_forward)
+from .tensor import add_backward, add_forward, concat_backward, concat_forward, split_backward, split_forward
 
 
 if SIMULATED:
@@ -68,5 +72,4 @@ def check_available() -> None:
 
 
 __all__ = ([f"{op}_{half}" for op in OPS for half in ("forward", "backward")]
-           + ["moving_average", "OPS", "to_device", "to_host", "is_device_array", "zeros_like", "sgd_update",
-              "global_norm", "scale_", "check_available"])
+           + ["moving_average", "OPS", "DEVICE_CONTRACT", *DEVICE_CONTRACT, "check_available"])

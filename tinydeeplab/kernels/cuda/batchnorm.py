@@ -1,13 +1,8 @@
-"""Batch normalisation on the GPU. Same maths as :mod:`tinydeeplab.functional.batchnorm`::
-
-    xhat = (x - mean) * inv_std,  inv_std = 1 / sqrt(var + eps)
-    y    = gamma * xhat + beta                       # per channel, over the M = N*H*W pixels
-
-Backward (``sdy = sum dy``, ``sdyx = sum dy * xhat``, sums over the M pixels)::
-
-    dbeta = sdy,  dgamma = sdyx
-    training:   dx = gamma * inv_std * (dy - sdy / M - xhat * sdyx / M)
-    inference:  dx = gamma * inv_std * dy
+"""Batch normalisation on the GPU. Same maths as :mod:`tinydeeplab.functional.batchnorm`, in the form of
+the CPU kernel (:mod:`tinydeeplab.kernels.cpu.batchnorm`): with ``inv_std = 1 / sqrt(var + eps)`` and the
+per-channel sums ``sdy = sum dy``, ``sdyx = sum dy * xhat`` over the ``M = N*H*W`` pixels,
+``y = gamma * (x - mean) * inv_std + beta``, ``dbeta = sdy``, ``dgamma = sdyx`` and, in training,
+``dx = gamma * inv_std * (dy - sdy / M - xhat * sdyx / M)`` (inference: ``dx = gamma * inv_std * dy``).
 
 ``x`` is viewed as an ``(M, C)`` matrix. The per-channel sums are the deterministic two-stage column
 reductions of :mod:`.reduce` (float64, two passes for the variance: ``sum (x - mean)^2``). Per-channel
@@ -18,19 +13,17 @@ coefficients are then formed once, in float64, and stored in the activation dtyp
                                                           q = -p * inv_std * sdyx / M,  r = -p * sdy / M
 
 so the two elementwise kernels do a few float32 multiply-adds per element. They run over rows with the
-threads of a block along the channels (:func:`.memory.launch_rows`): no per-element ``i % C``.
+threads of a block along the channels (:func:`.device.launch_rows`): no per-element ``i % C``.
 """
 from __future__ import annotations
 
 import math
-import numbers
 
 from numba import cuda, float64
 
-from ...functional._checks import check_array, check_batchnorm_args, check_grad_shape
-from .memory import empty, flat, launch_1d, launch_rows, require_device, spec
+from ...functional.checks import check_batchnorm_args, check_grad_shape, check_moving_average_args
+from .device import cast, empty, flat, launch_1d, launch_rows, require_device, spec
 from .reduce import MODE_CENTRED_SQUARES, MODE_TIMES_XHAT, column_sums
-from .tensor import cast
 
 
 @cuda.jit
@@ -143,13 +136,7 @@ def batchnorm_backward(dy, cache):
 
 def moving_average(moving, batch_value, momentum):
     """Keras moving-statistic update ``moving * momentum + batch_value * (1 - momentum)``; a new device array."""
-    check_array(spec(moving), "moving")
-    check_array(spec(batch_value), "batch_value")
-    if tuple(moving.shape) != tuple(batch_value.shape):
-        raise ValueError(f"moving {tuple(moving.shape)} and batch_value {tuple(batch_value.shape)} "
-                         f"must share one shape")
-    if not isinstance(momentum, numbers.Real) or not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"momentum must be a number in [0, 1], got {momentum!r}")
+    check_moving_average_args(spec(moving), spec(batch_value), momentum)
     require_device(moving, "moving")
     require_device(batch_value, "batch_value")
     out = empty(moving.shape, moving.dtype)

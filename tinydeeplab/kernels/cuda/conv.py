@@ -10,9 +10,10 @@ Same maths as :mod:`tinydeeplab.functional.conv` (NHWC activations, HWIO kernels
     col[p, (a * TW + b) * C + c] = x[n, oh*sh - pt + (i0 + a)*dh, ow*sw - pl + (j0 + b)*dw, c]  or 0
     y = col @ w_live.reshape(TH * TW * C, F)                      # (P, F), P = N * H_out * W_out
 
-The padding is never materialised: an index that falls outside ``x`` reads 0. The live taps (those that
-read at least one real pixel) form a range ``i0 <= i < i0 + TH`` per axis, as in the CPU kernel, so an ASPP
-branch with a rate larger than the map runs as a 1x1 convolution. A 1x1 / stride 1 / unpadded conv
+The padding is never materialised: an index that falls outside ``x`` reads 0. The kernels run the taps
+``i0 <= i < i0 + TH`` per axis, from the first to the last live one (those that read at least one real
+pixel, from the shared :func:`~tinydeeplab.functional.conv.conv2d_plan`), so an ASPP branch with a rate
+larger than the map runs as a 1x1 convolution. A 1x1 / stride 1 / unpadded conv
 needs no im2col: ``y = x.reshape(P, C) @ w.reshape(C, F)``. ``col`` is built for a chunk of output rows
 at a time (at most :data:`IM2COL_MAX_BYTES`).
 
@@ -31,12 +32,11 @@ from __future__ import annotations
 
 from numba import cuda
 
-from ...functional._checks import check_conv2d_args, check_grad_shape
-from ...functional.geometry import window_geometry
+from ...functional.checks import check_conv2d_args, check_grad_shape
+from ...functional.conv import conv2d_plan
 from .gemm import matmul
-from .memory import empty, launch_1d, require_device, spec, zeros
+from .device import cast, empty, launch_1d, require_device, spec, unravel_nhwc, zeros
 from .reduce import column_sums
-from .tensor import add_bias, cast, copy_into_taps
 
 IM2COL_MAX_BYTES = 256 * 2**20
 """Upper bound on the im2col buffer (bytes); a chunk holds at least one output row."""
@@ -70,10 +70,7 @@ def _col2im(dcol, dx, g0, g1, out_h, out_w, i0, n_th, j0, n_tw, sh, sw, dh, dw, 
     """``dx[n, h, w, c] += sum of dcol[row, tap]`` over the (row, tap) of output rows ``[g0, g1)`` that read it."""
     n_img, h_in, w_in, c_in = dx.shape                      # (N, H, W, C)
     for idx in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
-        c = idx % c_in
-        w = (idx // c_in) % w_in
-        h = (idx // (c_in * w_in)) % h_in
-        n = idx // (c_in * w_in * h_in)
+        n, h, w, c = unravel_nhwc(idx, h_in, w_in, c_in)
         acc = dx[n, h, w, c]
         for a in range(n_th):
             t = h + pt - (i0 + a) * dh                      # = oh * sh if tap row a of output row oh reads h
@@ -94,26 +91,53 @@ def _col2im(dcol, dx, g0, g1, out_h, out_w, i0, n_th, j0, n_tw, sh, sw, dh, dw, 
         dx[n, h, w, c] = acc
 
 
-def _live_range(k: int, d: int, s: int, pad_before: int, size: int, n_out: int) -> tuple[int, int]:
-    """``(first, count)`` of the kernel taps along one axis that read at least one real pixel.
+@cuda.jit
+def _add_bias(y2, b):
+    """``y2[p, f] += b[f]`` for ``y2`` (P, F)."""
+    f_n = y2.shape[1]
+    for i in range(cuda.grid(1), y2.size, cuda.gridsize(1)):
+        y2[i // f_n, i % f_n] += b[i % f_n]
 
-    Tap ``i`` reads rows ``o*s - pad_before + i*d`` for ``o < n_out``; both ends of that range grow with
-    ``i``, so the live taps are consecutive.
+
+@cuda.jit
+def _tap_copy(w, live, i0, n_th, j0, n_tw, to_taps):
+    """Between a full HWIO kernel ``w`` (KH, KW, C, F) and its live taps ``live`` (TH*TW*C, F).
+
+    ``to_taps``: ``live[(a*TW + b)*C + c, f] = w[i0 + a, j0 + b, c, f]``; else the reverse assignment.
     """
-    live = [i for i in range(k)
-            if any(0 <= o * s - pad_before + i * d < size for o in range(n_out))]
-    return (live[0], len(live)) if live else (0, 0)
+    c_n, f_n = w.shape[2], w.shape[3]
+    for idx in range(cuda.grid(1), live.size, cuda.gridsize(1)):
+        f = idx % f_n
+        q = idx // f_n
+        c = q % c_n
+        b = (q // c_n) % n_tw
+        a = q // (c_n * n_tw)
+        if to_taps:
+            live[q, f] = w[i0 + a, j0 + b, c, f]
+        else:
+            w[i0 + a, j0 + b, c, f] = live[q, f]
 
 
-def _plan(x_shape, w_shape, stride, dilation, pads, out_hw):
-    kh, kw = w_shape[:2]
-    (pt, _), (pl, _) = pads
-    i0, n_th = _live_range(kh, dilation[0], stride[0], pt, x_shape[1], out_hw[0])
-    j0, n_tw = _live_range(kw, dilation[1], stride[1], pl, x_shape[2], out_hw[1])
-    gemm_only = (n_th == 1 and n_tw == 1 and stride == (1, 1) and i0 * dilation[0] == pt
-                 and j0 * dilation[1] == pl and tuple(out_hw) == tuple(x_shape[1:3]))
-    return {"i0": i0, "n_th": n_th, "j0": j0, "n_tw": n_tw, "gemm_only": gemm_only,
-            "all_live": n_th == kh and n_tw == kw}
+def add_bias(y2, b):
+    """In place ``y2 += b`` broadcast over the rows of ``y2`` (P, F)."""
+    launch_1d(_add_bias, y2.size, y2, b)
+
+
+def copy_into_taps(w, live, i0, n_th, j0, n_tw, *, to_taps):
+    """Gather the live taps of ``w`` into ``live`` (``to_taps``) or scatter ``live`` back into ``w``."""
+    launch_1d(_tap_copy, live.size, w, live, i0, n_th, j0, n_tw, bool(to_taps))
+
+
+def _kernel_plan(geometry, w_shape):
+    """The live taps of ``geometry`` (a :class:`~tinydeeplab.functional.conv.ConvPlan`) as the kernels take
+    them: per axis the range ``(first, count)`` from the first to the last live tap, ``gemm_only`` and
+    ``all_live``. A dead tap inside the range (a stride > 1 on a map smaller than the kernel can step over
+    the input: taps 0 and 2 live, 1 dead) reads only zeros, so it adds nothing and its gradient stays 0."""
+    live_h, live_w = geometry.live_h, geometry.live_w
+    i0, n_th = (live_h[0], live_h[-1] - live_h[0] + 1) if live_h else (0, 0)
+    j0, n_tw = (live_w[0], live_w[-1] - live_w[0] + 1) if live_w else (0, 0)
+    return {"i0": i0, "n_th": n_th, "j0": j0, "n_tw": n_tw, "gemm_only": geometry.gemm_only,
+            "all_live": n_th == w_shape[0] and n_tw == w_shape[1]}
 
 
 def _live_weights(w, plan):
@@ -150,9 +174,10 @@ def conv2d_forward(x, w, b=None, *, stride=1, dilation=1, padding="same"):
         require_device(a, name)
     kh, kw, c, f = w.shape
     n = x.shape[0]
-    pads, out_hw = window_geometry(x.shape, (kh, kw), stride, dilation, padding, name="x")
+    geometry = conv2d_plan(tuple(x.shape), w.shape, stride, dilation, padding)
+    pads, out_hw = geometry.pads, geometry.out_hw
     ho, wo = out_hw
-    plan = _plan(x.shape, w.shape, stride, dilation, pads, out_hw)
+    plan = _kernel_plan(geometry, w.shape)
     geom = {"pads": pads, "stride": stride, "dilation": dilation}
     wmat = _live_weights(w, plan)                                      # (T_live * C, F)
 

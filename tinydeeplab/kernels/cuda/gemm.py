@@ -49,7 +49,7 @@ import numba
 import numpy as np
 from numba import cuda
 
-from .memory import SIMULATED, empty, is_device_array, launch_1d
+from .device import SIMULATED, empty, is_device_array, launch_1d
 
 
 class Tiles(tuple):

@@ -20,13 +20,12 @@ array of labels is copied back once for that check.
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 from numba import cuda
 
-from ...functional._checks import loss_class_weights
-from .memory import empty, is_device_array, launch_1d, require_device, spec, to_device, to_host, zeros
+from ...functional.checks import check_dloss, loss_class_weights
+from .device import empty, is_device_array, launch_1d, require_device, spec, to_device, to_host, zeros
 from .reduce import vector_sum
 
 
@@ -100,10 +99,7 @@ def softmax_cross_entropy_forward(logits, labels, *, ignore_label=255, class_wei
 
 def softmax_cross_entropy_backward(dloss, cache):
     """``dlogits = dloss * w[y] * (softmax(z) - onehot(y)) / sum_valid w[y]``; exactly 0 on ignored pixels."""
-    if isinstance(dloss, np.ndarray) and dloss.size == 1:
-        dloss = dloss.item()
-    if not isinstance(dloss, numbers.Real) or isinstance(dloss, bool):
-        raise ValueError(f"dloss must be a real number (1.0 for the loss itself), got {dloss!r}")
+    dloss = check_dloss(dloss)
     log_p, total = cache["log_p"], cache["total"]
     if total == 0:
         return zeros(cache["shape"], log_p.dtype)                   # no valid pixel: the loss is the constant 0

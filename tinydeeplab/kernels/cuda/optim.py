@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from .memory import empty, flat, launch_1d
+from .device import empty, flat, launch_1d
 from .reduce import vector_sum
 
 
@@ -40,7 +40,7 @@ def _scale(g, s):
         g[i] *= s
 
 
-def sgd_update(p, g, v, *, lr, momentum, weight_decay, nesterov):
+def sgd_update(p, g, v, *, lr: float, momentum: float, weight_decay: float, nesterov: bool) -> None:
     """Update device arrays ``p`` and ``v`` in place from gradient ``g`` (``v`` may be None when momentum is 0)."""
     t = p.dtype.type
     launch_1d(_sgd, p.size, flat(p), flat(g), flat(p if v is None else v), t(lr), t(momentum),

@@ -19,10 +19,9 @@ import math
 import numpy as np
 from numba import cuda
 
-from ...functional._checks import check_grad_shape, check_nhwc, pair
-from ...functional.geometry import window_geometry
-from ...functional.pooling import _check_windows_touch_input
-from .memory import empty, launch_1d, require_device, spec
+from ...functional.checks import check_grad_shape, check_nhwc
+from ...functional.pooling import max_pool2d_geometry
+from .device import empty, launch_1d, require_device, spec, unravel_nhwc
 
 
 @cuda.jit
@@ -31,10 +30,7 @@ def _max_pool(x, y, argmax, kh, kw, sh, sw, pt, pl):
     n_img, h_out, w_out, c_n = y.shape
     h_in, w_in = x.shape[1], x.shape[2]
     for idx in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-        c = idx % c_n
-        ow = (idx // c_n) % w_out
-        oh = (idx // (c_n * w_out)) % h_out
-        n = idx // (c_n * w_out * h_out)
+        n, oh, ow, c = unravel_nhwc(idx, h_out, w_out, c_n)
         best = -math.inf
         arg = 0
         for i in range(kh):
@@ -55,10 +51,7 @@ def _max_pool_grad(dy, argmax, dx, kh, kw, sh, sw, pt, pl):
     n_img, h_in, w_in, c_n = dx.shape
     h_out, w_out = dy.shape[1], dy.shape[2]
     for idx in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
-        c = idx % c_n
-        w = (idx // c_n) % w_in
-        h = (idx // (c_n * w_in)) % h_in
-        n = idx // (c_n * w_in * h_in)
+        n, h, w, c = unravel_nhwc(idx, h_in, w_in, c_n)
         acc = 0.0
         for i in range(kh):
             t = h + pt - i                                      # = oh * sh for the window of tap row i
@@ -93,9 +86,8 @@ def _spread(dy, dx):
     """``dx[n, h, w, c] = dy[n, 0, 0, c] / (H * W)``."""
     n_img, h_in, w_in, c_n = dx.shape
     for idx in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
-        c = idx % c_n
-        n = idx // (c_n * w_in * h_in)
-        dx[n, (idx // (c_n * w_in)) % h_in, (idx // c_n) % w_in, c] = dy[n, 0, 0, c] / (h_in * w_in)
+        n, h, w, c = unravel_nhwc(idx, h_in, w_in, c_n)
+        dx[n, h, w, c] = dy[n, 0, 0, c] / (h_in * w_in)
 
 
 def max_pool2d_forward(x, *, pool_size=3, stride=2, padding="valid"):
@@ -105,10 +97,7 @@ def max_pool2d_forward(x, *, pool_size=3, stride=2, padding="valid"):
     """
     check_nhwc(spec(x), "x")
     require_device(x, "x")
-    pool = pair(pool_size, "pool_size")
-    stride = pair(stride, "stride")
-    pads, out_hw = window_geometry(x.shape, pool, stride, (1, 1), padding, name="x")
-    _check_windows_touch_input(x.shape, pool, stride, pads, out_hw)
+    pool, stride, pads, out_hw = max_pool2d_geometry(tuple(x.shape), pool_size, stride, padding)
     (pt, _), (pl, _) = pads
     n, _, _, c = x.shape
     y = empty((n, *out_hw, c), x.dtype)                           # (N, H_out, W_out, C)

@@ -23,7 +23,7 @@ import math
 import numpy as np
 from numba import cuda, float64
 
-from .memory import SIMULATED, empty
+from .device import SIMULATED, empty
 
 COL_X = 8 if SIMULATED else 32
 """Threads per block along the columns (C)."""

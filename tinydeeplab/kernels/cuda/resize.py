@@ -24,9 +24,9 @@ import functools
 import numpy as np
 from numba import cuda
 
-from ...functional._checks import check_grad_shape, check_nhwc, pair
+from ...functional.checks import check_grad_shape, check_nhwc, pair
 from ...functional.resize_coeffs import bilinear_coefficients
-from .memory import empty, launch_1d, require_device, spec, to_device
+from .device import empty, launch_1d, require_device, spec, to_device, unravel_nhwc
 
 
 @functools.lru_cache(maxsize=256)
@@ -50,10 +50,7 @@ def _resize(x, y, i0h, i1h, w0h, w1h, i0w, i1w, w0w, w1w):
     """``y (N, H_out, W_out, C)`` = separable 2-tap mix of ``x (N, H, W, C)``."""
     n_img, h_out, w_out, c_n = y.shape
     for idx in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-        c = idx % c_n
-        ow = (idx // c_n) % w_out
-        oh = (idx // (c_n * w_out)) % h_out
-        n = idx // (c_n * w_out * h_out)
+        n, oh, ow, c = unravel_nhwc(idx, h_out, w_out, c_n)
         top = w0w[ow] * x[n, i0h[oh], i0w[ow], c] + w1w[ow] * x[n, i0h[oh], i1w[ow], c]
         bottom = w0w[ow] * x[n, i1h[oh], i0w[ow], c] + w1w[ow] * x[n, i1h[oh], i1w[ow], c]
         y[n, oh, ow, c] = w0h[oh] * top + w1h[oh] * bottom
@@ -75,10 +72,7 @@ def _resize_adjoint(dy, dx, i0h, i1h, w0h, w1h, loh, hih, i0w, i1w, w0w, w1w, lo
     """``dx[n, h, w, c] = sum_{oh, ow} R_h[oh, h] R_w[ow, w] dy[n, oh, ow, c]`` over the outputs that read (h, w)."""
     n_img, h_in, w_in, c_n = dx.shape
     for idx in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
-        c = idx % c_n
-        w = (idx // c_n) % w_in
-        h = (idx // (c_n * w_in)) % h_in
-        n = idx // (c_n * w_in * h_in)
+        n, h, w, c = unravel_nhwc(idx, h_in, w_in, c_n)
         acc = 0.0
         for oh in range(loh[h], hih[h]):
             rh = _weight(oh, h, i0h, i1h, w0h, w1h)

@@ -6,7 +6,7 @@ copies happen at the ends only: :func:`to_device` for the input images (and labe
 for the logits or a checkpoint, plus one float64 scalar per loss / gradient norm.
 
 **Validation.** The ops check their arguments with the same functions as the NumPy reference
-(:mod:`tinydeeplab.functional._checks`). Those look at ``shape``, ``dtype`` and ``ndim`` only, so a
+(:mod:`tinydeeplab.functional.checks`). Those look at ``shape``, ``dtype`` and ``ndim`` only, so a
 device array is validated through :func:`spec`: a zero-byte NumPy stand-in with the same shape and dtype
 (``np.broadcast_to`` of one element), which costs no copy.
 
@@ -113,6 +113,17 @@ def launch_1d(kernel, n: int, *args) -> None:
 # Small kernels used by several ops
 # ---------------------------------------------------------------------------------------------------
 
+@cuda.jit(device=True)
+def unravel_nhwc(idx, h_n, w_n, c_n):
+    """``(n, h, w, c)`` of the flat index ``idx`` into a C-contiguous ``(N, H, W, C)`` array: a grid-stride
+    kernel with one thread per element finds its pixel and channel with it."""
+    c = idx % c_n
+    w = (idx // c_n) % w_n
+    h = (idx // (c_n * w_n)) % h_n
+    n = idx // (c_n * w_n * h_n)
+    return n, h, w, c
+
+
 @cuda.jit
 def _fill_kernel(flat, value):
     """``flat[i] = value`` for every i (grid-stride)."""
@@ -149,6 +160,11 @@ def copy(a, dtype=None):
     out = empty(a.shape, dtype or a.dtype)
     launch_1d(_copy_kernel, out.size, flat(a), out.reshape(out.size))
     return out
+
+
+def cast(a, dtype):
+    """A device copy of ``a`` in ``dtype`` (float64 sums -> float32 gradients)."""
+    return copy(a, dtype)
 
 
 def flat(a):

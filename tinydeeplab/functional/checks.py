@@ -1,8 +1,14 @@
-"""Input validation shared by the NumPy reference ops and the Numba kernels.
+"""Input validation shared by the NumPy reference ops and every backend (Numba CPU, CUDA).
 
 Every public op validates its arguments here first, so a bad call fails with a
 ``ValueError`` that names the argument and its shape instead of an ``IndexError``
-from deep inside a loop.
+from deep inside a loop, and every backend fails with the same message. The checks read only
+``shape``, ``dtype`` and ``ndim`` (the CUDA backend hands them shape-only stand-ins of device arrays).
+
+>>> check_split_sizes([2, 3], (1, 4, 4, 5))
+[2, 3]
+>>> check_dloss(np.array([0.5]))
+0.5
 """
 from __future__ import annotations
 
@@ -123,7 +129,62 @@ def check_labels(labels, logits_shape, ignore_label) -> np.ndarray:
     return labels
 
 
+def check_split_sizes(sizes, x_shape) -> list:
+    """Validate the channel counts of a split of an ``(N, H, W, C)`` tensor: ints >= 1 adding up to C."""
+    if (not isinstance(sizes, (list, tuple)) or len(sizes) == 0
+            or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1 for s in sizes)):
+        raise ValueError(f"sizes must be a non-empty list of ints >= 1, got {sizes!r}")
+    if sum(sizes) != x_shape[3]:
+        raise ValueError(f"sizes {list(sizes)} add up to {sum(sizes)} but x (shape {tuple(x_shape)}) "
+                         f"has {x_shape[3]} channels")
+    return [int(s) for s in sizes]
+
+
+def check_split_grads(dys, x_shape, sizes) -> None:
+    """Validate the gradients of a split's pieces: a list with one ``(N, H, W, sizes[k])`` array per piece."""
+    n, h, w, _ = x_shape
+    if not isinstance(dys, (list, tuple)) or len(dys) != len(sizes):
+        raise ValueError(f"dys must be a list of {len(sizes)} gradients (one per piece), got {type(dys).__name__}"
+                         + (f" of length {len(dys)}" if isinstance(dys, (list, tuple)) else ""))
+    for k, (dy, size) in enumerate(zip(dys, sizes)):
+        check_grad_shape(dy, (n, h, w, size), f"dys[{k}]")
+
+
+def check_dloss(dloss):
+    """The upstream gradient of a scalar loss: a real number (a one-element array is unwrapped)."""
+    if isinstance(dloss, np.ndarray) and dloss.size == 1:
+        dloss = dloss.item()
+    if not isinstance(dloss, numbers.Real) or isinstance(dloss, bool):
+        raise ValueError(f"dloss must be a real number (1.0 for the loss itself), got {dloss!r}")
+    return dloss
+
+
+def check_dropout_rate(rate) -> None:
+    """A dropout rate is a number in ``[0, 1)``."""
+    if not isinstance(rate, numbers.Real) or not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout rate must be in [0, 1), got {rate!r}")
+
+
 # -- whole-argument checks shared by the reference ops and the kernels -----------------------------
+def check_add_args(a, b) -> None:
+    """The two inputs of a residual add: float arrays of one shape and one dtype."""
+    check_array(a, "a")
+    check_array(b, "b")
+    check_same_shape(a=a, b=b)
+    check_same_dtype(a=a, b=b)
+
+
+def check_moving_average_args(moving, batch_value, momentum) -> None:
+    """A moving statistic and its batch value share one shape; ``momentum`` is a number in ``[0, 1]``."""
+    check_array(moving, "moving")
+    check_array(batch_value, "batch_value")
+    if tuple(moving.shape) != tuple(batch_value.shape):
+        raise ValueError(f"moving {tuple(moving.shape)} and batch_value {tuple(batch_value.shape)} "
+                         f"must share one shape")
+    if not isinstance(momentum, numbers.Real) or not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be a number in [0, 1], got {momentum!r}")
+
+
 def check_conv2d_args(x, w, b, stride, dilation):
     """Validate conv2d inputs; returns ``(stride, dilation)`` as pairs."""
     check_nhwc(x, "x")
