@@ -556,3 +556,13 @@ def test_loader_prefetches_in_the_background_and_stops_on_break():
     time.sleep(0.2)
     assert len(ds.calls) == n < 40                              # the worker stopped after the break
     assert not [t for t in threading.enumerate() if t.name.startswith("BatchLoader")]
+
+
+def test_the_loader_normalises_with_the_models_converter_per_channel():
+    """Training batches and inference inputs go through the same normalisation, per-channel values included."""
+    from tinydeeplab.models.preprocessor import ImageConverter
+    conv = ImageConverter(scale=[1 / 58.4, 1 / 57.1, 1 / 57.4], offset=[-2.12, -2.04, -1.80])
+    ds = SyntheticShapes(4, size=(16, 16))
+    x, _ = next(iter(BatchLoader(ds, 2, shuffle=False, converter=conv, prefetch=0)))
+    for k in range(2):
+        np.testing.assert_array_equal(x[k], conv(ds[k][0])[0][0])

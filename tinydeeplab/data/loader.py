@@ -2,8 +2,10 @@
 
 A :class:`BatchLoader` yields ``(x, y)`` per batch:
 
-* ``x`` (N, H, W, 3) **float32** model input ``image * scale + offset`` (default ``scale=1/127.5``,
-  ``offset=-1``: pixels in -1..1); with ``scale=None, offset=None`` it is the raw **uint8** images;
+* ``x`` (N, H, W, 3) **float32** model input ``image * scale + offset``, normalised by
+  ``converter.normalize`` — pass the model's own ``converter=model.preprocessor`` so training and
+  inference see the same numbers (per-channel values included); without one, ``scale``/``offset``
+  (default ``1/127.5`` and ``-1``: pixels in -1..1); with ``scale=None, offset=None`` the raw **uint8** images;
 * ``y`` (N, H, W) **int32** class indices, 255 = ignore.
 
 Batches are prepared by one worker thread, ``prefetch`` batches ahead, while the caller computes (PIL
@@ -32,7 +34,6 @@ import numpy as np
 from ..errors import TinyDeepLabError
 from .files import one_line
 from .errors import DatasetError, LoaderError
-from .transforms import to_model_input
 
 
 class BatchLoader:
@@ -46,7 +47,7 @@ class BatchLoader:
     """
 
     def __init__(self, dataset, batch_size: int, transform=None, shuffle: bool = True, seed: int = 0,
-                 drop_last: bool = True, prefetch: int = 2, scale=1 / 127.5, offset=-1.0):
+                 drop_last: bool = True, prefetch: int = 2, scale=1 / 127.5, offset=-1.0, converter=None):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if int(prefetch) < 0:
@@ -60,7 +61,10 @@ class BatchLoader:
         self.seed = int(seed)
         self.drop_last = bool(drop_last)
         self.prefetch = int(prefetch)
-        self.scale, self.offset = scale, offset
+        if converter is None and (scale is not None or offset is not None):
+            from ..models.preprocessor import ImageConverter
+            converter = ImageConverter(scale=scale, offset=offset)
+        self.converter = converter                # normalises each batch (None: raw uint8 images)
         self.epoch = 0
         n = len(dataset)
         if n == 0:
@@ -120,8 +124,8 @@ class BatchLoader:
             images.append(image)
             labels.append(label)
         x = np.stack(images)                                                  # (N, H, W, 3) uint8
-        if self.scale is not None or self.offset is not None:
-            x = to_model_input(x, self.scale, self.offset)                    # (N, H, W, 3) float32
+        if self.converter is not None:
+            x = self.converter.normalize(x, copy=False)                        # (N, H, W, 3) float32
         y = np.stack(labels).astype(np.int32)                                 # (N, H, W)
         return x, y
 

@@ -212,20 +212,13 @@ def to_model_input(images, scale=1 / 127.5, offset=-1.0) -> np.ndarray:
     """``images * scale + offset`` as float32 NHWC; an (H, W, 3) image gets a batch axis.
 
     ``scale``/``offset`` may be per-channel; the default maps 0..255 to -1..1.  Pass ``scale=1,
-    offset=0`` for raw pixels (the KerasHub pascalvoc preset).
+    offset=0`` for raw pixels (the KerasHub pascalvoc preset). The same arithmetic as a model's
+    converter (:meth:`tinydeeplab.models.ImageConverter.normalize`), which it calls.
 
     >>> x = to_model_input(np.array([[[0, 255, 51]]], np.uint8))
     >>> x.shape, x.dtype.name, [round(float(v), 4) for v in x.ravel()]
     ((1, 1, 1, 3), 'float32', [-1.0, 1.0, -0.6])
     """
-    x = np.asarray(images)
-    if x.ndim == 3:
-        x = x[None]
-    if x.ndim != 4:
-        raise ValueError(f"images must be (H, W, C) or (N, H, W, C), got shape {x.shape}")
-    x = x.astype(np.float32)                                                   # (N, H, W, C)
-    if scale is not None:
-        x *= np.asarray(scale, np.float32)
-    if offset is not None:
-        x += np.asarray(offset, np.float32)
-    return x
+    from ..models.preprocessor import ImageConverter
+
+    return ImageConverter(scale=scale, offset=offset).normalize(images)            # (N, H, W, C) float32

@@ -78,11 +78,28 @@ class ImageConverter:
         x = image[None, top:top + ch, left:left + cw, :].astype(np.float32)    # (1, ch, cw, 3)
         if self.image_size is not None and (ch, cw) != self.image_size:
             x = resize(x, self.image_size, self.interpolation)
+        return self.normalize(x, copy=False), box
+
+    def normalize(self, images, *, copy: bool = True) -> np.ndarray:
+        """``images * scale + offset`` as float32 NHWC, per channel where scale/offset have 3 values;
+        an (H, W, C) image gets a batch axis. No crop, no resize: the batch loader's path for training
+        crops, and the last step of :meth:`__call__`.
+
+        >>> x = ImageConverter(scale=1 / 127.5, offset=-1).normalize(np.array([[[0, 255, 51]]], np.uint8))
+        >>> x.shape, x.dtype.name, [round(float(v), 4) for v in x.ravel()]
+        ((1, 1, 1, 3), 'float32', [-1.0, 1.0, -0.6])
+        """
+        x = np.asarray(images)
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4:
+            raise ValueError(f"images must be (H, W, C) or (N, H, W, C), got shape {x.shape}")
+        x = x.astype(np.float32, copy=copy)                                   # (N, H, W, C)
         if self.scale is not None:
-            x = x * self.scale
+            x *= self.scale
         if self.offset is not None:
-            x = x + self.offset
-        return x.astype(np.float32, copy=False), box
+            x += self.offset
+        return x
 
 
 def converter_config(data: dict):

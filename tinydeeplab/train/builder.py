@@ -3,7 +3,7 @@
 ``tinydeeplab train`` and ``tinydeeplab demo`` both call :func:`build_trainer`, so a run from the
 command line and one from Python are built the same way::
 
-    images --(transform: random scale, crop, flip)--> loader (model's converter: x = pixels * scale + offset)
+    images --(transform: random scale, crop, flip)--> loader (model.preprocessor.normalize: x = pixels * scale + offset)
     lr(step) = warm-up then cosine or poly decay from ``lr`` over ``epochs * len(loader)`` steps
     SGD(momentum, weight decay on conv kernels), global gradient norm clipped to ``clip_norm``
 
@@ -45,10 +45,6 @@ def build_trainer(model, train_set, *, out_dir, epochs: int, batch_size: int = 8
 
     if schedule not in SCHEDULES:
         raise OptionError(f"schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
-    conv = model.preprocessor
-    if conv.scale is not None and conv.scale.size > 1 or conv.offset is not None and conv.offset.size > 1:
-        raise OptionError("training needs one scale/offset for all channels (this model's preprocessor has "
-                          "per-channel values)")
     steps = []
     if scale_range is not None:
         steps.append(RandomScale(*scale_range))
@@ -57,8 +53,7 @@ def build_trainer(model, train_set, *, out_dir, epochs: int, batch_size: int = 8
     if flip:
         steps.append(RandomHorizontalFlip())
     loader = BatchLoader(train_set, batch_size, transform=Compose(steps), seed=seed,
-                         scale=float(conv.scale.ravel()[0]) if conv.scale is not None else 1.0,
-                         offset=float(conv.offset.ravel()[0]) if conv.offset is not None else 0.0)
+                         converter=model.preprocessor)            # the model's own normalisation
     total = int(epochs) * len(loader)
     lr_schedule = SCHEDULES[schedule](total, lr, warmup=min(int(warmup), total // 2))
     val_fn = (lambda m: evaluate(m, val_set, progress=False)) if val_set is not None else None
