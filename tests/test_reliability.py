@@ -454,3 +454,32 @@ def test_an_error_after_a_progress_line_starts_on_its_own_line(tmp_path):
     with pytest.raises(DivergenceError):
         trainer.fit()
     assert stream.getvalue().endswith("\n")          # the progress line is closed before the error is printed
+
+
+def test_permission_errors_on_a_preset_and_on_outputs_are_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
+    import pathlib
+    real_read_text = pathlib.Path.read_text
+
+    def denied(self, *args, **kwargs):
+        if self.name == "config.json":
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "read_text", denied)
+    assert main(["summary", str(PRESET)]) == 2
+    one_line_error(capsys, "Permission denied", "config.json")
+    monkeypatch.undo()
+
+    import tinydeeplab.atomic as atomic
+    real_mkstemp = atomic.tempfile.mkstemp
+
+    def no_write(*args, dir=None, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(dir))
+
+    image = tmp_path / "im.png"
+    from PIL import Image
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image)
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", no_write)
+    assert main(["predict", "--preset", str(PRESET), str(image), "--out", str(tmp_path / "pred")]) == 2
+    one_line_error(capsys, "Permission denied", "pred")
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", real_mkstemp)
