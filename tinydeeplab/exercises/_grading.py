@@ -137,6 +137,23 @@ def compare(got, expected, what: str, case: dict, *, variants=(), rtol: float = 
     raise ExerciseFailure(f"{what} differs from the reference in {int(differ.sum())} of {got.size} entries{on}; "
                           f"first: {listed}{more}", dict(case) if case else None)
 
+def judge_cases(cases: list, got: list, expected: list, variants: list, same: Callable, show=repr) -> None:
+    """For exercises with many small cases (a number or a pair per case): fail unless ``same(got[k],
+    expected[k])`` for every case. ``variants[k]`` lists ``(value, message)`` for case ``k``, the mistakes in
+    the same order for every case; a mistake is named only if it explains *every* case, since a single
+    case can match a wrong formula by accident."""
+    wrong = [k for k in range(len(cases)) if not same(got[k], expected[k])]
+    if not wrong:
+        return
+    first = wrong[0]
+    where = (f"wrong in {len(wrong)} of {len(cases)} cases, first: got {show(got[first])}, "
+             f"expected {show(expected[first])}")
+    for v, (_, message) in enumerate(variants[0]):
+        if all(same(g, vs[v][0]) for g, vs in zip(got, variants)):
+            fail(f"{where}: {message}", cases[first])
+    fail(where, cases[first])
+
+
 def check_backward(forward: Callable, student_backward: Callable, inputs: dict, kwargs: dict, case: dict,
                    *, grad_names, seed: int = 0) -> str:
     """Float64 central-difference check of ``student_backward(c, cache) -> grads`` against ``forward``

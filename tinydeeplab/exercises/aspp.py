@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import functional as F
 from . import exercise
-from ._grading import Variant, attempt, compare, fail
+from ._grading import Variant, attempt, compare, fail, judge_cases
 
 
 def live_tap_fraction(h: int, w: int, rate: int) -> float:
@@ -64,17 +64,9 @@ def _check_live_tap_fraction(fn):
         if not isinstance(value, (float, int, np.floating, np.integer)) or isinstance(value, bool):
             fail(f"expected a number (the fraction), got {type(value).__name__}", case)
         got.append(float(value))
-    expected = [live_tap_fraction(**case) for case in cases]
-    wrong = [k for k, (g, e) in enumerate(zip(got, expected)) if not np.isclose(g, e, rtol=1e-9, atol=1e-12)]
-    if wrong:
-        # a variant names the mistake only if it explains *every* case (one case can match by accident)
-        variants = [_tap_variants(**case) for case in cases]
-        for v, (_, message) in enumerate(variants[0]):
-            if all(np.isclose(g, vs[v][0], rtol=1e-9, atol=1e-12) for g, vs in zip(got, variants)):
-                fail(f"wrong in {len(wrong)} of {len(cases)} cases: {message}", cases[wrong[0]])
-        k = wrong[0]
-        fail(f"wrong in {len(wrong)} of {len(cases)} cases, first: got {got[k]:.6g}, expected {expected[k]:.6g}",
-             cases[k])
+    judge_cases(cases, got, [live_tap_fraction(**case) for case in cases],
+                [_tap_variants(**case) for case in cases],
+                same=lambda a, b: bool(np.isclose(a, b, rtol=1e-9, atol=1e-12)), show=lambda v: f"{v:.6g}")
     return f"{len(cases)} cases"
 
 

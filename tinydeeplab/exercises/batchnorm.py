@@ -122,7 +122,8 @@ def _check_moving_statistics(fn):
             Variant(moving_mean * (1 - m) + mean * m, "momentum weighs the *old* value in Keras: moving * m + "
                                                       "batch * (1 - m) (you used PyTorch's convention)"),
             Variant(mean, "you returned the batch mean: blend it into the moving mean with the momentum"),
-            Variant(x.mean(axis=0), "the statistics are per channel over N, H and W: x.mean(axis=(0, 1, 2))")])
+            Variant(moving_mean * m + x.mean(axis=0) * (1 - m),
+                    "the statistics are per channel over N, H and W: x.mean(axis=(0, 1, 2))")])
         unbiased = var * (x.size / c) / (x.size / c - 1)
         compare(got[1], F.moving_average(moving_var, var, momentum), "new moving variance", case, **tol, variants=[
             Variant(moving_var * (1 - m) + var * m, "momentum weighs the *old* value in Keras: moving * m + "
@@ -132,6 +133,7 @@ def _check_moving_statistics(fn):
             Variant(F.moving_average(moving_var, np.sqrt(var), momentum),
                     "the moving *variance* is averaged, not the standard deviation"),
             Variant(var, "you returned the batch variance: blend it into the moving variance with the momentum"),
-            Variant(x.var(axis=0), "the statistics are per channel over N, H and W: x.var(axis=(0, 1, 2))")])
+            Variant(moving_var * m + x.var(axis=0) * (1 - m),
+                    "the statistics are per channel over N, H and W: x.var(axis=(0, 1, 2))")])
         n += 1
     return f"{n} cases"

@@ -27,7 +27,7 @@ import numpy as np
 from .. import functional as F
 from ..functional.geometry import same_padding_1d
 from . import exercise
-from ._grading import Variant, attempt, check_backward, compare, fail, unpack
+from ._grading import Variant, attempt, check_backward, compare, fail, judge_cases, unpack
 
 # (x shape, kernel (KH, KW, F), stride, dilation, bias, dtype): simple first, so a basic bug shows on a simple case
 _CASES = [((1, 5, 5, 1), (3, 3, 2), 1, 1, False, np.float64),
@@ -128,14 +128,13 @@ def _check_conv2d_backward(fn):
 def _same_variants(size, k, s, d):
     """Known wrong answers for Keras "same" padding, each with what it gets wrong."""
     k_eff = (k - 1) * d + 1
-    out = -(-size // s)
-    total = (out - 1) * s + k_eff - size
-    floor_total = max((max(size // s, 1) - 1) * s + k_eff - size, 0)
+    total = (-(-size // s) - 1) * s + k_eff - size
+    floor_total = max((size // s - 1) * s + k_eff - size, 0)
     before, after = same_padding_1d(size, k, s, d)
     return [((after, before), "the extra padding goes after (bottom/right) in Keras, not before: "
                               "before = total // 2, after = total - before"),
             (same_padding_1d(size, k, s, 1), "use the effective kernel size k_eff = (k - 1) * d + 1"),
-            ((total // 2, total - total // 2), "the total padding can be negative here (stride > k_eff): "
+            ((total // 2, total - total // 2), "the total padding can be negative (when s > k_eff): "
                                                "clamp it, total = max(..., 0)"),
             (((k_eff - 1) // 2, (k_eff - 1) // 2), "symmetric (k_eff - 1) / 2 on both sides is PyTorch's "
                                                    "padding, not Keras \"same\" (output size ceil(size / s))"),
@@ -145,19 +144,15 @@ def _same_variants(size, k, s, d):
 
 @exercise("keras_same_padding", 'Keras "same" padding (before, after) along one axis')
 def _check_keras_same_padding(fn):
-    n = 0
-    for size, k, s, d in itertools.product(range(1, 21), (1, 2, 3, 5), (1, 2, 3, 4), (1, 2, 3, 4)):
-        case = {"size": size, "k": k, "s": s, "d": d}
-        got = attempt(fn, case, size, k, s, d)
-        if not (isinstance(got, (tuple, list)) and len(got) == 2
-                and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in got)):
-            fail(f"expected a pair of ints (before, after), got {got!r}", case)
-        got = (int(got[0]), int(got[1]))
-        expected = same_padding_1d(size, k, s, d)
-        if got != expected:
-            for value, message in _same_variants(size, k, s, d):
-                if got == value:
-                    fail(f"got {got}, expected {expected}: {message}", case)
-            fail(f"got {got}, expected {expected}", case)
-        n += 1
-    return f"{n} cases"
+    cases = [dict(size=size, k=k, s=s, d=d)
+             for size, k, s, d in itertools.product(range(1, 21), (1, 2, 3, 5), (1, 2, 3, 4), (1, 2, 3, 4))]
+    got = []
+    for case in cases:
+        value = attempt(fn, case, case["size"], case["k"], case["s"], case["d"])
+        if not (isinstance(value, (tuple, list)) and len(value) == 2
+                and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)):
+            fail(f"expected a pair of ints (before, after), got {value!r}", case)
+        got.append((int(value[0]), int(value[1])))
+    judge_cases(cases, got, [same_padding_1d(**case) for case in cases],
+                [_same_variants(**case) for case in cases], same=lambda a, b: a == b)
+    return f"{len(cases)} cases"
