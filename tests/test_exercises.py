@@ -40,7 +40,7 @@ def im2col_conv(x, w, b=None, *, stride=1, dilation=1, flip=False, order="ijc", 
 
 
 def conv_backward(dy, x, w, *, stride=1, dilation=1, first_image_only=False, flip=False, db_all=False,
-                  negate_dx=False):
+                  negate_dx=False, db_first_image=False):
     """A student's valid-convolution backward with switchable mistakes."""
     kh, kw = w.shape[:2]
     _, ho, wo, _ = dy.shape
@@ -57,7 +57,7 @@ def conv_backward(dy, x, w, *, stride=1, dilation=1, first_image_only=False, fli
                 g = np.tensordot(window, dy, axes=([0, 1, 2], [0, 1, 2]))
             dw[i, j] = g
             dx[:, rows, cols, :] += dy @ kernel[i, j].T
-    db = dy.sum() if db_all else dy.sum(axis=AXES)
+    db = dy.sum() if db_all else dy[:1].sum(axis=AXES) if db_first_image else dy.sum(axis=AXES)
     return (-dx if negate_dx else dx), dw, db
 
 
@@ -111,6 +111,8 @@ def bn_backward(dy, x, gamma, eps, mistake=None):
         dgamma, dbeta = dbeta, dgamma
     if mistake == "dgamma with x":
         dgamma = (dy * x).sum(axis=AXES)
+    if mistake == "dgamma with gamma":
+        dgamma = (g * xhat).sum(axis=AXES)
     if mistake == "half":
         dx = dx / 2
     return dx, dgamma, dbeta
@@ -126,6 +128,10 @@ def moving_stats(mm, mv, x, m, mistake=None):
         mean, var = x.mean(axis=0), x.var(axis=0)
     if mistake == "replace":
         return mean, var
+    if mistake == "replace var":
+        return mm * m + mean * (1 - m), var
+    if mistake == "pytorch momentum for var":
+        return mm * m + mean * (1 - m), mv * (1 - m) + var * m
     return mm * m + mean * (1 - m), mv * m + var * (1 - m)
 
 
@@ -135,13 +141,17 @@ def pooling_branch(x, kernel, gamma, beta, mm, mv, eps, mistake=None):
     n, h, w, _ = x.shape
     if mistake == "max":
         z = x.max(axis=(1, 2), keepdims=True)
+    elif mistake == "sum":
+        z = x.sum(axis=(1, 2), keepdims=True)
     else:
         z = x.mean(axis=(1, 2), keepdims=True)
     z = z @ kernel[0, 0]
     if mistake == "relu first":
         z = np.maximum(z, 0)
-    if mistake != "no bn":
-        z = gamma * (z - mm) / np.sqrt(mv + eps) + beta
+    if mistake == "batch stats":
+        z = gamma * (z - z.mean(axis=AXES)) / np.sqrt(z.var(axis=AXES) + eps) + beta
+    elif mistake != "no bn":
+        z = gamma * (z - mm) / np.sqrt(mv + (0.0 if mistake == "no eps" else eps)) + beta
     if mistake not in ("no relu", "relu first"):
         z = np.maximum(z, 0)
     if mistake == "no resize":
@@ -159,6 +169,8 @@ def tap_fraction(h, w, rate, mistake=None):
         return (1 + 2 * (rate < h)) / 3 * (1 + 2 * (rate < w)) / 3
     if mistake == "off by one":
         return per_axis(h, 1) * per_axis(w, 1)
+    if mistake == "off by minus one":
+        return per_axis(h, -1) * per_axis(w, -1)
     if mistake == "count":
         return 9 * per_axis(h) * per_axis(w)
     return per_axis(h) * per_axis(w)
@@ -239,6 +251,7 @@ def test_conv2d_im2col_wrong_dtype_and_none():
     (dict(flip=True), "dx uses the kernel flipped"),
     (dict(first_image_only=True), "dw uses only the first image"),
     (dict(db_all=True), "db must have one entry per filter"),
+    (dict(db_first_image=True), "db uses only the first image"),
     (dict(negate_dx=True), "dx has the wrong sign everywhere"),
 ])
 def test_conv2d_backward_names_the_mistake(kwargs, said):
@@ -294,6 +307,7 @@ def test_keras_same_padding_wants_a_pair_of_ints():
     ("no eps", "eps is missing"),
     ("swapped", "dgamma and dbeta are swapped"),
     ("dgamma with x", "dgamma is sum(dy * xhat), not sum(dy * x)"),
+    ("dgamma with gamma", "dgamma = sum(dy * xhat): no factor gamma"),
     ("half", "dx is off by a constant factor: yours = 0.5 x the reference"),
 ])
 def test_batchnorm_backward_names_the_mistake(mistake, said):
@@ -306,6 +320,8 @@ def test_batchnorm_backward_names_the_mistake(mistake, said):
     ("unbiased", "Keras averages the biased batch variance"),
     ("std", "not the standard deviation"),
     ("replace", "you returned the batch mean"),
+    ("replace var", "you returned the batch variance"),
+    ("pytorch momentum for var", "new moving variance is wrong: momentum weighs the *old* value"),
     ("axis 0", "has shape (3, 3, 2), expected (2,): the statistics are per channel"),
 ])
 def test_moving_statistics_names_the_mistake(mistake, said):
@@ -317,6 +333,7 @@ def test_moving_statistics_names_the_mistake(mistake, said):
     ("square", "you used h for both axes"),
     ("live taps", "you counted the taps that touch the map somewhere"),
     ("off by one", "not max(S - r + 1, 0)"),
+    ("off by minus one", "not max(S - r - 1, 0)"),
     ("count", "divide by 9"),
 ])
 def test_live_tap_fraction_names_the_mistake(mistake, said):
@@ -329,6 +346,9 @@ def test_live_tap_fraction_names_the_mistake(mistake, said):
     ("no relu", "the ReLU after BN is missing"),
     ("no bn", "the BN step is missing"),
     ("max", "not the max"),
+    ("sum", "not the sum"),
+    ("batch stats", "BN must use the moving statistics"),
+    ("no eps", "eps is missing: sqrt(moving_var + eps)"),
     ("relu first", "you applied the ReLU before BN"),
     ("float64", "has dtype float64, expected float32"),
 ])

@@ -47,9 +47,16 @@ The helpers in ``tinydeeplab.exercises._grading`` do the diagnosis: :func:`~._gr
 student's function (turning its exceptions into a failure that names the case), :func:`~._grading.compare`
 checks type, shape, dtype, NaNs, the known wrong ``variants``, a sign flip, a constant factor, then lists
 the first differing entries; :func:`~._grading.check_backward` runs the float64 central-difference check.
-Keep a checker under 2 s (small shapes, few cases) and deterministic (seeded draws, no hypothesis at
-run time). ``tests/test_exercises.py`` must show that the checker passes the reference, says "not
-implemented" for a stub, and names each characteristic mistake it claims to detect.
+For exercises with many tiny cases (a number or a pair per case) :func:`~._grading.judge_cases` names a
+mistake only if it explains every case. Keep a checker under 2 s (small shapes, few cases) and
+deterministic (seeded draws, no hypothesis at run time: students do not need it installed). Names are
+global across notebooks: prefix nothing, but do not reuse one.
+
+Tests: ``tests/test_exercises.py`` already runs a stub through every registered checker (it must say
+"not implemented"); for a new topic add ``tests/test_exercises_<topic>.py`` showing that the checker
+passes a reference solution and names each characteristic mistake it claims to detect, with wrong
+solutions written as a student would write them. How a notebook marks the exercise and calls the
+checker is in ``tools/build_notebooks.py``'s docstring.
 """
 from __future__ import annotations
 
