@@ -342,14 +342,6 @@ plt.show()
 # $(N H_{out} W_{out} \times F)$ matrix of the cotangent: the matrix product $X_{ij}^{\top} C$ already sums over
 # $n, o_h, o_w$, and $\mathrm{scatter}_{ij}$ adds each row of $C\,w[i,j]^{\top}$ back at the pixel it was read from.
 #
-# We compare each entry with a central difference
-# $\dfrac{L(\theta + \varepsilon e_k) - L(\theta - \varepsilon e_k)}{2\varepsilon}$, whose error is
-# $O(\varepsilon^2)$ from truncation plus about $u\,|L|/\varepsilon$ from rounding ($u$ the unit roundoff). In
-# float64 ($u \approx 10^{-16}$) $\varepsilon = 10^{-6}$ leaves about $10^{-9}$ here; in float32
-# ($u \approx 6\cdot10^{-8}$) no $\varepsilon$ is good, hence float64 checks. The cotangent is **random**: with
-# $c = 1$ a backward that mixed up output positions could still pass. The shape below (6 × 5, stride 2) makes
-# the padding asymmetric in H and symmetric in W, and the bias is included.
-#
 # ### Exercise 3: the backward pass
 #
 # Write `conv2d_backward(dy, x, w, *, stride=1, dilation=1)` for the "valid" convolution (padding, as in
@@ -381,6 +373,14 @@ print(check("conv2d_backward", conv2d_backward))
 
 # %% [markdown]
 # Now the same check by hand, on the library's `conv2d_backward` with "same" padding.
+#
+# We compare each entry with a central difference
+# $\dfrac{L(\theta + \varepsilon e_k) - L(\theta - \varepsilon e_k)}{2\varepsilon}$, whose error is
+# $O(\varepsilon^2)$ from truncation plus about $u\,|L|/\varepsilon$ from rounding ($u$ the unit roundoff). In
+# float64 ($u \approx 10^{-16}$) $\varepsilon = 10^{-6}$ leaves about $10^{-9}$ here; in float32
+# ($u \approx 6\cdot10^{-8}$) no $\varepsilon$ is good, hence float64 checks. The cotangent is **random**: with
+# $c = 1$ a backward that mixed up output positions could still pass. The shape below (6 × 5, stride 2) makes
+# the padding asymmetric in H and symmetric in W, and the bias is included.
 
 # %%
 x = rng.standard_normal((2, 6, 5, 3))       # float64
