@@ -217,7 +217,8 @@ def _source(tmp_path, *cells):
 SETUP = "# %%\nimport numpy as np\nfrom tinydeeplab.exercises import check"
 EXERCISE = "# %%\ndef f(x):\n    y = 1\n    # BEGIN SOLUTION\n    return x + y\n    # END SOLUTION"
 CHECK = '# %%\nprint(check("relu", f))'
-QUESTION = "# %% [markdown]\n# **Inline question 1.** Why?\n#\n# <!-- BEGIN ANSWER -->\n# Because.\n# <!-- END ANSWER -->"
+QUESTION = ("# %% [markdown]\n# **Inline question 1.** Why?\n#\n"
+            "# <!-- BEGIN ANSWER -->\n# Because.\n# <!-- END ANSWER -->")
 
 
 def test_the_student_edition_stubs_solutions_and_blanks_answers(tmp_path):

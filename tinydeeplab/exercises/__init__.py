@@ -18,10 +18,10 @@ inputs) so it can be replayed.
 keras_same_padding: passed (1280 cases)
 >>> def stub(size, k, s, d):
 ...     raise NotImplementedError("exercise: keras_same_padding")
->>> check("keras_same_padding", stub)
+>>> check("keras_same_padding", stub)  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-tinydeeplab.exercises.ExerciseFailure: keras_same_padding: not implemented yet (your function raises NotImplementedError: replace the `raise` with your code)
+tinydeeplab.exercises.ExerciseFailure: keras_same_padding: not implemented yet (your function raises NotImplementedError...)
 
 Writing a topic module (how the package grows)
 ==============================================
