@@ -1,9 +1,16 @@
 # %% [markdown]
 # # 1. Convolution: im2col, stride, padding, dilation, gradients
 #
-# Almost all the arithmetic of DeepLab is 2-D convolution. This notebook builds it from its definition,
-# checks every step against tinydeeplab's NumPy reference op `tinydeeplab.functional.conv2d_forward`,
-# and ends with a live gradient check of `conv2d_backward`.
+# **The question.** What exactly does a convolution layer compute, forward and backward, and how do stride,
+# padding and dilation change *which* pixels each output reads?
+#
+# **Why it matters.** Almost all the arithmetic of DeepLab is 2-D convolution, and its central idea, trading
+# stride for dilation to keep a large feature map, is a statement about these index formulas. A port that
+# gets one padding rule or one index of the backward pass wrong still produces plausible-looking numbers;
+# only checks like the ones below find it. This notebook builds convolution from its definition, checks every
+# step against tinydeeplab's NumPy reference op `tinydeeplab.functional.conv2d_forward`, and ends with a live
+# gradient check of `conv2d_backward`. You write three pieces yourself (exercises, graded by
+# `tinydeeplab.exercises.check`) and answer two inline questions.
 #
 # Conventions (the Keras ones): activations are NHWC `(N, H, W, C)`, kernels HWIO `(KH, KW, C, F)`, and
 # `dilation=1` is an ordinary convolution. With stride $s$, dilation $d$ and the zero-padded input
@@ -21,6 +28,7 @@ import matplotlib.pyplot as plt
 
 from tinydeeplab import functional as F
 from tinydeeplab.functional.geometry import same_padding_1d
+from tinydeeplab.exercises import check
 from tinydeeplab.gradcheck import check_gradients
 
 plt.rcParams.update({"figure.dpi": 72, "font.size": 9})
@@ -93,6 +101,50 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
+# ### Exercise 1: a batched convolution as one matrix product
+#
+# Write `conv2d_im2col(x, w, b=None, *, stride=1, dilation=1)`: the "valid" convolution of a whole batch
+# `x` `(N, H, W, C)` with an HWIO kernel `w`, as one im2col matrix times `w.reshape(-1, F)`, plus the bias.
+# Build the matrix without a Python loop over output pixels: for a fixed tap $(i, j)$ the values read by
+# all outputs form one strided slice of `x` (shape `(N, H_out, W_out, C)`), so stack the $K_H K_W$ slices.
+# Keep the columns in the kernel's $(i, j, c)$ order. The checker compares with `conv2d_forward` on random
+# batches, strides and dilations, and recognises a flipped kernel, a wrong column order, a missing bias,
+# an ignored stride or dilation.
+
+# %%
+def conv2d_im2col(x, w, b=None, *, stride=1, dilation=1):
+    """'valid' convolution: x (N, H, W, C), w (KH, KW, C, F), b (F,) or None -> (N, H_out, W_out, F)."""
+    n, h, wd, c = x.shape
+    kh, kw, _, f = w.shape
+    ho = (h - (kh - 1) * dilation - 1) // stride + 1
+    wo = (wd - (kw - 1) * dilation - 1) // stride + 1
+    # BEGIN SOLUTION
+    taps = [x[:, i * dilation:i * dilation + (ho - 1) * stride + 1:stride,
+              j * dilation:j * dilation + (wo - 1) * stride + 1:stride, :]         # each (N, H_out, W_out, C)
+            for i in range(kh) for j in range(kw)]
+    cols = np.stack(taps, axis=3).reshape(n * ho * wo, kh * kw * c)                # columns in (i, j, c) order
+    y = (cols @ w.reshape(-1, f)).reshape(n, ho, wo, f)                            # one GEMM
+    return y if b is None else y + b
+    # END SOLUTION
+
+
+# %%
+print(check("conv2d_im2col", conv2d_im2col))
+
+# %% [markdown]
+# **Inline question 1.** A 3×3 convolution (stride 1, "same") runs on a batch of 8 feature maps of
+# 64×64×256 in float32. How large is its im2col matrix, compared with the input? Why does a 1×1 convolution
+# need no im2col at all?
+#
+# <!-- BEGIN ANSWER -->
+# **Answer.** The matrix has one row per output pixel, $8 \cdot 64 \cdot 64 = 32768$, and one column per tap and
+# channel, $9 \cdot 256 = 2304$: $75.5$ M entries, 302 MB, nine times the 33.5 MB input (every input value is
+# copied once per tap that reads it). For a 1×1 kernel each window is a single pixel, so the im2col matrix *is*
+# the input viewed as a $(N H W) \times C$ matrix: a reshape, no copy, and the convolution is one GEMM with
+# `w[0, 0]`, as the cell above showed.
+# <!-- END ANSWER -->
+
+# %% [markdown]
 # The im2col matrix holds every input value up to $K_H K_W = 9$ times, so for a big feature map it is big
 # (tinydeeplab's Numba kernels bound it by working in chunks). The NumPy reference avoids it differently:
 # it loops over the $K_H K_W$ taps, and for a fixed tap $(i, j)$ the pixels read by all output positions
@@ -110,23 +162,40 @@ plt.show()
 # $$P = \max\!\big((\lceil H/s \rceil - 1)\,s + (k-1)\,d + 1 - H,\; 0\big),\qquad
 #   P_{\mathrm{before}} = \lfloor P/2 \rfloor,\quad P_{\mathrm{after}} = P - P_{\mathrm{before}},$$
 #
-# so when $P$ is odd the extra row goes at the **bottom** (and the extra column at the right). A
-# port that pads symmetrically (PyTorch's `padding=1`) gets the same output *size* but windows shifted by
-# one pixel: different numbers. This is one of the details KerasHub parity depends on.
+# so when $P$ is odd the extra row goes at the **bottom** (and the extra column at the right). Padding
+# symmetrically instead (PyTorch's `padding=1`) gives the same output *size* but windows shifted by one
+# pixel: different numbers. With stride 1 and an odd kernel $P = (k-1)d$ is even, so "same" is always
+# symmetric; the asymmetric case needs a stride. KerasHub's ResNet never meets it: its strided convolutions
+# (the stem, the 3×3 of each downsampling bottleneck, the max pool) pad explicitly with a symmetric
+# `ZeroPadding2D` and then run a "valid" convolution, and its "same" convolutions all have stride 1. A port
+# must copy what the model does (explicit padding + "valid"), not re-derive it from "same".
+#
+# ### Exercise 2: Keras "same" padding
+#
+# Write `keras_same(size, k, s, d=1)` returning `(before, after)` along one axis, from the formula above.
+# The checker tries every size up to 20 with several kernels, strides and dilations against the library's
+# `same_padding_1d`, and names the usual slips (extra row on the wrong side, dilation forgotten, no clamp
+# at 0, PyTorch's symmetric rule, floor instead of ceil).
 
 # %%
 def keras_same(size, k, s, d=1):
+    """Keras "same" padding (before, after) for an axis of length size, kernel k, stride s, dilation d."""
+    # BEGIN SOLUTION
     out = -(-size // s)                                   # ceil(size / s)
     total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
     return total // 2, total - total // 2
+    # END SOLUTION
 
 
-print(" H  s  (before, after)")
+# %%
+print(check("keras_same_padding", keras_same))
+
+# %%
+print(" H  s  (before, after) from the library's same_padding_1d")
 for size in range(4, 9):
     for s in (1, 2):
-        ours = keras_same(size, 3, s)
-        assert ours == same_padding_1d(size, 3, s, 1)     # the library's rule agrees
-        print(f"{size:2d} {s:2d}  {ours}{'   <- asymmetric' if ours[0] != ours[1] else ''}")
+        pads = same_padding_1d(size, 3, s, 1)
+        print(f"{size:2d} {s:2d}  {pads}{'   <- asymmetric' if pads[0] != pads[1] else ''}")
 
 x6 = rng.standard_normal((1, 6, 6, 1))
 k3 = rng.standard_normal((3, 3, 1, 1))
@@ -161,6 +230,19 @@ draw_padding(axes[0], 6, ((0, 1), (0, 1)), 2, 'Keras "same": pad (0, 1)')
 draw_padding(axes[1], 6, ((1, 1), (1, 1)), 2, "symmetric: pad (1, 1)")
 fig.suptitle("6x6 input (grey), 3x3 kernel, stride 2: centres of the 3x3 output windows (red)")
 plt.show()
+
+# %% [markdown]
+# **Inline question 2.** The 3×3 stride-2 convolution of a KerasHub bottleneck is `ZeroPadding2D(1)` followed
+# by a "valid" convolution. On an input of side 64, compare it with Keras "same" padding: output sizes, and
+# which input rows the first two output rows read.
+#
+# <!-- BEGIN ANSWER -->
+# **Answer.** Both give 32 outputs. "Same" needs $P = (32 - 1)\cdot 2 + 3 - 64 = 1$, all of it after: pads
+# $(0, 1)$, so output row 0 reads rows 0, 1, 2 and row 1 reads rows 2, 3, 4. `ZeroPadding2D(1)` + "valid" pads
+# $(1, 1)$ (66 rows, $\lfloor (66 - 3)/2 \rfloor + 1 = 32$ outputs), so row 0 reads rows $-1$ (padding), 0, 1 and
+# row 1 reads rows 1, 2, 3: every window is shifted up by one pixel. Same shapes, different numbers, which is
+# why the padding must be copied from the model rather than re-derived from "same".
+# <!-- END ANSWER -->
 
 # %% [markdown]
 # ## Dilation (atrous convolution)
@@ -252,9 +334,45 @@ plt.show()
 # $L = \langle y, c\rangle = \sum y \odot c$ with upstream gradient (cotangent) $c$, it returns
 # $\partial L/\partial x$, $\partial L/\partial w$, $\partial L/\partial b$:
 #
-# $$\frac{\partial L}{\partial w[i,j]} = \sum_{n,o_h,o_w} X_{ij}^{\top} c, \qquad
-#   \frac{\partial L}{\partial x} = \mathrm{crop}\Big(\sum_{i,j} \mathrm{scatter}_{ij}\big(c\, w[i,j]^{\top}\big)\Big),
-#   \qquad \frac{\partial L}{\partial b} = \sum_{n,o_h,o_w} c.$$
+# $$\frac{\partial L}{\partial w[i,j]} = X_{ij}^{\top} C, \qquad
+#   \frac{\partial L}{\partial x} = \mathrm{crop}\Big(\sum_{i,j} \mathrm{scatter}_{ij}\big(C\, w[i,j]^{\top}\big)\Big),
+#   \qquad \frac{\partial L}{\partial b} = \sum_{n,o_h,o_w} c[n, o_h, o_w, :],$$
+#
+# where $X_{ij}$ is the $(N H_{out} W_{out} \times C)$ matrix of the pixels tap $(i, j)$ reads and $C$ the
+# $(N H_{out} W_{out} \times F)$ matrix of the cotangent: the matrix product $X_{ij}^{\top} C$ already sums over
+# $n, o_h, o_w$, and $\mathrm{scatter}_{ij}$ adds each row of $C\,w[i,j]^{\top}$ back at the pixel it was read from.
+#
+# ### Exercise 3: the backward pass
+#
+# Write `conv2d_backward(dy, x, w, *, stride=1, dilation=1)` for the "valid" convolution (padding, as in
+# KerasHub, is a separate layer): return `(dx, dw, db)` shaped like `x`, `w` and `(F,)`. Loop over the taps
+# as the forward does; for each tap, `dw[i, j]` is one `tensordot` and `dx` receives `dy @ w[i, j].T` at the
+# pixels the tap read. The checker compares with `conv2d_backward` on random cases and runs a float64
+# central-difference check of your function.
+
+# %%
+def conv2d_backward(dy, x, w, *, stride=1, dilation=1):
+    """Gradients of the 'valid' y = conv(x, w) + b for the upstream gradient dy (N, H_out, W_out, F)."""
+    kh, kw = w.shape[:2]
+    _, ho, wo, _ = dy.shape
+    dx, dw = np.zeros_like(x), np.zeros_like(w)
+    # BEGIN SOLUTION
+    for i in range(kh):
+        for j in range(kw):
+            rows = slice(i * dilation, i * dilation + (ho - 1) * stride + 1, stride)
+            cols = slice(j * dilation, j * dilation + (wo - 1) * stride + 1, stride)
+            dw[i, j] = np.tensordot(x[:, rows, cols, :], dy, axes=([0, 1, 2], [0, 1, 2]))  # (C, F)
+            dx[:, rows, cols, :] += dy @ w[i, j].T                                         # (N, H_out, W_out, C)
+    db = dy.sum(axis=(0, 1, 2))                                                            # (F,)
+    # END SOLUTION
+    return dx, dw, db
+
+
+# %%
+print(check("conv2d_backward", conv2d_backward))
+
+# %% [markdown]
+# Now the same check by hand, on the library's `conv2d_backward` with "same" padding.
 #
 # We compare each entry with a central difference
 # $\dfrac{L(\theta + \varepsilon e_k) - L(\theta - \varepsilon e_k)}{2\varepsilon}$, whose error is
@@ -303,7 +421,7 @@ print(check_gradients(F.conv2d_forward, F.conv2d_backward, {"x": x, "w": w, "b":
 
 # %%
 eps_grid = np.logspace(-13, -1, 25)
-k = (0, 2, 1, 1)                            # one entry of x (next to the bottom padding)
+k = (0, 5, 1, 1)                            # one entry of x: the last row, next to the bottom padding
 # the convolution is linear in x, so a central difference of L has no truncation error at all;
 # to see the general picture add a nonlinearity: L_tanh = <tanh(y), c>, whose backward is the
 # chain rule  dL/dy = c * (1 - tanh(y)^2)  followed by conv2d_backward

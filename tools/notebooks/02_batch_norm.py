@@ -1,7 +1,16 @@
 # %% [markdown]
 # # 2. Batch normalisation: two modes, moving statistics, and the backward pass
 #
-# Every convolution in DeepLab is followed by batch normalisation (BN). Per channel $c$, over the
+# **The question.** What does batch normalisation compute in training and in inference, how are its moving
+# statistics learned, and what is its gradient?
+#
+# **Why it matters.** Every convolution in DeepLab is followed by batch normalisation (BN). It is the one layer
+# whose output depends on the *other* images of the batch, which is why a model can train well and evaluate
+# badly (moving statistics not converged), why small batches hurt segmentation, and why its backward pass
+# has two terms a naive derivation forgets. You write the backward pass and the moving-average update
+# (exercises graded by `tinydeeplab.exercises.check`) and answer two inline questions.
+#
+# Per channel $c$, over the
 # $M = N H W$ values of that channel in the batch:
 #
 # $$\mu_c = \frac1M \sum_{n,h,w} x_{nhwc}, \qquad
@@ -21,6 +30,7 @@ import matplotlib.pyplot as plt
 
 import tinydeeplab
 from tinydeeplab import functional as F
+from tinydeeplab.exercises import check
 from tinydeeplab.gradcheck import check_gradients, numerical_gradient
 from tinydeeplab.nn import BatchNorm
 
@@ -89,6 +99,28 @@ plt.show()
 # biased batch variance $\frac{M-1}{M}\sigma^2$. Until the averages have converged, inference-mode outputs are
 # wrong, which is why a model evaluated after very few steps can look much worse than its training loss says.
 #
+# ### Exercise 1: the moving-statistics update
+#
+# Write `update_moving_statistics(moving_mean, moving_var, x, momentum)` for a training step on the batch `x`
+# `(N, H, W, C)`: return the new `(moving_mean, moving_var)`, each `(C,)` and of `x`'s dtype. The checker
+# compares with `moving_average` of the batch statistics and recognises PyTorch's momentum convention, the
+# unbiased variance, the standard deviation in place of the variance, and statistics over the wrong axes.
+
+# %%
+def update_moving_statistics(moving_mean, moving_var, x, momentum):
+    """Keras BN update after a training step on x (N, H, W, C): returns (new_moving_mean, new_moving_var)."""
+    # BEGIN SOLUTION
+    mean = x.mean(axis=(0, 1, 2))                              # (C,)
+    var = ((x - mean) ** 2).mean(axis=(0, 1, 2))               # (C,) biased, as in the forward pass
+    return (moving_mean * momentum + mean * (1 - momentum),
+            moving_var * momentum + var * (1 - momentum))
+    # END SOLUTION
+
+
+# %%
+print(check("moving_statistics", update_moving_statistics))
+
+# %% [markdown]
 # The `BatchNorm` layer below calls `batchnorm_forward(..., training=True)` and then `moving_average` on its
 # buffers `moving_mean`, `moving_variance`.
 
@@ -149,8 +181,11 @@ plt.show()
 #   = \frac1s\Big(\delta_{ij} - \frac1M - \frac{\hat x_i \hat x_j}{M}\Big).$$
 #
 # The Jacobian is $\frac1s\,(I - \frac1M \mathbf 1\mathbf 1^\top - \frac1M \hat x \hat x^\top)$: the identity minus
-# two rank-one projections. Contracting with $g$ gives the compact formula that
-# `batchnorm_backward` implements:
+# two rank-one terms. $\frac1M \mathbf 1\mathbf 1^\top$ is the orthogonal projection onto constant vectors.
+# $\frac1M \hat x \hat x^\top$ is a projection only when $\|\hat x\|^2 = M$, i.e. at $\epsilon = 0$: in general
+# $\|\hat x\|^2 = M\sigma^2/(\sigma^2 + \epsilon)$, so it is the projection onto $\hat x$ scaled by
+# $\sigma^2/(\sigma^2+\epsilon) < 1$, and that shortfall is the $\epsilon$ term derived below. Contracting with $g$
+# gives the compact formula that `batchnorm_backward` implements:
 #
 # $$\boxed{\;\frac{\partial L}{\partial x_i} = \frac1s\Big(g_i - \overline{g} - \hat x_i\, \overline{g\,\hat x}\Big)\;}
 #   \qquad(\overline{\,\cdot\,} = \text{mean over the } M \text{ values}).$$
@@ -163,6 +198,53 @@ plt.show()
 # $$\sum_i \hat x_i \frac{\partial L}{\partial x_i} = \frac{\epsilon}{\sigma^2 + \epsilon}\;\frac{\sum_i g_i \hat x_i}{s}.$$
 #
 # In inference mode $\mu, s$ are constants and the gradient is simply $\gamma\,\delta y / s$.
+#
+# ### Exercise 2: the backward pass in training mode
+#
+# Write `batchnorm_backward_train(dy, x, gamma, eps)`: recompute $\mu, \sigma^2, \hat x$ from `x`, then return
+# `(dx, dgamma, dbeta)` by the boxed formula. The checker compares with `batchnorm_backward` on random batches,
+# runs a float64 central-difference check, and names the classic mistakes: a missing mean-of-dy term, a
+# missing $\hat x$ term, the inference formula, gamma forgotten, the unbiased variance, $\epsilon$ left out.
+
+# %%
+def batchnorm_backward_train(dy, x, gamma, eps):
+    """Training-mode BN gradients for the upstream gradient dy (N, H, W, C): returns (dx, dgamma, dbeta)."""
+    axes = (0, 1, 2)
+    # BEGIN SOLUTION
+    mean = x.mean(axis=axes)                                       # (C,)
+    inv_std = 1 / np.sqrt(((x - mean) ** 2).mean(axis=axes) + eps)  # (C,) 1 / s
+    xhat = (x - mean) * inv_std                                    # (N, H, W, C)
+    g = dy * gamma                                                 # the gradient reaching xhat
+    dx = inv_std * (g - g.mean(axis=axes) - xhat * (g * xhat).mean(axis=axes))
+    return dx, (dy * xhat).sum(axis=axes), dy.sum(axis=axes)
+    # END SOLUTION
+
+
+# %%
+print(check("batchnorm_backward", batchnorm_backward_train))
+
+# %% [markdown]
+# **Inline question 1.** A constant upstream gradient $\delta y = 1$ reaches a BN layer in training mode. What is
+# $\partial L/\partial x$, and why? What does this imply for a bias added by the convolution just before BN?
+#
+# <!-- BEGIN ANSWER -->
+# **Answer.** Zero. With $g = \gamma$ constant per channel, $g - \bar g = 0$, and $\overline{g \hat x} =
+# \gamma\,\overline{\hat x} = 0$ because $\hat x$ has mean zero: the formula gives $0$. The reason is the shift
+# invariance shown above: adding a constant to every $x_i$ of a channel leaves $\hat x$, hence $y$, unchanged, so
+# no loss can have a gradient along that direction. A convolution bias before BN is exactly such a shift: it
+# never receives a gradient and does nothing, which is why KerasHub's convolutions before BN have no bias.
+# <!-- END ANSWER -->
+#
+# **Inline question 2.** The image-pooling branch of ASPP (notebook 03) applies BN to a tensor of shape
+# `(N, 1, 1, C)`. What does training-mode BN output when $N = 1$, and what gradient reaches the convolution
+# before it?
+#
+# <!-- BEGIN ANSWER -->
+# **Answer.** With $M = N H W = 1$ each channel has one value, so $\mu = x$, $\sigma^2 = 0$ and $\hat x = 0$: the
+# output is $\beta$ whatever the input, and $\partial L/\partial x = \frac1s(g - g - 0) = 0$. The branch's
+# convolution learns nothing (only $\beta$ does), and the moving variance is pulled towards 0, which inference
+# then uses. Batch size 1 (and, more mildly, small batches) breaks BN on that branch.
+# <!-- END ANSWER -->
 #
 # Below we build the $M \times M$ Jacobian three ways for one channel with $M = 12$: from the formula, by central
 # differences of $\hat x$, and implicitly through `batchnorm_backward`.

@@ -1,8 +1,20 @@
 # %% [markdown]
 # # 3. Atrous Spatial Pyramid Pooling (ASPP)
 #
-# DeepLabV3's head looks at the deepest feature map $x$ (size $h \times w$, typically 1/16 of the image) through
-# five parallel branches with growing fields of view, then mixes them:
+# **The question.** How does DeepLab look at a pixel's surroundings at several scales at once, and when do its
+# large atrous rates stop seeing anything but the pixel itself?
+#
+# **Why it matters.** Segmentation needs context (a grey patch is road or sky depending on what is around it)
+# without losing resolution. ASPP provides it with parallel dilated convolutions, but a dilated tap that
+# lands outside the feature map reads only padding: on a small map the big rates silently degenerate into
+# $1\times1$ filters, and their weights never learn. Whether that happens depends on the map size, hence on
+# the output stride, which you measure below for tinydeeplab's own recipes. You write two pieces (graded by
+# `tinydeeplab.exercises.check`) and answer two inline questions.
+#
+# DeepLabV3's head looks at the deepest feature map $x$ of size $h \times w$. The paper trains with output stride
+# 16 ($h = H/16$ for an $H \times H$ image) and rates 6/12/18, and evaluates at output stride 8 with the rates
+# doubled; a ResNet without dilation ends at output stride 32. Five parallel branches with growing fields of
+# view, then a $1\times1$ convolution mixing them:
 #
 # $$\begin{aligned}
 # b_0 &= \mathrm{ReLU}(\mathrm{BN}(\mathrm{conv}_{1\times1}(x))) \\
@@ -24,7 +36,9 @@ import tinydeeplab
 from tinydeeplab import functional as F
 from tinydeeplab.data import SyntheticShapes
 from tinydeeplab.gradcheck import numerical_gradient
+from tinydeeplab.exercises import check
 from tinydeeplab.models import ASPP
+from tinydeeplab.models.recipes import build_model
 from tinydeeplab.nn.hooks import record_outputs
 
 tinydeeplab.set_backend("numpy")      # the NumPy reference ops: nothing to compile
@@ -47,7 +61,8 @@ x = (image.astype(np.float32) / 127.5 - 1.0)[None]            # (1, 65, 65, 3)
 
 aspp = ASPP(in_channels=3, dilation_rates=[6, 12, 18], num_channels=8, seed=0)
 print([name for name, _ in aspp.children()])
-watch = ["branch0.conv", "branch1.conv", "branch2.conv", "branch3.conv", "pooling_resize", "concat"]
+watch = ["branch0.conv", "branch1.conv", "branch2.conv", "branch3.conv", "pooling.gap", "pooling.relu",
+         "pooling_resize", "concat"]
 with record_outputs(aspp, watch) as seen:
     out = aspp.forward(x, training=False)
 for name in watch:
@@ -55,17 +70,26 @@ for name in watch:
 print(f"{'output':15s} {out.shape}")
 
 # %%
-panels = [("input", image), ("1x1 branch", seen["branch0.conv"][0, :, :, 0]),
-          ("3x3, rate 6", seen["branch1.conv"][0, :, :, 0]), ("3x3, rate 12", seen["branch2.conv"][0, :, :, 0]),
-          ("3x3, rate 18", seen["branch3.conv"][0, :, :, 0]),
-          (f"image pooling (= {seen['pooling_resize'][0, 0, 0, 0]:.2f})", seen["pooling_resize"][0, :, :, 0]),
-          ("ASPP output", out[0, :, :, 0])]
-fig, axes = plt.subplots(1, len(panels), figsize=(14, 2.4))
-for ax, (title, picture) in zip(axes, panels):
-    ax.imshow(picture, cmap=None if picture.ndim == 3 else "viridis", interpolation="nearest")
+pooled = seen["pooling_resize"]                                  # (1, 65, 65, 8), constant over the map
+alive = int(np.argmax(pooled[0, 0, 0]))                          # a channel the pooling ReLU left alive
+assert pooled[0, 0, 0, alive] > 0
+print("pooling branch per channel (after its ReLU):", pooled[0, 0, 0].round(3), "-> showing channel", alive)
+panels = [("input", image, None), ("1x1 branch", seen["branch0.conv"][0, :, :, 0], None),
+          ("3x3, rate 6", seen["branch1.conv"][0, :, :, 0], None),
+          ("3x3, rate 12", seen["branch2.conv"][0, :, :, 0], None),
+          ("3x3, rate 18", seen["branch3.conv"][0, :, :, 0], None),
+          (f"image pooling, ch {alive}\n(constant {pooled[0, 0, 0, alive]:.2f})", pooled[0, :, :, alive],
+           (0.0, float(pooled.max()) * 1.2)),
+          ("ASPP output", out[0, :, :, 0], None)]
+fig, axes = plt.subplots(1, len(panels), figsize=(16, 2.6), layout="constrained")
+for ax, (title, picture, limits) in zip(axes, panels):
+    vmin, vmax = limits if limits else (None, None)
+    im = ax.imshow(picture, cmap=None if picture.ndim == 3 else "viridis", interpolation="nearest",
+                   vmin=vmin, vmax=vmax)
+    if picture.ndim == 2:
+        fig.colorbar(im, ax=ax, shrink=0.7)
     ax.set_title(title)
     ax.axis("off")
-plt.tight_layout()
 plt.show()
 
 # %% [markdown]
@@ -75,12 +99,31 @@ plt.show()
 # $(i + r a,\ j + r b)$ for output $(i, j)$; if that lies outside the $S \times S$ map it reads zero padding and its
 # weight does nothing. How many of the 9 weights touch real pixels? Convolve an **all-ones image** with an
 # **all-ones kernel** and zero padding: the output at $(i, j)$ *is* the number of valid taps there. Averaging over
-# the map gives the fraction of weights that are used. (Per axis a $\pm r$ tap is valid at $\max(S - r, 0)$ of the $S$
-# positions, so the answer is also $\big(\tfrac{1 + 2\max(S-r, 0)/S}{3}\big)^2$; the plot checks the code against
-# that.)
+# the map gives the fraction of weights that are used.
 #
 # For a 513×513 input DeepLab's deepest map is 33×33 at output stride 16 (rates 6/12/18) and 65×65 at output
 # stride 8 (rates doubled to 12/24/36).
+#
+# ### Exercise 1: the live-tap fraction without a convolution
+#
+# Write `live_tap_fraction(h, w, rate)`: the mean, over the output positions of an $h \times w$ map, of the
+# fraction of the 9 taps of a 3×3 filter at this rate ("same" padding, stride 1) that read real pixels. Do not
+# convolve: count per axis. Along an axis of length $S$, at how many of the $S$ output positions does the
+# $+r$ tap land inside the map? The two axes are independent. The checker compares with the all-ones
+# convolution on maps from 1×2 to 33×65 and rates 1 to 36.
+
+# %%
+def live_tap_fraction(h, w, rate):
+    """Mean fraction of a 3x3 filter's taps, at this dilation rate, that read real pixels of an h x w map."""
+    # BEGIN SOLUTION
+    def per_axis(size):
+        return (1 + 2 * max(size - rate, 0) / size) / 3        # centre always, each +-r tap at size - r places
+    return per_axis(h) * per_axis(w)
+    # END SOLUTION
+
+
+# %%
+print(check("live_tap_fraction", live_tap_fraction))
 
 # %%
 def valid_tap_counts(size, rate):
@@ -100,8 +143,6 @@ for size in (65, 33):
         fractions.append(counts.mean() / 9)
         only_centre.append(np.mean(np.isclose(counts, 1)))
         all_nine.append(np.mean(np.isclose(counts, 9)))
-    closed_form = ((1 + 2 * np.maximum(size - rates, 0) / size) / 3) ** 2
-    assert np.allclose(fractions, closed_form)
     curves[size] = (np.array(fractions), np.array(only_centre), np.array(all_nine))
     print(f"{size}x{size}: rate 6 -> {curves[size][0][5]:.2f}, rate 12 -> {curves[size][0][11]:.2f}, "
           f"rate 18 -> {curves[size][0][17]:.2f}, rate 24 -> {curves[size][0][23]:.2f}, "
@@ -142,6 +183,37 @@ plt.show()
 # DeepLabV3 paper draws the same curve for a 65×65 map and concludes that the largest rates no longer capture
 # image-wide context; the image-pooling branch supplies that context instead.
 #
+# How large is the map in the models you train? tinydeeplab's from-scratch recipes put ASPP on the encoder's
+# deepest level; the cell below measures its output stride (input side / ASPP map side) instead of assuming
+# it, and what that means for a 512×512 training crop.
+
+# %%
+side = 64
+for name in ("tiny", "small"):
+    model = build_model(name, num_classes=2, seed=0)
+    with record_outputs(model, ["backbone.aspp"]) as seen_model:
+        model.forward(np.zeros((1, side, side, 3), np.float32), training=False)
+    stride = side // seen_model["backbone.aspp"].shape[1]
+    crop = 512 // stride
+    used = {r: valid_tap_counts(crop, r)[0].mean() / 9 for r in model.backbone.aspp.dilation_rates}
+    print(f"recipe {name!r}: ASPP at output stride {stride}; a 512x512 crop gives a {crop}x{crop} map, "
+          f"where the rates use " + ", ".join(f"{r}: {u:.0%}" for r, u in used.items()) + " of their weights")
+
+# %% [markdown]
+# **Inline question 1.** A ResNet without dilation puts ASPP at output stride 32: a 512×512 crop gives a 16×16 map.
+# For the rates 6, 12 and 18, which taps ever receive a gradient, and what fraction of the weights is used on
+# average? What changes at output stride 16?
+#
+# <!-- BEGIN ANSWER -->
+# **Answer.** On 16×16, per axis a $\pm r$ tap is inside at $\max(16 - r, 0)$ of 16 positions. Rate 6: all 9 taps
+# are live somewhere, on average $((1 + 2 \cdot 10/16)/3)^2 = 56\,\%$ of the weights; rate 12: all 9 live, but only
+# $((1 + 2\cdot 4/16)/3)^2 = 25\,\%$ on average; rate 18 $\ge 16$: only the centre tap, $1/9$, the branch is a
+# $1\times1$ convolution and its 8 outer weights never get a gradient. At output stride 16 the map is 32×32:
+# $77\,\%$, $56\,\%$ and $39\,\%$, and every tap of every branch learns. (Dilating the last stage costs about
+# 4× its compute, the price DeepLab pays for this.)
+# <!-- END ANSWER -->
+
+# %% [markdown]
 # tinydeeplab uses the same fact to save work: `conv2d_forward` skips a tap whose reads are all padding (the cache
 # lists the `live_taps`), so an ASPP branch at rate 18 on a 16×16 map costs one $1\times1$ product, not nine.
 
@@ -167,39 +239,79 @@ plt.show()
 # The fifth branch summarises the whole map in one vector, $\bar x_c = \frac{1}{hw}\sum_{i,j} x_{ijc}$, passes it
 # through a $1\times1$ conv, BN and ReLU, and resizes the $1\times1$ result back to $h\times w$. A bilinear resize of a
 # single pixel is a broadcast (its interpolation matrix is a column of ones), so every position receives the same
-# global context vector. We rebuild the branch from the functional ops and compare with the module.
+# global context vector.
+#
+# ### Exercise 2: the image-pooling branch
+#
+# Write `image_pooling_branch(x, kernel, gamma, beta, moving_mean, moving_var, eps)` in inference mode, with
+# NumPy alone: global average pooling, the $1\times1$ convolution `kernel` `(1, 1, C, F)` (no bias), BN with the
+# moving statistics, ReLU, and the resize back to $h \times w$. The checker compares with tinydeeplab's ops and
+# recognises a missing step (resize, BN, ReLU, $\epsilon$), the wrong pooling (max or sum), batch statistics,
+# and ReLU before BN.
 
 # %%
-conv, bn = aspp.pooling.conv, aspp.pooling.bn
-gap, _ = F.global_avg_pool_forward(x)                                                  # (1, 1, 1, 3)
-z, _ = F.conv2d_forward(gap, conv.params["kernel"])                                     # (1, 1, 1, 8)
-z, _ = F.batchnorm_forward(z, bn.params["gamma"], bn.params["beta"], bn.buffers["moving_mean"],
-                           bn.buffers["moving_variance"], training=False, eps=bn.epsilon)
-z, _ = F.relu_forward(z)
-by_hand, _ = F.bilinear_resize_forward(z, (65, 65))                                      # (1, 65, 65, 8)
-print("pooling branch == by hand:", np.allclose(by_hand, seen["pooling_resize"], atol=1e-6))
-print("constant over the map:", bool(np.all(by_hand == by_hand[:, :1, :1, :])))
-print("global average of the input per channel:", gap.ravel().round(3))
+def image_pooling_branch(x, kernel, gamma, beta, moving_mean, moving_var, eps):
+    """ASPP image pooling in inference mode: x (N, h, w, C), kernel (1, 1, C, F) -> (N, h, w, F)."""
+    n, h, w, _ = x.shape
+    # BEGIN SOLUTION
+    z = x.mean(axis=(1, 2), keepdims=True)                            # (N, 1, 1, C) global average
+    z = z @ kernel[0, 0]                                              # (N, 1, 1, F) the 1x1 convolution
+    z = gamma * (z - moving_mean) / np.sqrt(moving_var + eps) + beta   # BN with the moving statistics
+    z = np.maximum(z, 0)                                              # ReLU
+    return np.broadcast_to(z, (n, h, w, z.shape[3])).copy()           # bilinear from 1 x 1 = broadcast
+    # END SOLUTION
+
+
+# %%
+print(check("image_pooling_branch", image_pooling_branch))
+
+# %% [markdown]
+# Inside the `ASPP` module above, the same steps, recorded during its forward pass:
+
+# %%
+gap, z = seen["pooling.gap"], seen["pooling.relu"]                 # (1, 1, 1, 3), (1, 1, 1, 8)
+print("GAP == mean of the input per channel:", np.allclose(gap.ravel(), x.mean(axis=(0, 1, 2)), atol=1e-6))
+print("constant over the map:", bool(np.all(pooled == pooled[:, :1, :1, :])),
+      " resize of the 1x1 map == broadcast:", np.allclose(pooled, np.broadcast_to(z, pooled.shape)))
 
 fig, axes = plt.subplots(1, 3, figsize=(11, 2.8), layout="constrained")
 axes[0].bar(range(3), gap.ravel(), color=["C3", "C2", "C0"])
 axes[0].set(title="GAP(x), per input channel", xticks=range(3), xticklabels=["R", "G", "B"])
 axes[1].bar(range(8), z.ravel(), color="C4")
 axes[1].set(title="after 1x1 conv, BN, ReLU", xlabel="channel")
-axes[2].imshow(by_hand[0, :, :, int(np.argmax(z))], cmap="viridis")
-axes[2].set_title("resized back: constant"); axes[2].axis("off")
+im = axes[2].imshow(pooled[0, :, :, alive], cmap="viridis", vmin=0.0, vmax=float(pooled.max()) * 1.2)
+fig.colorbar(im, ax=axes[2], shrink=0.8)
+axes[2].set_title(f"channel {alive} resized back: constant"); axes[2].axis("off")
 plt.show()
+
+# %% [markdown]
+# **Inline question 2.** Why is the bilinear resize of a $1\times1$ map a broadcast, whatever the pixel-centre
+# convention? What does this branch give the head that the rate-18 branch on a 16×16 map cannot?
+#
+# <!-- BEGIN ANSWER -->
+# **Answer.** Each output of a bilinear resize is a weighted average of input pixels whose weights sum to 1
+# (edges are clamped); with a single input pixel every weight falls on it, so every output equals it. The
+# branch gives each position a function of the *whole* map (its channel means), i.e. image-level context.
+# The rate-18 branch on a 16×16 map has degenerated into a $1\times1$ convolution, which sees only the pixel
+# itself: the widest-looking branch is the most local one, exactly the DeepLabV3 paper's argument for adding
+# image pooling.
+# <!-- END ANSWER -->
 
 # %% [markdown]
 # ## The backward pass: gradients add where branches fork
 #
 # All five branches read the same $x$, so by the multivariable chain rule their gradients **add**:
 #
-# $$\frac{\partial L}{\partial x} = \sum_{k \in \{0, 6, 12, 18, \mathrm{pool}\}} \frac{\partial L}{\partial x}\Big|_{\text{through branch } k}.$$
+# $$\frac{\partial L}{\partial x} = \frac{\partial L}{\partial x}\Big|_{1\times1}
+#   + \sum_{r \in \text{rates}} \frac{\partial L}{\partial x}\Big|_{\text{rate } r}
+#   + \frac{\partial L}{\partial x}\Big|_{\mathrm{pool}}.$$
+#
+# The demo below uses a small ASPP with rates 1, 2, 3 (on a 5×6 map, so that the central-difference check is
+# quick): `branch0` is the $1\times1$ branch, `branch1`..`branch3` the rates 1, 2, 3.
 #
 # `ASPP.backward` does exactly this after splitting the gradient of the concatenation into one slice per branch. We
 # repeat its steps by hand to see each branch's share (a branch whose ReLUs are all off for this input would get
-# none), then check the total against central differences (float64, inference mode, a small map so that it is quick).
+# none), then check the total against central differences (float64, inference mode).
 
 # %%
 rg = np.random.default_rng(0)
