@@ -566,3 +566,13 @@ def test_the_loader_normalises_with_the_models_converter_per_channel():
     x, _ = next(iter(BatchLoader(ds, 2, shuffle=False, converter=conv, prefetch=0)))
     for k in range(2):
         np.testing.assert_array_equal(x[k], conv(ds[k][0])[0][0])
+
+
+def test_camvid_display_colours_are_far_apart():
+    """Overlays must tell classes apart: the SegNet legend drew road, car and fence alike (distance < 70)."""
+    from tinydeeplab.data.camvid import CAMVID_PALETTE, SEGNET_PALETTE
+    def closest(palette):
+        p = palette.astype(float)
+        d = np.sqrt(((p[:, None] - p[None]) ** 2).sum(-1)) + np.eye(len(p)) * 1e9
+        return d.min()
+    assert closest(SEGNET_PALETTE) < 70 < 85 <= closest(CAMVID_PALETTE)

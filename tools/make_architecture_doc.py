@@ -322,7 +322,9 @@ pass on a 1×{SIZE}×{SIZE}×3 input**, and records the output of every stage wi
 `tinydeeplab.nn.hooks.record_outputs`. Every shape below, and in the figure, is what the code
 produced. The forward pass took {seconds:.1f} s on the machine that generated this page (Numba CPU
 backend, {os.cpu_count()} cores{'' if load is None else f', load average {load:.1f} while measuring'};
-{seconds16:.1f} s with output stride 16).
+{seconds16:.1f} s with output stride 16): a rough figure, the best of two passes on a shared machine.
+The benchmarked speed of the same model (an otherwise idle machine, warm-up calls, the median of
+repeated runs) is in [performance.md](performance.md): about 0.33 s for this inference.
 
 ![DeepLabV3+ data flow with recorded shapes](figures/architecture.png)
 

@@ -27,8 +27,13 @@ CAMVID_CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSy
                   "Pedestrian", "Bicyclist"]
 CAMVID_VOID = 11
 
-# The colours of the CamVid / SegNet class legend.
-CAMVID_PALETTE = np.array([[128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [60, 40, 222],
+# Display colours of the 11 classes (labels are indices: colours are only for overlays). The SegNet legend
+# (SEGNET_PALETTE) draws road, car and fence in three near-identical purples, so overlays use these, which
+# keep the familiar hues (sky blue, road purple, tree green, car navy, pedestrian red) but stay far apart.
+CAMVID_PALETTE = np.array([[70, 130, 180], [150, 150, 150], [255, 220, 0], [128, 64, 128], [244, 35, 232],
+                           [60, 180, 75], [255, 128, 0], [139, 90, 43], [0, 0, 142], [220, 20, 60],
+                           [0, 230, 230]], np.uint8)
+SEGNET_PALETTE = np.array([[128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [60, 40, 222],
                            [128, 128, 0], [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0],
                            [0, 128, 192]], np.uint8)
 
