@@ -145,10 +145,12 @@ def _check_pair(value, name, low):
 
 
 def score_bands(model, inputs, size, window, overlap, tta, progress=None):
-    """Yield ``(top, bottom, scores (bottom - top, W, K))`` for model-space rows in order.
+    """Yield ``(top, bottom, scores (bottom - top, W, K), weight (bottom - top, W, 1) or None)``.
 
-    ``inputs(top, left, h, w)`` gives a model-ready tile. Scores: the model's logits for a single
-    tile, else ``log`` of the ramp-weighted mean probability (module docstring).
+    Model-space rows come in order, each band final. ``inputs(top, left, h, w)`` gives a
+    model-ready tile. One tile: the model's logits and ``None``. Several: the ramp-weighted sum of
+    probabilities ``sum_t w_t p_t`` and ``sum_t w_t`` (module docstring); both are views into the
+    one tile row kept, valid until the next band is asked for. ``argmax`` of either is the label.
     """
     (mh, mw), (wh, ww), (oh, ow) = size, window, overlap
     tops, lefts = _starts(mh, wh, wh - oh), _starts(mw, ww, ww - ow)
@@ -163,7 +165,7 @@ def score_bands(model, inputs, size, window, overlap, tta, progress=None):
         return z
 
     if n_tiles == 1:
-        yield 0, mh, logits(0, 0)
+        yield 0, mh, logits(0, 0), None
         return
     weight = ramp(wh, oh)[:, None, None] * ramp(ww, ow)[None, :, None]       # (wh, ww, 1)
     acc, wsum = None, np.zeros((wh, mw, 1), np.float32)                       # one tile row
@@ -172,11 +174,13 @@ def score_bands(model, inputs, size, window, overlap, tta, progress=None):
             p = _softmax(logits(t, l))                                         # (wh, ww, K)
             if acc is None:
                 acc = np.zeros((wh, mw, p.shape[-1]), np.float32)              # (wh, W, K)
-            acc[:, l:l + ww] += weight * p
+            p *= weight
+            acc[:, l:l + ww] += p
             wsum[:, l:l + ww] += weight
         final = (tops[i + 1] if i + 1 < len(tops) else t + wh) - t            # rows no later tile adds to
-        yield t, t + final, _log(acc[:final] / wsum[:final])
-        acc[:wh - final], wsum[:wh - final] = acc[final:].copy(), wsum[final:].copy()
+        yield t, t + final, acc[:final], wsum[:final]
+        for r in range(wh - final):                   # slide up row by row: no temporary copy of the band
+            acc[r], wsum[r] = acc[final + r], wsum[final + r]
         acc[wh - final:], wsum[wh - final:] = 0, 0
 
 
@@ -210,14 +214,14 @@ def segment_tiled(model, image, *, window=None, overlap=None, full_image=False, 
     labels = np.full(image.shape[:2], outside_label, np.int32 if model.num_classes > 255 else np.uint8)
     bands = score_bands(model, inputs, size, window, overlap, {"scales": scales, "flip": flip}, progress)
     if not inputs.resized:
-        for t, b, scores in bands:
-            labels[top + t:top + b, left:left + rw] = scores.argmax(-1)
+        for t, b, band, _ in bands:                     # argmax of sum_t w_t p_t = argmax of p
+            labels[top + t:top + b, left:left + rw] = band.argmax(-1)
         return labels
     scores = None                                       # model-space scores: the preset's image_size
-    for t, b, band in bands:
+    for t, b, band, weight in bands:
         if scores is None:
             scores = np.empty((size[0], size[1], band.shape[-1]), np.float32)  # (h, w, K)
-        scores[t:b] = band
+        scores[t:b] = band if weight is None else _log(band / weight)         # logits, or log p
     rows, cols = _axis(size[0], rh), _axis(size[1], rw)
     for r in range(0, rh, OUT_BAND):
         band = _bilinear(scores, tuple(a[r:r + OUT_BAND] for a in rows), cols)  # (OUT_BAND, rw, K)
