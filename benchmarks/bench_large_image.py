@@ -7,8 +7,9 @@ resolution) the benchmark
 1. runs ``python -m tinydeeplab.cli predict`` in a subprocess on a generated ``--size`` x ``--size``
    RGB image (smooth colour fields with rectangles and discs, written as PNG), tiled with
    ``--window`` / ``--overlap`` (the defaults are what ``predict`` picks by itself for a large image),
-   and reports the child's peak RSS (``ru_maxrss`` of ``os.wait4``: the image read, the model, the
-   tile activations, one row of tiles' class scores, the label and overlay PNGs) and its wall time;
+   and reports the child's peak RSS (its own ``VmHWM`` from ``/proc/self/status``: the image read,
+   the model, the tile activations, one row of tiles' class scores, the label and overlay PNGs) and
+   its wall time;
 2. at ``--agree-size`` (small enough for whole-image inference) runs ``predict`` once whole-image
    (one tile) and once tiled, and reports both peaks and the fraction of pixels whose labels agree.
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -56,20 +56,24 @@ def make_image(path: Path, size: int, seed: int = 0) -> Path:
     return path
 
 
+# The child reports its own VmHWM: ru_maxrss of a child starts at the parent's high-water mark
+# (Linux carries it over the fork/exec), which would count this script's image generation.
+CHILD = ("import sys\nfrom tinydeeplab.cli import main\ntry:\n    code = main(sys.argv[1:])\nfinally:\n"
+         "    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')]\n"
+         "    print('VmHWM_kB', hwm[0].split()[1] if hwm else 'nan', file=sys.stderr)\nsys.exit(code)")
+
+
 def run_predict(preset: Path, image: Path, out: Path, extra=()) -> dict:
-    """``tinydeeplab predict`` in a child process -> ``{peak_rss_mb, seconds, returncode, stderr}``."""
-    cmd = [sys.executable, "-m", "tinydeeplab.cli", "predict", "--preset", str(preset), str(image),
-           "--out", str(out), *extra]
-    with tempfile.TemporaryFile("w+") as log:
-        t0 = time.perf_counter()
-        child = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True)
-        _, status, usage = os.wait4(child.pid, 0)             # this child's own rusage
-        seconds = time.perf_counter() - t0
-        child.returncode = os.waitstatus_to_exitcode(status)
-        log.seek(0)
-        tail = log.read().strip().splitlines()[-3:]
-    return {"command": " ".join(cmd[1:]), "peak_rss_mb": usage.ru_maxrss / 1024, "seconds": seconds,
-            "returncode": child.returncode, "output": tail}
+    """``tinydeeplab predict`` in a child process -> ``{peak_rss_mb, seconds, returncode, output}``."""
+    args = ["predict", "--preset", str(preset), str(image), "--out", str(out), *extra]
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", CHILD, *args], cwd=REPO, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    hwm = [float(line.split()[1]) for line in lines if line.startswith("VmHWM_kB")]
+    return {"command": "tinydeeplab " + " ".join(args), "peak_rss_mb": hwm[0] / 1024 if hwm else float("nan"),
+            "seconds": seconds, "returncode": done.returncode,
+            "output": [line for line in lines if not line.startswith("VmHWM_kB")][-3:]}
 
 
 def labels_of(out: Path, image: Path) -> np.ndarray:
