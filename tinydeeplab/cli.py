@@ -44,11 +44,19 @@ NON_NEGATIVE = _number(float, low=0, what="a finite number >= 0")
 FRACTION = _number(float, low=0, high=1, high_open=True, what="a number in [0, 1)")
 
 
+class UsageError(OptionError):
+    """A command line argparse cannot parse; ``prog`` is the (sub)command it belongs to."""
+
+    def __init__(self, message: str, prog: str):
+        super().__init__(message)
+        self.prog = prog
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (``tinydeeplab CMD: error: ...``; the usage is in ``--help``)."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        raise UsageError(f"{message} (see {self.prog} --help)", self.prog)
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -276,27 +284,104 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .train import predict_logits
-    from .models.preprocessor import resize
+    from .progress import Progress
+    from .train.tiling import DEFAULT_WINDOW, STREAM_ABOVE, model_input_size, segment_tiled
     from .viz import default_palette, overlay, save_png
 
+    window, overlap = _predict_tiling(args)
+    names = _output_names(args.images)
     model = load_model(args)
     out = Path(args.out)
     palette = default_palette(model.num_classes)
-    for path in args.images:
-        image = read_image(path)
-        x, (top, left, ch, cw) = model.preprocessor(image)                          # (1, h, w, 3)
-        logits = predict_logits(model, x, **_tta(args))                             # (1, h, w, K)
-        if logits.shape[1:3] != (ch, cw):
-            logits = resize(logits, (ch, cw))
-        labels = np.full(image.shape[:2], 255, np.uint8)
-        labels[top:top + ch, left:left + cw] = logits[0].argmax(-1)
-        stem = Path(path).stem
-        save_png(out / f"{stem}_labels.png", labels)
-        save_png(out / f"{stem}_overlay.png", overlay(image, labels, palette))
-        print(f"{path}: {image.shape[1]}x{image.shape[0]} -> {out / (stem + '_labels.png')}, "
-              f"{out / (stem + '_overlay.png')}")
+    for path, name in zip(args.images, names):
+        image = _read_large_image(path)
+        tiles = window
+        if tiles is None:
+            _, (mh, mw) = model_input_size(model.preprocessor, *image.shape[:2], args.full_image)
+            if mh * mw > STREAM_ABOVE:
+                tiles = DEFAULT_WINDOW
+                print(f"{path}: {mw}x{mh} model-input pixels > {STREAM_ABOVE:,}: tiling in "
+                      f"{tiles[1]}x{tiles[0]} windows (choose with --window H W)", file=sys.stderr)
+        bar = Progress(tiles is not None)
+        labels = segment_tiled(model, image, window=tiles, overlap=overlap, full_image=args.full_image,
+                               scales=tuple(args.scales), flip=args.flip,
+                               progress=lambda done, total: bar.show(f"{path}: tile {done}/{total}"))
+        bar.done()
+        colours = np.empty_like(image)                                               # (H, W, 3) uint8
+        for r in range(0, image.shape[0], 256):                                      # no float copy of it all
+            colours[r:r + 256] = overlay(image[r:r + 256], labels[r:r + 256], palette)
+        labels_png, overlay_png = out / f"{name}_labels.png", out / f"{name}_overlay.png"
+        save_png(labels_png, labels)
+        save_png(overlay_png, colours)
+        print(f"{path}: {image.shape[1]}x{image.shape[0]} -> {labels_png}, {overlay_png}")
     return 0
+
+
+def _predict_tiling(args):
+    """``(window or None, overlap or None)`` of ``predict``, or an OptionError naming the option."""
+    from .train.tiling import DEFAULT_WINDOW
+
+    window = None if args.window is None else tuple(args.window)
+    if window is not None and min(window) < 1:
+        raise OptionError(f"--window H W: both must be positive pixel counts, got {window[0]} {window[1]}")
+    if args.overlap is not None:
+        limit = min(window or DEFAULT_WINDOW)
+        if not 0 <= args.overlap < limit:
+            raise OptionError(f"--overlap {args.overlap}: must be >= 0 and smaller than the window's "
+                              f"smaller side ({limit})")
+    return window, args.overlap
+
+
+def _output_names(images) -> list[str]:
+    """Output name (without ``_labels.png``) per input: the file's stem, under just enough of its
+    parent folders to keep apart inputs of the same stem (``a/x.png``, ``b/x.png`` -> ``a/x``, ``b/x``);
+    the whole file name when only the extension differs. The same file twice is an error.
+
+    >>> _output_names(["a/x.png", "b/x.png", "c/y.jpg"])
+    ['a/x', 'b/x', 'y']
+    >>> _output_names(["d/x.png", "d/x.jpg", "e/d/y.png", "f/d/y.png"])
+    ['x.png', 'x.jpg', 'e/d/y', 'f/d/y']
+    """
+    import os
+
+    paths = [Path(os.path.abspath(p)) for p in images]                               # '..' resolved
+    seen = {}
+    for given, path in zip(images, paths):
+        if path in seen:
+            raise OptionError(f"{given}: image given twice (as {seen[path]} too)")
+        seen[path] = given
+    groups: dict[str, list[int]] = {}
+    for i, path in enumerate(paths):
+        groups.setdefault(path.stem, []).append(i)
+    names = [path.stem for path in paths]
+    for stem, members in groups.items():
+        if len(members) == 1:
+            continue
+        folders = [paths[i].parent.parts[1:][::-1] for i in members]               # nearest first, no root
+        files = [paths[i].name for i in members]
+
+        def distinct(k, whole_name):
+            return len({(f[:k], name if whole_name else stem) for f, name in zip(folders, files)}) == len(members)
+        k, whole_name = next((k, w) for w in (False, True) for k in range(max(map(len, folders)) + 1)
+                             if distinct(k, w))
+        for i, folder, name in zip(members, folders, files):
+            names[i] = "/".join([*reversed(folder[:k]), name if whole_name else stem])
+    return names
+
+
+def _read_large_image(path) -> np.ndarray:
+    """:func:`read_image`, without Pillow's decompression-bomb warning for images up to twice its
+    pixel limit (large images are what tiled prediction is for); above that a one-line error."""
+    import warnings
+
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            return read_image(path)
+        except Image.DecompressionBombError as err:
+            raise OptionError(f"{path}: {err}") from None
 
 
 def cmd_summary(args) -> int:
@@ -377,6 +462,17 @@ def _backend_arg(parser) -> None:
     parser.add_argument("--backend", choices=BACKENDS, help=f"{HELP} (default: $TINYDEEPLAB_BACKEND, else cpu)")
 
 
+PREDICT_DESCRIPTION = (
+    "Writes NAME_labels.png (class index per pixel) and NAME_overlay.png for every image. A preset whose "
+    "preprocessor has image_size and crop_to_aspect_ratio (KerasHub's default) sees only the centred crop "
+    "with that aspect ratio: pixels outside it get label 255 unless --full-image. With --window H W the "
+    "image is labelled tile by tile (window in model-input pixels, after the preset's resize), tiles "
+    "overlapping by --overlap pixels and blended with linear ramp weights, holding class scores for one "
+    "row of tiles only; without --window, images of more than 2048x2048 model-input pixels are tiled in "
+    "512x512 windows automatically (said on stderr). Tiles change what the ASPP image-pooling branch "
+    "averages over, so tiled labels can differ from whole-image ones.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = dict(formatter_class=_HelpFormatter)
     p = _Parser(prog="tinydeeplab", description=__doc__.splitlines()[0], **common)
@@ -453,8 +549,16 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--figure", help="also draw 4 images with ground truth and prediction to this PNG")
             c.set_defaults(func=cmd_evaluate)
         else:
-            c.add_argument("images", nargs="+", help="image files")
+            c.description = PREDICT_DESCRIPTION
+            c.add_argument("images", nargs="+", help="image files (same stem in different folders: the "
+                           "outputs go to sub-folders of --out named after just enough of their folders)")
             c.add_argument("--out", required=True, help="output directory")
+            c.add_argument("--overlap", type=int, metavar="N",
+                           help="pixels shared by neighbouring tiles (default: a quarter of the window side)")
+            c.add_argument("--full-image", action="store_true",
+                           help="label every pixel: run the model on the whole image at the preset's scale "
+                                "instead of its centre crop to the aspect ratio of image_size (default: off, "
+                                "pixels outside the crop get 255)")
             c.set_defaults(func=cmd_predict)
     s = sub.add_parser("summary", help="load a KerasHub preset directory and list its parameters", **common)
     s.add_argument("preset", help="preset directory (or kaggle://... with kagglehub installed)")
@@ -493,7 +597,11 @@ def error_message(err: BaseException) -> str:
 
 def main(argv=None) -> int:
     """Run one command; every user-fixable failure ends as one line on stderr and exit status 2."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as err:
+        print(f"{err.prog}: error: {err}", file=sys.stderr)
+        return 2
     command = args.command
     try:
         if getattr(args, "backend", None):

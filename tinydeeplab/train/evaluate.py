@@ -18,13 +18,13 @@ with zeros at the bottom/right to the window size and the padding is cut from th
 """
 from __future__ import annotations
 
-import sys
 import time
 
 import numpy as np
 
 from ..models.preprocessor import resize
 from ..nn import inference_mode
+from ..progress import Progress
 from .metrics import ConfusionMatrix
 
 
@@ -122,25 +122,6 @@ def predict_logits(model, x, *, scales=(1.0,), flip=False, window=None, stride=N
     return _log(p)
 
 
-class _Progress:
-    """A one-line progress display on stderr, redrawn with ``\\r``."""
-
-    def __init__(self, enabled: bool, stream=None):
-        self.enabled, self.stream, self.width = enabled, stream or sys.stderr, 0
-
-    def show(self, text: str) -> None:
-        if self.enabled:
-            self.stream.write("\r" + text.ljust(self.width))
-            self.stream.flush()
-            self.width = len(text)
-
-    def done(self) -> None:
-        if self.enabled and self.width:
-            self.stream.write("\n")
-            self.stream.flush()
-            self.width = 0
-
-
 def evaluate(model, dataset, preprocess=None, num_classes=None, ignore_label=255, *, progress=True, **tta) -> dict:
     """Confusion matrix of ``model`` over ``dataset`` -> ``{miou, pixel_accuracy, iou, confusion}``.
 
@@ -158,30 +139,30 @@ def evaluate(model, dataset, preprocess=None, num_classes=None, ignore_label=255
         total = len(dataset)
     except TypeError:
         total = None
-    bar = _Progress(progress)
+    bar = Progress(progress)
     t0 = time.perf_counter()
     i = 0
-    for i, (image, label) in enumerate(dataset, 1):
-        image, label = np.asarray(image), np.asarray(label)
-        if label.shape != image.shape[:2]:
-            raise ValueError(f"item {i - 1}: label shape {label.shape} does not match image shape {image.shape}")
-        x, (top, left, ch, cw) = preprocess(image)                 # (1, h, w, 3)
-        logits = predict_logits(model, x, **tta)                   # (1, h, w, K)
-        if logits.shape[1:3] != (ch, cw):
-            logits = resize(np.ascontiguousarray(logits), (ch, cw))  # (1, ch, cw, K)
-        pred = np.zeros(label.shape, np.int64)                     # outside the crop: label ignored below
-        pred[top:top + ch, left:left + cw] = logits[0].argmax(-1)
-        seen = np.zeros(label.shape, bool)
-        seen[top:top + ch, left:left + cw] = True
-        target = label.astype(np.int64)
-        if not seen.all():
-            if ignore_label is None:
-                raise ValueError("ignore_label=None but the preprocessor crops the image; pixels outside "
-                                 "the crop need an ignore label")
-            target = np.where(seen, target, ignore_label)
-        cm.update(pred, target)
-        rate = i / max(time.perf_counter() - t0, 1e-9)
-        bar.show(f"eval {i}/{total if total is not None else '?'}  mIoU {cm.miou():.4f}  "
-                 f"pixel acc {cm.pixel_accuracy():.4f}  {rate:.2f} img/s")
-    bar.done()
+    with bar:                                                      # the line ends even on errors
+        for i, (image, label) in enumerate(dataset, 1):
+            image, label = np.asarray(image), np.asarray(label)
+            if label.shape != image.shape[:2]:
+                raise ValueError(f"item {i - 1}: label shape {label.shape} does not match image shape {image.shape}")
+            x, (top, left, ch, cw) = preprocess(image)                 # (1, h, w, 3)
+            logits = predict_logits(model, x, **tta)                   # (1, h, w, K)
+            if logits.shape[1:3] != (ch, cw):
+                logits = resize(np.ascontiguousarray(logits), (ch, cw))  # (1, ch, cw, K)
+            pred = np.zeros(label.shape, np.int64)                     # outside the crop: label ignored below
+            pred[top:top + ch, left:left + cw] = logits[0].argmax(-1)
+            seen = np.zeros(label.shape, bool)
+            seen[top:top + ch, left:left + cw] = True
+            target = label.astype(np.int64)
+            if not seen.all():
+                if ignore_label is None:
+                    raise ValueError("ignore_label=None but the preprocessor crops the image; pixels outside "
+                                     "the crop need an ignore label")
+                target = np.where(seen, target, ignore_label)
+            cm.update(pred, target)
+            rate = i / max(time.perf_counter() - t0, 1e-9)
+            bar.show(f"eval {i}/{total if total is not None else '?'}  mIoU {cm.miou():.4f}  "
+                     f"pixel acc {cm.pixel_accuracy():.4f}  {rate:.2f} img/s")
     return {"miou": cm.miou(), "pixel_accuracy": cm.pixel_accuracy(), "iou": cm.iou().tolist(), "confusion": cm}
