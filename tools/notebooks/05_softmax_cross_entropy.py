@@ -1,6 +1,17 @@
 # %% [markdown]
 # # 5. Softmax cross-entropy with an ignore label and class weights
 #
+# **The question.** What loss does a segmentation network minimise, how do the ignore label and class weights
+# enter it, and what gradient flows back into the logits?
+#
+# **Why it matters.** The loss is the only thing training sees. Get the ignore label wrong and the network learns
+# to predict "border" or "void"; normalise the class weights wrongly and the learning rate silently changes with
+# the content of the batch; compute the log-sum-exp naively and a confident network produces NaN. You write the
+# loss and its gradient (graded by `tinydeeplab.exercises.check`) and answer two inline questions.
+# The weighted loss follows [Paszke et al. 2016](../docs/bibliography.md#paszke2016) and
+# [Badrinarayanan et al. 2017](../docs/bibliography.md#badrinarayanan2017); the ignore label is VOC's
+# ([Everingham et al. 2010](../docs/bibliography.md#everingham2010)).
+#
 # Segmentation is classification at every pixel. For the logits $z \in \mathbb R^K$ of one pixel and its label $y$:
 #
 # $$p_k = \frac{e^{z_k}}{\sum_j e^{z_j}}, \qquad
@@ -22,6 +33,7 @@ import matplotlib.pyplot as plt
 from matplotlib.colors import ListedColormap
 
 from tinydeeplab import functional as F
+from tinydeeplab.exercises import check
 from tinydeeplab.gradcheck import check_gradients, numerical_gradient
 
 plt.rcParams.update({"figure.dpi": 72, "font.size": 9})
@@ -88,6 +100,37 @@ plt.show()
 # * the logits of ignored pixels do not matter at all;
 # * if every pixel is ignored the loss is 0 (not $0/0$).
 
+# %% [markdown]
+# ### Exercise 1: the loss
+#
+# Write `cross_entropy(logits, labels, class_weights)`: `logits` `(N, H, W, K)`, `labels` `(N, H, W)` integers in
+# `[0, K)` or 255, `class_weights` `(K,)`; return $\mathcal L$ as a Python float, stable for huge logits and 0 when
+# every pixel is ignored. (Careful: `class_weights[labels]` fails on 255; look the weights up with a safe label.)
+# The checker recognises an overflowing `exp`, the wrong denominator (pixel counts instead of $\sum w$),
+# forgotten weights, ignored pixels counted as class 0, a sum instead of a mean, and $0/0$.
+
+# %%
+def cross_entropy(logits, labels, class_weights):
+    """Weighted mean softmax cross-entropy over the pixels whose label is not 255 (0.0 if there are none)."""
+    # BEGIN SOLUTION
+    valid = labels != 255                                          # (N, H, W)
+    safe = np.where(valid, labels, 0)
+    z = logits.astype(np.float64)
+    m = z.max(-1, keepdims=True)
+    lse = m[..., 0] + np.log(np.exp(z - m).sum(-1))                # (N, H, W) stable log-sum-exp
+    nll = lse - np.take_along_axis(z, safe[..., None], -1)[..., 0]
+    w = np.where(valid, class_weights[safe], 0.0)                  # (N, H, W), 0 on ignored pixels
+    return float((w * nll).sum() / w.sum()) if w.sum() > 0 else 0.0
+    # END SOLUTION
+
+
+# %%
+print(check("softmax_cross_entropy", cross_entropy))
+
+# %% [markdown]
+# Below, the library's op on the 6×8 example, the per-pixel terms computed once more with NumPy for the figure,
+# and the three properties:
+
 # %%
 K = 3
 logits = rng.normal(0, 2, size=(1, 6, 8, K))
@@ -132,6 +175,43 @@ for ax in axes:
 plt.show()
 
 # %% [markdown]
+# **Inline question 1.** Setting a class weight $w_c = 0$ and relabelling every pixel of class $c$ as 255: do the two
+# give the same loss and the same gradient? And the loss is averaged over the valid pixels of the whole batch, not
+# per image: how much does an image whose pixels are 90 % ignored count, compared with a fully labelled one?
+#
+# <!-- BEGIN ANSWER -->
+# **Answer.** Yes, exactly: with $w_c = 0$ the pixels of class $c$ add nothing to the numerator $\sum w_{y_p} \ell_p$
+# nor to $S = \sum w_{y_p}$, which is precisely what ignoring them does, and their gradient
+# $w_{y_p}(p - \mathrm{onehot})/S$ is exactly zero too (checked in the cell below). The batch mean gives every valid
+# pixel the same weight, so an image counts in proportion to its (weighted) number of valid pixels: the 90 %
+# ignored image counts about a tenth of a fully labelled one. A mean of per-image means would instead give its few
+# valid pixels ten times the weight of each pixel of the other image.
+# <!-- END ANSWER -->
+
+# %%
+dropped = np.where(labels == 2, 255, labels)
+w_zero = np.array([0.2, 1.0, 0.0])
+loss_zero, cache_zero = F.softmax_cross_entropy_forward(logits, labels, class_weights=w_zero)
+loss_drop, cache_drop = F.softmax_cross_entropy_forward(logits, dropped, class_weights=w_zero)
+grad_zero = F.softmax_cross_entropy_backward(1.0, cache_zero)
+grad_drop = F.softmax_cross_entropy_backward(1.0, cache_drop)
+print(f"w_2 = 0: {loss_zero:.12f}   class 2 relabelled 255: {loss_drop:.12f}   "
+      f"max |gradient difference| = {np.abs(grad_zero - grad_drop).max():.1e}")
+assert np.isclose(loss_zero, loss_drop, rtol=1e-12) and np.allclose(grad_zero, grad_drop, atol=1e-15)
+two = np.stack([labels[0], labels[0]])                              # image 0 as labelled, image 1 mostly ignored
+two[1][rng.random(two[1].shape) < 0.9] = 255
+pixels = (two != 255).sum((1, 2))
+z2 = rng.normal(0, 2, size=(2, 6, 8, K))
+g2 = F.softmax_cross_entropy_backward(1.0, F.softmax_cross_entropy_forward(z2, two)[1])
+share = np.abs(g2).sum((1, 2, 3)) / np.abs(g2).sum()
+print("valid pixels per image:", pixels.tolist(), " share of the gradient mass:", share.round(3).tolist())
+assert share[1] < 0.5 * share[0]                                     # the mostly ignored image counts far less
+fig, ax = plt.subplots(figsize=(4, 2.6), layout="constrained")
+ax.bar(["image 0 (labelled)", "image 1 (90 % ignored)"], share, color=["C0", "C1"])
+ax.set(ylabel="share of |dL/dz|", title="one batch, one mean over valid pixels")
+plt.show()
+
+# %% [markdown]
 # ## The gradient: softmax minus one-hot
 #
 # For one pixel, $\partial \ell/\partial z_k = p_k - [k = y]$ (differentiate $\log\sum_j e^{z_j} - z_y$). The loss is
@@ -144,6 +224,35 @@ plt.show()
 # logits does not change $p$), and on ignored pixels it is **exactly** zero, not merely small: nothing flows back into
 # the network from them. `softmax_cross_entropy_backward(dloss, cache)` multiplies this by the upstream `dloss`
 # (1.0 for the loss itself).
+
+# %% [markdown]
+# ### Exercise 2: the gradient
+#
+# Write `cross_entropy_grad(logits, labels, class_weights)` returning $\partial\mathcal L/\partial z$, shaped like
+# `logits`: the formula above, exactly 0 on ignored pixels and everywhere when every pixel is ignored. The checker
+# compares with `softmax_cross_entropy_backward` (naming a nonzero gradient on ignored pixels, a missing $1/S$ or
+# $-\,\mathrm{onehot}$, the wrong denominator, forgotten weights) and then runs a float64 central-difference check.
+
+# %%
+def cross_entropy_grad(logits, labels, class_weights):
+    """dL/dlogits of the weighted, ignore-aware mean cross-entropy: w[y] (softmax - onehot(y)) / S."""
+    # BEGIN SOLUTION
+    valid = labels != 255
+    safe = np.where(valid, labels, 0)
+    z = logits - logits.max(-1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(-1, keepdims=True)                # (N, H, W, K) softmax
+    w = np.where(valid, class_weights[safe], 0.0)                   # (N, H, W)
+    if w.sum() == 0:
+        return np.zeros_like(logits)
+    return (w / w.sum())[..., None] * (p - np.eye(logits.shape[-1])[safe])
+    # END SOLUTION
+
+
+# %%
+print(check("softmax_cross_entropy_grad", cross_entropy_grad))
+
+# %% [markdown]
+# The library's backward, against the formula, on the 6×8 example:
 
 # %%
 dlogits = F.softmax_cross_entropy_backward(1.0, cache)
@@ -199,3 +308,17 @@ ax.set(xlabel="central difference", ylabel="softmax_cross_entropy_backward", tit
 ax.legend()
 plt.tight_layout()
 plt.show()
+
+# %% [markdown]
+# **Inline question 2.** For a pixel the network already classifies with confidence ($p_y \approx 1$), what is its
+# gradient, and what does that imply for which pixels dominate training late on? Why do the gradients of one pixel
+# sum to zero over the classes?
+#
+# <!-- BEGIN ANSWER -->
+# **Answer.** $p - \mathrm{onehot} \approx 0$ in every entry, so a confidently right pixel contributes almost nothing:
+# late in training the gradient comes from the misclassified and uncertain pixels, mostly object boundaries and
+# rare classes (which is also where class weights act). Its magnitude is bounded: $|p_k - [k = y]| \le 1$, so even a
+# confident mistake gives at most $w_{y}/S$ per logit, unlike the loss itself, which grows linearly with the margin.
+# The entries sum to $\sum_k p_k - 1 = 0$ because adding a constant to all logits of a pixel changes neither $p$ nor
+# the loss: the gradient is orthogonal to the direction $(1, \dots, 1)$.
+# <!-- END ANSWER -->
