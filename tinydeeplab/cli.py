@@ -220,7 +220,7 @@ def cmd_train(args) -> int:
         sync = world.size > 1 if args.sync_bn is None else args.sync_bn
         sync_batchnorm(model, world, sync)
         loader = trainer.train_loader
-        ranks = (f" on {world.size} processes ({args.batch_size // world.size} images each, "
+        ranks = (f" on {world.size} processes ({args.batch_size // world.size} per process, "
                  f"{'synchronized' if sync else 'per-process'} batch norm)" if world.size > 1 else "")
         if world.is_root:                                  # rank 0 alone talks and writes
             print(f"training {model.num_parameters():,} parameters on {len(train_set)} {args.dataset} images "

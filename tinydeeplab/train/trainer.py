@@ -175,6 +175,7 @@ class Trainer:
                 self.history.append(row)
                 if self.world.is_root:
                     self.save()
+                self.world.barrier("waiting for rank 0 to write the checkpoint")   # durable before going on
                 self._say(self._summary(row) + "\n")
         return self.history
 
