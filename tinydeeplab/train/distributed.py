@@ -59,6 +59,9 @@ TIMEOUT_S = float(os.environ.get("TINYDEEPLAB_MPI_TIMEOUT", 600))
 BUCKET_MB = 25.0
 """Gradient bucket size in MB: big enough to reach the allreduce bandwidth, small enough to start early."""
 
+SPIN_S = 0.005
+"""Seconds a wait polls without sleeping (a sleeping rank does not progress the allreduce: latency)."""
+
 MESSAGE_BYTES = 1024
 """Length of the fixed buffer in which :meth:`World.agree` sends a reason from one rank to all."""
 
@@ -133,13 +136,16 @@ class World:
         """Complete ``request`` (a non-blocking MPI operation), polling ``Test`` until ``timeout`` seconds
         (default :attr:`timeout`) have passed; then :class:`~tinydeeplab.errors.DistributedError`."""
         timeout = self.timeout if timeout is None else timeout
-        deadline, pause = time.monotonic() + timeout, 1e-5
+        start = time.monotonic()
+        pause = 0.0                              # spin for the first few ms (MPI progresses inside Test) ...
         while not request.Test():
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now - start > timeout:
                 raise DistributedError(f"{self.where}: {what} did not complete within {timeout:g} s: another "
                                        f"rank died, hangs or stopped early (see its error above)")
-            time.sleep(pause)
-            pause = min(pause * 2, 0.01)
+            if now - start > SPIN_S:             # ... then poll gently: a long wait is a slow rank anyway
+                pause = min(max(pause * 2, 1e-4), 2e-3)
+                time.sleep(pause)
 
     def allreduce(self, array, what: str, op: str = "SUM") -> np.ndarray:
         """Element-wise sum (or ``op`` "MAX", "MIN") of ``array`` over the ranks, a new array."""
