@@ -180,6 +180,7 @@ def evaluate(model, dataset, preprocess=None, num_classes=None, ignore_label=255
     except TypeError:
         total = None
     bar = _Progress(progress)
+    who = f"(rank 0's share, of {world.size}) " if sharded else ""
     t0 = time.perf_counter()
     i = 0
     for i, (image, label) in enumerate(dataset, 1):
@@ -202,7 +203,7 @@ def evaluate(model, dataset, preprocess=None, num_classes=None, ignore_label=255
             target = np.where(seen, target, ignore_label)
         cm.update(pred, target)
         rate = i / max(time.perf_counter() - t0, 1e-9)
-        bar.show(f"eval {i}/{total if total is not None else '?'}  mIoU {cm.miou():.4f}  "
+        bar.show(f"eval {who}{i}/{total if total is not None else '?'}  mIoU {cm.miou():.4f}  "
                  f"pixel acc {cm.pixel_accuracy():.4f}  {rate:.2f} img/s")
     bar.done()
     if sharded:
