@@ -72,3 +72,29 @@ def test_batchnorm_training_statistics_feed_moving_average(rng, name):
     np.testing.assert_allclose(host(cache["var"]), x.var(axis=(0, 1, 2)), rtol=1e-5, atol=1e-6)
     new = ops(name).moving_average(on(name, p[2]), cache["mean"], 0.9)
     np.testing.assert_allclose(host(new), 0.1 * host(cache["mean"]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", [pytest.param("numpy", id="numpy"), *BACKENDS])
+def test_synchronized_batchnorm_on_half_the_batch_equals_the_whole_batch(name):
+    """Synchronized BN (``reduce=``) on one half of a batch, whose other half (on another "rank") is the same,
+    equals BN on the whole batch: the reduce doubles the local sums, as an allreduce over two equal ranks
+    would. Forward, statistics and dx agree with the whole batch's; dgamma and dbeta are the local half."""
+    rng = np.random.default_rng(7)
+    half = (normal(rng, (2, 3, 3, 3), np.float32) * 3 + 2).astype(np.float32)
+    dy_half = normal(rng, half.shape, np.float32)
+    params = bn_params(rng, 3)
+    whole = np.concatenate([half, half])
+    y_ref, c_ref = R.batchnorm_forward(whole, *params, training=True, eps=1e-3)
+    dx_ref, dgamma_ref, dbeta_ref = R.batchnorm_backward(np.concatenate([dy_half, dy_half]), c_ref)
+    calls = []
+
+    def reduce(local):
+        calls.append(local.shape)
+        return 2 * local
+    y, cache = ops(name).batchnorm_forward(on(name, half), *(on(name, p) for p in params), training=True, eps=1e-3,
+                                           reduce=reduce)
+    assert_close(y, y_ref[:2])
+    assert_all_close((cache["mean"], cache["var"]), (c_ref["mean"], c_ref["var"]))
+    dx, dgamma, dbeta = ops(name).batchnorm_backward(on(name, dy_half), cache)
+    assert_all_close((dx, dgamma, dbeta), (dx_ref[:2], dgamma_ref / 2, dbeta_ref / 2))
+    assert calls == [(3, 3), (2, 3)]               # one fused reduction each way: [sum, sum sq, count], [dy, dy*xhat]

@@ -178,11 +178,21 @@ def _output_file(path, option: str) -> Path:
     return path
 
 
+def _world(args):
+    """The ranks of this run: MPI when launched by mpiexec / srun with N > 1 or ``--distributed``."""
+    from .train.distributed import World
+
+    return World.from_environment(True if args.distributed else None)
+
+
 def cmd_train(args) -> int:
+    from contextlib import nullcontext
+
     from .data.validate import validate_dataset
     from .io.keras_preset import load_keras_preset
     from .models.recipes import build_model
     from .train.builder import build_trainer
+    from .train.distributed import sync_batchnorm
     from .train.rundir import RunLock
 
     if args.init_preset and args.model is not None:
@@ -191,15 +201,17 @@ def cmd_train(args) -> int:
     args.model = args.model or (None if args.init_preset else "small")
     if args.min_scale > args.max_scale:
         raise OptionError(f"--min-scale {args.min_scale:g} is above --max-scale {args.max_scale:g}")
+    world = _world(args)
     out = _output_dir(args.out, "--out")
-    with RunLock(out):                  # one writer per run directory, from the first file to the preset
+    with RunLock(out) if world.is_root else nullcontext():   # one writer per run directory, first file to preset
         train_set = open_dataset(args.dataset, args.data, args.split, args.num_classes)
         val_set = (open_dataset(args.dataset, args.data, args.val_split, args.num_classes)
                    if args.val_split else None)
         for split, dataset in ((args.split, train_set), (args.val_split, val_set)):
-            if dataset is not None:                    # every item read once now: a bad one fails here
+            if dataset is not None and world.is_root:  # every item read once now: a bad one fails here
                 validate_dataset(dataset, out / ".dataset-check.json", name=f"{args.dataset} {split}",
                                  progress=sys.stderr)
+        world.barrier("waiting for rank 0 to check the dataset", timeout=math.inf)
         k = train_set.num_classes
         if args.init_preset:
             model = load_keras_preset(args.init_preset)
@@ -211,12 +223,20 @@ def cmd_train(args) -> int:
                                 crop=args.crop, scale_range=(args.min_scale, args.max_scale), lr=args.lr,
                                 schedule=args.schedule, warmup=args.warmup, momentum=args.momentum,
                                 weight_decay=args.weight_decay, clip_norm=args.clip_norm or None, seed=args.seed,
-                                val_set=val_set, run_config=_run_config(args, k), allow_changes=args.override)
+                                val_set=val_set, run_config=_run_config(args, k), allow_changes=args.override,
+                                world=world)
+        sync = world.size > 1 if args.sync_bn is None else args.sync_bn
+        sync_batchnorm(model, world, sync)
         loader = trainer.train_loader
-        print(f"training {model.num_parameters():,} parameters on {len(train_set)} {args.dataset} images "
-              f"({len(loader)} batches of {args.batch_size} per epoch); outputs in {out}", file=sys.stderr)
+        ranks = (f" on {world.size} processes ({args.batch_size // world.size} per process, "
+                 f"{'synchronized' if sync else 'per-process'} batch norm)" if world.size > 1 else "")
+        if world.is_root:                                  # rank 0 alone talks and writes
+            print(f"training {model.num_parameters():,} parameters on {len(train_set)} {args.dataset} images "
+                  f"({len(loader)} batches of {args.batch_size} per epoch{ranks}); outputs in {out}", file=sys.stderr)
         trainer.fit(resume=not args.restart)
         model.to("numpy")                                  # back to the host (a no-op on the host backends)
+        if not world.is_root:
+            return 0
         preset = _replace_preset(model, out / "preset")
     print(f"done: {out / 'checkpoint.npz'}, {out / 'metrics.csv'}, "
           f"{out / 'curves.png'}, {preset}")
@@ -248,13 +268,16 @@ def cmd_evaluate(args) -> int:
     for path, option in ((args.json, "--json"), (args.figure, "--figure")):
         if path:
             _output_file(path, option)                 # before an hour of evaluation, not after
+    world = _world(args)
     model = load_model(args)
     dataset = open_dataset(args.dataset, args.data, args.split, args.num_classes)
     if dataset.num_classes != model.num_classes:
         raise OptionError(f"the model predicts {model.num_classes} classes, --dataset {args.dataset} has "
                           f"{dataset.num_classes}")
     t0 = time.perf_counter()
-    r = evaluate(model, dataset, **_tta(args))
+    r = evaluate(model, dataset, world=world, **_tta(args))
+    if not world.is_root:                              # rank 0 prints and writes the results
+        return 0
     counted = int(r["confusion"].matrix.sum())
     print(r["confusion"].table(dataset.class_names))
     if counted == 0:
@@ -473,6 +496,12 @@ PREDICT_DESCRIPTION = (
     "averages over, so tiled labels can differ from whole-image ones.")
 
 
+def _distributed_args(parser) -> None:
+    parser.add_argument("--distributed", action="store_true",
+                        help="run data parallel over MPI (needs mpi4py: pip install 'tinydeeplab[mpi]'); "
+                             "default: on when mpiexec or srun started more than one process")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = dict(formatter_class=_HelpFormatter)
     p = _Parser(prog="tinydeeplab", description=__doc__.splitlines()[0], **common)
@@ -528,6 +557,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--restart", action="store_true", help="start over, ignoring a checkpoint in --out")
     t.add_argument("--override", nargs="+", default=(), choices=RUN_KEYS, metavar="NAME",
                    help=f"when resuming, accept these changed settings (one of: {', '.join(RUN_KEYS)})")
+    _distributed_args(t)
+    t.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="data parallel: batch-norm statistics over the global batch (all processes) rather than "
+                        "each process's share (default: on with more than one process)")
     _backend_arg(t)
     t.set_defaults(func=cmd_train)
     for name, helptext in (("evaluate", "per-class IoU and mIoU of a preset or checkpoint on a dataset split"),
@@ -547,6 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--num-classes", type=POSITIVE_INT, help="classes of a folder dataset")
             c.add_argument("--json", help="also write the metrics to this JSON file (undefined values as null)")
             c.add_argument("--figure", help="also draw 4 images with ground truth and prediction to this PNG")
+            _distributed_args(c)
             c.set_defaults(func=cmd_evaluate)
         else:
             c.description = PREDICT_DESCRIPTION
@@ -616,12 +650,30 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         return _interrupted(command)
     except (TinyDeepLabError, OSError, ValueError) as err:
+        from .train.distributed import active_world
+
+        world = active_world()
+        if world is not None and world.size > 1:      # one line naming the rank, then every rank stops
+            return _distributed_failure(world, command, err)
         print(f"tinydeeplab {command}: error: {error_message(err)}", file=sys.stderr)
         return 2
     except SystemError as err:     # Ctrl-C inside a Numba parallel region surfaces as a SystemError
         if _caused_by_interrupt(err):
             return _interrupted(command)
         raise
+
+
+def _distributed_failure(world, command: str, err: BaseException) -> int:
+    """A divergence is decided by all ranks together: rank 0 says it and all exit; any other failure of
+    one rank: that rank says it (naming itself) and stops every rank (``MPI_Abort``)."""
+    from .errors import DivergenceError
+    from .train.distributed import fail_all
+
+    if isinstance(err, DivergenceError):
+        if world.is_root:
+            print(f"tinydeeplab {command}: error: {error_message(err)}", file=sys.stderr)
+        return 2
+    return fail_all(world, command, error_message(err))
 
 
 def _interrupted(command: str) -> int:

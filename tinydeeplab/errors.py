@@ -12,7 +12,8 @@ and exits with status 2 for any of these (and for any ``OSError``); a traceback 
     │   └── LoaderError              an item that failed inside the batch loader (``index``)
     ├── CheckpointError              a checkpoint file, or a run directory's state
     ├── TrainingError                a training run that cannot go on
-    │   └── DivergenceError          the loss or the gradient norm became non-finite or exploded
+    │   ├── DivergenceError          the loss or the gradient norm became non-finite or exploded
+    │   └── DistributedError         a data-parallel run: MPI missing, or another process failed or hangs
     └── OptionError                  a command-line option or a function argument out of range
         └── BackendError             a backend that is unknown or cannot run here (also an ImportError)
 
@@ -58,6 +59,11 @@ class TrainingError(TinyDeepLabError):
 
 class DivergenceError(TrainingError, FloatingPointError):
     """The loss (or the gradient norm) became non-finite or exploded; the message names epoch and step."""
+
+
+class DistributedError(TrainingError):
+    """A data-parallel (MPI) run cannot go on: mpi4py is missing, or a collective operation did not complete
+    in time (another process died, hangs or stopped); the message names this process's rank."""
 
 
 class OptionError(TinyDeepLabError):

@@ -23,6 +23,16 @@ depend on thread timing.  Each ``iter(loader)`` uses ``loader.epoch`` and then a
 >>> x, y = next(iter(loader))
 >>> x.shape, x.dtype.name, y.shape, y.dtype.name
 ((4, 16, 16, 3), 'float32', (4, 16, 16), 'int32')
+
+Data parallel (``shard=(rank, world_size)``): ``batch_size`` is the *global* batch. Every rank draws the
+same epoch order and the same global batches, and takes its own consecutive slice of ``batch_size /
+world_size`` items of each: over the ranks every image is seen once per epoch, and rank ``r`` of ``n``
+sees exactly the items that one process would have at positions ``r*b .. (r+1)*b - 1`` of its batch
+(with the same augmentation draws), whatever ``n`` is, so a run resumes with another number of ranks.
+
+>>> loader = BatchLoader(SyntheticShapes(8, size=(8, 8)), batch_size=4, shard=(1, 2), shuffle=False)
+>>> [b.tolist() for b in loader.batches(0)]
+[[2, 3], [6, 7]]
 """
 from __future__ import annotations
 
@@ -47,7 +57,8 @@ class BatchLoader:
     """
 
     def __init__(self, dataset, batch_size: int, transform=None, shuffle: bool = True, seed: int = 0,
-                 drop_last: bool = True, prefetch: int = 2, scale=1 / 127.5, offset=-1.0, converter=None):
+                 drop_last: bool = True, prefetch: int = 2, scale=1 / 127.5, offset=-1.0, converter=None,
+                 shard=None):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if int(prefetch) < 0:
@@ -61,6 +72,14 @@ class BatchLoader:
         self.seed = int(seed)
         self.drop_last = bool(drop_last)
         self.prefetch = int(prefetch)
+        self.shard = None if shard is None else (int(shard[0]), int(shard[1]))     # (rank, world size)
+        if self.shard is not None:
+            rank, size = self.shard
+            if not 0 <= rank < size:
+                raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard}")
+            if self.batch_size % size:
+                raise DatasetError(f"the global batch of {self.batch_size} images does not split evenly over "
+                                   f"{size} processes; give a batch size that is a multiple of {size}")
         if converter is None and (scale is not None or offset is not None):
             from ..models.preprocessor import ImageConverter
             converter = ImageConverter(scale=scale, offset=offset)
@@ -91,9 +110,13 @@ class BatchLoader:
         return np.random.default_rng([self.seed, int(epoch)]).permutation(n)
 
     def batches(self, epoch: int) -> list[np.ndarray]:
-        """The index arrays of the ``len(self)`` batches of epoch ``epoch``."""
+        """The index arrays of the ``len(self)`` batches of epoch ``epoch`` (this rank's part with ``shard``)."""
         order, b = self.order(epoch), self.batch_size
-        return [order[k * b:(k + 1) * b] for k in range(len(self))]
+        batches = [order[k * b:(k + 1) * b] for k in range(len(self))]
+        if self.shard is None:
+            return batches
+        rank, size = self.shard
+        return [batch[rank * len(batch) // size:(rank + 1) * len(batch) // size] for batch in batches]
 
     def load_item(self, index: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """Item ``index`` as epoch ``epoch`` sees it: read, then transform with its own generator."""

@@ -39,3 +39,42 @@ def record_outputs(model, names):
     finally:
         for name in names:
             modules[name].__dict__.pop("forward", None)
+
+
+@contextmanager
+def gradients_ready(model, callback):
+    """Within the block, ``callback(name, module)`` runs right after the ``backward`` of every submodule
+    that owns parameters (a convolution, a batch norm) has filled that module's ``grads``.
+
+    A composite's backward runs its children in reverse order, so the callbacks arrive while the rest
+    of the backward pass is still to come: data-parallel training starts the allreduce of finished
+    gradients there (:class:`tinydeeplab.train.distributed.GradientBuckets`), overlapping communication
+    with computation.
+
+    >>> import numpy as np
+    >>> from tinydeeplab.nn import Sequential, Conv2D, ReLU
+    >>> net = Sequential(("a", Conv2D(1, 1, 1, seed=0)), ("r", ReLU()), ("b", Conv2D(1, 1, 1, seed=1)))
+    >>> y = net.forward(np.ones((1, 2, 2, 1), np.float32))
+    >>> with gradients_ready(net, lambda name, module: print(name, sorted(module.grads))):
+    ...     _ = net.backward(np.ones_like(y))
+    b ['kernel']
+    a ['kernel']
+    """
+    owners = [(name, mod) for name, mod in model.modules() if mod.params]
+
+    def wrap(name, module):
+        plain = module.backward
+
+        def backward(*args, **kwargs):
+            out = plain(*args, **kwargs)
+            callback(name, module)
+            return out
+        return backward
+
+    for name, mod in owners:
+        object.__setattr__(mod, "backward", wrap(name, mod))
+    try:
+        yield
+    finally:
+        for _, mod in owners:
+            mod.__dict__.pop("backward", None)

@@ -85,20 +85,27 @@ class BatchNorm(OpLayer):
     ``y = gamma * (x - mean) / sqrt(var + epsilon) + beta`` with batch statistics (biased
     variance) when training, moving statistics otherwise; after a training step
     ``moving = moving * momentum + batch * (1 - momentum)`` (Keras convention).
+
+    ``sync``: None (statistics of this process's batch), or a ``reduce`` callable that sums per-channel
+    statistics over the processes of a data-parallel run (synchronized batch norm: training statistics
+    of the *global* batch; see :mod:`tinydeeplab.functional.batchnorm` and
+    :func:`tinydeeplab.train.distributed.sync_batchnorm`). Inference never reduces.
     """
 
     def __init__(self, channels: int, *, epsilon: float = 1e-3, momentum: float = 0.99):
         super().__init__()
         self.epsilon, self.momentum = float(epsilon), float(momentum)
+        self.sync = None
         self.params["gamma"] = np.ones(channels, np.float32)
         self.params["beta"] = np.zeros(channels, np.float32)
         self.buffers["moving_mean"] = np.zeros(channels, np.float32)
         self.buffers["moving_variance"] = np.ones(channels, np.float32)
 
     def forward(self, x, training=False):
+        synced = {"reduce": self.sync} if training and self.sync is not None else {}
         y = self._run("batchnorm", x, self.params["gamma"], self.params["beta"],
                       self.buffers["moving_mean"], self.buffers["moving_variance"],
-                      training=training, eps=self.epsilon)
+                      training=training, eps=self.epsilon, **synced)
         if training:
             update = self._ops.moving_average
             self.buffers["moving_mean"] = update(self.buffers["moving_mean"], self._cache["mean"], self.momentum)

@@ -122,7 +122,21 @@ def predict_logits(model, x, *, scales=(1.0,), flip=False, window=None, stride=N
     return _log(p)
 
 
-def evaluate(model, dataset, preprocess=None, num_classes=None, ignore_label=255, *, progress=True, **tta) -> dict:
+class _Shard:
+    """Items ``rank, rank + size, ...`` of ``dataset``, read when iterated."""
+
+    def __init__(self, dataset, rank: int, size: int):
+        self.dataset, self.indices = dataset, range(rank, len(dataset), size)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self):
+        return (self.dataset[j] for j in self.indices)
+
+
+def evaluate(model, dataset, preprocess=None, num_classes=None, ignore_label=255, *, progress=True, world=None,
+             **tta) -> dict:
     """Confusion matrix of ``model`` over ``dataset`` -> ``{miou, pixel_accuracy, iou, confusion}``.
 
     ``dataset``: iterable of ``(image uint8 (H, W, 3), label (H, W))``. ``preprocess(image)`` ->
@@ -131,15 +145,23 @@ def evaluate(model, dataset, preprocess=None, num_classes=None, ignore_label=255
     ``tta``: keyword arguments of :func:`predict_logits` (``scales``, ``flip``, ``window``, ``stride``).
     ``iou`` is a list (NaN for classes absent from labels and predictions); ``confusion`` the
     :class:`ConfusionMatrix` (``.table(names)`` prints it).
+    ``world``: the ranks of a distributed evaluation (:class:`tinydeeplab.train.distributed.World`): rank
+    ``r`` of ``n`` evaluates items ``r, r + n, r + 2n, ...`` and the confusion matrices are summed over the
+    ranks (integer counts: the same mIoU as one process); only rank 0 shows progress.
     """
     preprocess = model.preprocessor if preprocess is None else preprocess
     num_classes = getattr(model, "num_classes", None) if num_classes is None else num_classes
     cm = ConfusionMatrix(num_classes, ignore_label)
+    sharded = world is not None and world.size > 1
+    if sharded:                                                    # this rank's items, read by index
+        dataset = _Shard(dataset, world.rank, world.size)
+        progress = progress and world.is_root
     try:
         total = len(dataset)
     except TypeError:
         total = None
     bar = Progress(progress)
+    who = f"(rank 0's share, of {world.size}) " if sharded else ""
     t0 = time.perf_counter()
     i = 0
     with bar:                                                      # the line ends even on errors
@@ -163,6 +185,8 @@ def evaluate(model, dataset, preprocess=None, num_classes=None, ignore_label=255
                 target = np.where(seen, target, ignore_label)
             cm.update(pred, target)
             rate = i / max(time.perf_counter() - t0, 1e-9)
-            bar.show(f"eval {i}/{total if total is not None else '?'}  mIoU {cm.miou():.4f}  "
+            bar.show(f"eval {who}{i}/{total if total is not None else '?'}  mIoU {cm.miou():.4f}  "
                      f"pixel acc {cm.pixel_accuracy():.4f}  {rate:.2f} img/s")
+    if sharded:
+        cm.matrix = world.allreduce(cm.matrix, "the confusion-matrix allreduce")    # (K, K) int64 counts
     return {"miou": cm.miou(), "pixel_accuracy": cm.pixel_accuracy(), "iou": cm.iou().tolist(), "confusion": cm}

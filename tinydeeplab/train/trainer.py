@@ -23,6 +23,13 @@ rewritten from the checkpoint's history. If the loader has ``set_epoch(e)`` it i
 0-based epoch index before each epoch, so the batch order depends only on the epoch: a run stopped
 and resumed produces the same weights as one that never stopped. The epoch numbers in the files
 count completed epochs (1 = after the first epoch).
+
+Data parallel (``world=``, a :class:`~tinydeeplab.train.distributed.World` of N > 1 ranks, each with a
+loader of its shard): rank 0 alone takes the run lock and writes the checkpoint, metrics, plot and
+progress; every rank starts from rank 0's weights, back-propagates its share of the global loss, and
+averages the gradients during the backward pass (:class:`~tinydeeplab.train.distributed.GradientBuckets`);
+the loss is the global batch's, and a divergence is decided by all ranks together
+(:meth:`~tinydeeplab.train.distributed.World.agree`), so they stop together.
 """
 from __future__ import annotations
 
@@ -32,6 +39,7 @@ import json
 import math
 import time
 from collections import deque
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +50,7 @@ from ..errors import DivergenceError, TrainingError
 from ..nn.module import first_non_finite
 from ..progress import Progress
 from .checkpoint import load_checkpoint, save_checkpoint
+from .distributed import GradientBuckets, World, average_buffers, broadcast_state, loss_weights
 from .optim import clip_grad_norm
 from .rundir import RunLock, check_same_run
 
@@ -111,11 +120,13 @@ class Trainer:
         run_config: the run's hyperparameters (JSON); stored in the checkpoint and compared on resume:
             a change is refused (:class:`~tinydeeplab.errors.TrainingError`) unless its key is in
             ``allow_changes``. ``epochs`` may always grow (extending a run).
+        world: the ranks of a data-parallel run (default: this process alone; see the module docstring).
     """
 
     def __init__(self, model, optimizer, train_loader, *, epochs: int, lr_schedule, out_dir,
                  class_weights=None, ignore_label=255, clip_norm=None, val_fn=None, log_every: int = 1,
-                 progress: bool = True, stream=None, checkpoint_meta=None, run_config=None, allow_changes=()):
+                 progress: bool = True, stream=None, checkpoint_meta=None, run_config=None, allow_changes=(),
+                 world=None):
         if int(epochs) < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
         if not callable(lr_schedule):
@@ -132,6 +143,8 @@ class Trainer:
         self.checkpoint_meta = dict(checkpoint_meta or {})   # extra JSON stored in every checkpoint
         self.run_config = None if run_config is None else dict(run_config)   # compared on resume
         self.allow_changes = tuple(allow_changes)
+        self.world = World.single() if world is None else world
+        self.buckets = GradientBuckets(model, self.world) if self.world.size > 1 else None
         self._bar = Progress(self.progress, stream)
         self.epoch = 0            # completed epochs
         self.global_step = 0      # optimizer steps taken
@@ -147,18 +160,22 @@ class Trainer:
 
         The run directory is locked for the whole call (:class:`~tinydeeplab.train.rundir.RunLock`).
         """
-        with RunLock(self.out_dir):
+        with RunLock(self.out_dir) if self.world.is_root else nullcontext():     # one writer: rank 0
             if resume and self.checkpoint_path.exists():
                 self.resume()
             else:
                 self.epoch, self.global_step, self.history = 0, 0, []
             self.model.to(get_backend())     # parameters and buffers where the backend's ops want them
+            broadcast_state(self.model, self.world)          # data parallel: every rank from rank 0's weights
             while self.epoch < self.epochs:
                 row = self.train_epoch(self.epoch)
+                average_buffers(self.model, self.world)      # (without SyncBN the ranks' statistics differ)
                 self._check_state(row["epoch"])
                 self.epoch += 1
                 self.history.append(row)
-                self.save()
+                if self.world.is_root:
+                    self.save()
+                self.world.barrier("waiting for rank 0 to write the checkpoint")   # durable before going on
                 self._say(self._summary(row) + "\n")
         return self.history
 
@@ -182,7 +199,8 @@ class Trainer:
                                 f"{self.epochs} asked for; ask for more epochs to extend it, or --restart")
         self.epoch, self.global_step, self.history = epoch, global_step, history
         self.model.set_rng_states(meta.get("rng", {}))
-        self._write_metrics()
+        if self.world.is_root:
+            self._write_metrics()
         done = " (complete: nothing left to train)" if epoch == self.epochs else ""
         self._say(f"resumed from {self.checkpoint_path}: {self.epoch} of {self.epochs} epoch(s) done, "
                   f"step {self.global_step}{done}\n")
@@ -207,18 +225,23 @@ class Trainer:
                 logits = self.model.forward(x, training=True)                         # (N, H, W, K)
                 loss, cache = ce.softmax_cross_entropy_forward(logits, y, ignore_label=self.ignore_label,
                                                                class_weights=self.class_weights)
-                problem = monitor.check(float(loss))
+                loss, share = loss_weights(self.world, loss, cache["total"])    # the global batch's loss
+                problem = self.world.agree(monitor.check(float(loss)))          # all ranks stop together
                 if problem is not None:
                     self._diverged(f"the loss {problem}", epoch, i, n_steps, lr)
                 self.model.zero_grad()
-                self.model.backward(ce.softmax_cross_entropy_backward(1.0, cache))   # fills model grads
+                dlogits = ce.softmax_cross_entropy_backward(share, cache)
+                if self.buckets is None:
+                    self.model.backward(dlogits)                                  # fills model grads
+                else:
+                    self.buckets.backward(dlogits)      # fills model grads, averaged over the ranks
                 if self.clip_norm is not None:
                     norm = clip_grad_norm(self.model, self.clip_norm)
                     if not math.isfinite(norm):
                         self._diverged(f"the gradient norm became non-finite ({norm})", epoch, i, n_steps, lr)
                 self.optimizer.step(lr=lr)
                 self.global_step += 1
-                loss_sum, n_batches, n_images = loss_sum + loss, n_batches + 1, n_images + len(x)
+                loss_sum, n_batches, n_images = loss_sum + loss, n_batches + 1, n_images + len(x) * self.world.size
                 if (i + 1) % self.log_every == 0 or (n_steps is not None and i + 1 == n_steps):
                     rate = n_images / max(time.perf_counter() - t0, 1e-9)
                     self.bar.show(f"epoch {epoch + 1}/{self.epochs}  step {i + 1}/{n_steps or '?'}  "
@@ -307,7 +330,7 @@ class Trainer:
     @property
     def bar(self) -> Progress:
         """The progress display (follows ``self.progress`` and ``self.stream``)."""
-        self._bar.enabled, self._bar.stream = self.progress, self.stream
+        self._bar.enabled, self._bar.stream = self.progress and self.world.is_root, self.stream
         return self._bar
 
     def _say(self, text: str) -> None:

@@ -15,6 +15,10 @@ into :data:`N_CHUNKS` fixed blocks: each block writes its own row of a ``(N_CHUN
 sums (float64), and the table is then added up serially. The chunk count does not depend on the number
 of threads, so the result is the same on any machine. Mean and variance take two passes
 (``var = mean((x - mean)^2)``), which is stable where ``E[x^2] - mean^2`` is not.
+
+**Synchronized** (``reduce=``): the local sums ``[sum x, sum x^2, M]`` (:func:`channel_sums`) and
+``[sum dy, sum dy * xhat]`` (:func:`grad_sums`) go through ``reduce`` and the op finishes with the global
+sums, exactly as in :mod:`tinydeeplab.functional.batchnorm` (whose docstring derives the backward).
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ...functional.batchnorm import batch_stats_from_sums, synced_sums
 from ...functional.checks import check_batchnorm_args, check_grad_shape
 
 N_CHUNKS = 64
@@ -54,6 +59,33 @@ def channel_mean_var(x2):
         var += part[k]
     var /= m_rows
     return mean, var
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def channel_sums(x2):
+    """``(sum x, sum x^2)`` per column of ``x2 (M, C)``, float64, by chunked partial sums (synchronized BN).
+
+    Not :func:`grad_sums` with ``dy = x``: that multiplies in float32, and ``var = E[x^2] - mean^2`` cancels
+    (a channel whose mean is large against its spread), so float32 squares moved the two-rank loss by
+    1e-2 where these float64 ones agree with the single process to 1e-6.
+    """
+    m_rows, c_n = x2.shape
+    n_chunks = min(N_CHUNKS, m_rows)
+    step = (m_rows + n_chunks - 1) // n_chunks
+    part = np.zeros((n_chunks, c_n))
+    part_sq = np.zeros((n_chunks, c_n))
+    for k in prange(n_chunks):
+        for m in range(k * step, min(m_rows, (k + 1) * step)):
+            for c in range(c_n):
+                v = np.float64(x2[m, c])
+                part[k, c] += v
+                part_sq[k, c] += v * v
+    s = np.zeros(c_n)
+    sq = np.zeros(c_n)
+    for k in range(n_chunks):
+        s += part[k]
+        sq += part_sq[k]
+    return s, sq
 
 
 @njit(parallel=True, cache=True, fastmath=False)
@@ -100,7 +132,7 @@ def input_grad(x2, dy2, mean, inv_std, scale, shift, slope, dx2):
             dx2[m, c] = scale[c] * (dy2[m, c] - shift[c] - xhat * slope[c])
 
 
-def batchnorm_forward(x, gamma, beta, moving_mean, moving_var, *, training, eps=1e-3):
+def batchnorm_forward(x, gamma, beta, moving_mean, moving_var, *, training, eps=1e-3, reduce=None):
     """``y = gamma * (x - mean) / sqrt(var + eps) + beta`` per channel; returns ``(y, cache)``.
 
     Arguments, results and the ``cache["mean"]`` / ``cache["var"]`` fields as
@@ -116,7 +148,12 @@ def batchnorm_forward(x, gamma, beta, moving_mean, moving_var, *, training, eps=
     c = x.shape[3]
 
     x2 = np.ascontiguousarray(x).reshape(-1, c)              # (M, C), M = N*H*W
-    if training:
+    count = x2.shape[0]
+    if training and reduce is not None:                      # synchronized: one fused reduction
+        sums = synced_sums(reduce, *channel_sums(x2), np.full(c, count))
+        mean, var = batch_stats_from_sums(sums, x.dtype)     # (C,) of the global batch
+        count = sums[2]
+    elif training:
         mean64, var64 = channel_mean_var(x2)                 # (C,) float64
         mean, var = mean64.astype(x.dtype), var64.astype(x.dtype)
     else:
@@ -126,6 +163,8 @@ def batchnorm_forward(x, gamma, beta, moving_mean, moving_var, *, training, eps=
     normalize(x2, mean, inv_std, gamma, beta, y2)
     cache = {"mean": mean, "var": var, "x": x2, "inv_std": inv_std, "gamma": gamma,
              "training": bool(training), "x_shape": x.shape}
+    if training and reduce is not None:
+        cache.update(reduce=reduce, count=count)
     return y2.reshape(x.shape), cache                        # (N, H, W, C)
 
 
@@ -142,7 +181,10 @@ def batchnorm_backward(dy, cache):
     dy2 = np.ascontiguousarray(dy, dtype=dtype).reshape(-1, c)   # (M, C)
     sdy, sdyx = grad_sums(x2, dy2, mean, inv_std)                # (C,) float64 each
     scale = (gamma * inv_std).astype(dtype)
-    if cache["training"]:
+    if cache.get("reduce") is not None:                          # synchronized: the global sums
+        total_dy, total_dyx = synced_sums(cache["reduce"], sdy, sdyx) / cache["count"]
+        shift, slope = total_dy.astype(dtype), total_dyx.astype(dtype)
+    elif cache["training"]:
         shift, slope = (sdy / m_rows).astype(dtype), (sdyx / m_rows).astype(dtype)
     else:
         shift = slope = np.zeros(c, dtype=dtype)

@@ -14,6 +14,10 @@ coefficients are then formed once, in float64, and stored in the activation dtyp
 
 so the two elementwise kernels do a few float32 multiply-adds per element. They run over rows with the
 threads of a block along the channels (:func:`.device.launch_rows`): no per-element ``i % C``.
+
+**Synchronized** (``reduce=``): the local column sums ``[sum x, sum x^2, M]`` and ``[sum dy, sum dy * xhat]``
+are copied to the host (a few kB), go through ``reduce`` (e.g. an MPI allreduce) and come back as the
+global batch's statistics, as in :mod:`tinydeeplab.functional.batchnorm` (which derives the backward).
 """
 from __future__ import annotations
 
@@ -21,8 +25,9 @@ import math
 
 from numba import cuda, float64
 
+from ...functional.batchnorm import batch_stats_from_sums, synced_sums
 from ...functional.checks import check_batchnorm_args, check_grad_shape, check_moving_average_args
-from .device import cast, empty, flat, launch_1d, launch_rows, require_device, spec
+from .device import cast, empty, flat, launch_1d, launch_rows, require_device, spec, to_device, zeros
 from .reduce import MODE_CENTRED_SQUARES, MODE_TIMES_XHAT, column_sums
 
 
@@ -84,7 +89,7 @@ def _moving_average(moving, batch, momentum, out):
         out[i] = moving[i] * momentum + batch[i] * (1.0 - momentum)
 
 
-def batchnorm_forward(x, gamma, beta, moving_mean, moving_var, *, training, eps=1e-3):
+def batchnorm_forward(x, gamma, beta, moving_mean, moving_var, *, training, eps=1e-3, reduce=None):
     """``y = gamma * (x - mean) / sqrt(var + eps) + beta`` per channel; returns ``(y, cache)``.
 
     Arguments, results and ``cache["mean"]`` / ``cache["var"]`` as :func:`tinydeeplab.functional.batchnorm_forward`,
@@ -97,7 +102,14 @@ def batchnorm_forward(x, gamma, beta, moving_mean, moving_var, *, training, eps=
     c = x.shape[3]
     m_rows = x.size // c
     x2 = x.reshape(m_rows, c)                                          # (M, C)
-    if training:                                                       # float64 batch statistics
+    count = m_rows
+    if training and reduce is not None:                                # synchronized: one fused reduction
+        local_sum = column_sums(x2).copy_to_host()
+        local_sq = column_sums(x2, mode=MODE_CENTRED_SQUARES, mean=zeros((c,), "float64")).copy_to_host()
+        sums = synced_sums(reduce, local_sum, local_sq, [count] * c)
+        mean_src, var_src = (to_device(v) for v in batch_stats_from_sums(sums, "float64"))
+        count = sums[2].copy()
+    elif training:                                                       # float64 batch statistics
         mean_src = column_sums(x2, divide_by=m_rows)                                  # mean = sum x / M
         var_src = column_sums(x2, mode=MODE_CENTRED_SQUARES, mean=mean_src, divide_by=m_rows)  # biased
     else:
@@ -110,6 +122,8 @@ def batchnorm_forward(x, gamma, beta, moving_mean, moving_var, *, training, eps=
     launch_rows(_normalize, m_rows, x2, mean, scale, beta, y2)
     cache = {"mean": mean, "var": var, "x": x2, "mean64": mean64, "inv_std64": inv_std64, "inv_std": inv_std,
              "gamma": gamma, "training": bool(training), "x_shape": tuple(x.shape)}
+    if training and reduce is not None:
+        cache.update(reduce=reduce, count=count)
     return y2.reshape(*x.shape), cache                                 # (N, H, W, C)
 
 
@@ -128,7 +142,14 @@ def batchnorm_backward(dy, cache):
     sdy = column_sums(dy2)                                                          # (C,) float64
     sdyx = column_sums(dy2, mode=MODE_TIMES_XHAT, z2=x2, mean=mean64, inv_std=inv_std64)
     coef = empty((5, c), x2.dtype)                                                 # p, q, r, dgamma, dbeta
-    launch_1d(_grad_coefficients, c, gamma, inv_std64, sdy, sdyx, m_rows, cache["training"], coef)
+    if cache.get("reduce") is not None:             # synchronized: p, q, r from the global sums over M pixels
+        total = synced_sums(cache["reduce"], sdy.copy_to_host(), sdyx.copy_to_host())
+        launch_1d(_grad_coefficients, c, gamma, inv_std64, to_device(total[0]), to_device(total[1]),
+                  float(cache["count"][0]), True, coef)
+        coef[3].copy_to_device(cast(sdyx, x2.dtype))                              # dgamma, dbeta: local sums
+        coef[4].copy_to_device(cast(sdy, x2.dtype))
+    else:
+        launch_1d(_grad_coefficients, c, gamma, inv_std64, sdy, sdyx, m_rows, cache["training"], coef)
     dx2 = empty((m_rows, c), x2.dtype)
     launch_rows(_input_grad, m_rows, x2, dy2, cache["mean"], coef[0], coef[1], coef[2], dx2)
     return dx2.reshape(*cache["x_shape"]), coef[3], coef[4]
