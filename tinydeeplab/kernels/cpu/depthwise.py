@@ -1,0 +1,206 @@
+"""Depthwise 2-D convolution on the CPU: direct Numba loops, no im2col (the op is memory-bound).
+
+Same maths as :mod:`tinydeeplab.functional.depthwise` (NHWC, kernel ``(KH, KW, C, M)``, output channel
+``c * M + m``)::
+
+    y[n, oh, ow, c*M + m] = b[c*M + m] + sum_{live (i, j)} x[n, oh*sh - pt + i*dh, ow*sw - pl + j*dw, c] * w[i, j, c, m]
+
+A depthwise conv does ``KH * KW`` multiply-adds per output and no reduction over channels, so an im2col
+would copy ``KH * KW`` times more than the arithmetic is worth. Instead each thread owns output rows
+``(n, oh)`` and, per output pixel, adds tap by tap one contiguous channel run of ``x`` times one of ``w``
+into the pixel's channel run of ``y`` (``C`` contiguous floats: LLVM vectorises the loop; with ``M = 1`` it
+is ``y[c] += x[c] * w[c]``). A tap that would read the padding for that pixel is skipped by one test per
+pixel and tap, never per channel, and the padding is never built.
+
+**Exact savings** (the shared :func:`~tinydeeplab.functional.conv.conv2d_plan`): only the live taps are
+visited; a tap that reads only padding costs nothing and its ``dw`` stays 0.
+
+**Backward.** ``dx`` is a gather over *input* rows (as conv's col2im): the thread owning ``(n, h)`` finds
+the output pixels ``oh = (h + pt - i*dh) / sh`` that read it, so no two threads write the same element.
+``dw`` is a sum over all output pixels: the output rows are cut into :data:`DW_CHUNKS` fixed chunks, each
+summed into its own slice of a ``(chunks, TH, TW, C*M)`` buffer in parallel, then the slices are added in
+order (deterministic, independent of the thread count).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ...functional.checks import check_depthwise_conv2d_args, check_grad_shape
+from ...functional.conv import conv2d_plan
+
+DW_CHUNKS = 32
+"""Chunks of output rows whose weight-gradient partial sums are computed in parallel (then added in order)."""
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def depthwise_rows(x, w2, b, y, m, tap_h, tap_w, idx_h, idx_w, sh, sw, pt, pl):
+    """``y`` (N, H_out, W_out, C*M) from ``x`` (N, H, W, C), ``w2`` (KH, KW, C*M) and ``b`` (C*M,), live taps only.
+
+    ``tap_h[a] = i * dh`` with ``i = idx_h[a]`` (likewise along W).
+    """
+    n_img, h_in, w_in, c_in = x.shape
+    _, out_h, out_w, cm = y.shape
+    for g in prange(n_img * out_h):                     # one output row (n, oh) per iteration
+        n = g // out_h
+        oh = g - n * out_h
+        for ow in range(out_w):
+            yrow = y[n, oh, ow]                         # (C*M,) contiguous
+            for o in range(cm):
+                yrow[o] = b[o]
+            for a in range(tap_h.shape[0]):
+                h = oh * sh - pt + tap_h[a]
+                if h < 0 or h >= h_in:
+                    continue
+                for t in range(tap_w.shape[0]):
+                    wc = ow * sw - pl + tap_w[t]
+                    if wc < 0 or wc >= w_in:
+                        continue
+                    xrow = x[n, h, wc]                  # (C,)
+                    wrow = w2[idx_h[a], idx_w[t]]       # (C*M,)
+                    if m == 1:
+                        for c in range(c_in):
+                            yrow[c] += xrow[c] * wrow[c]
+                    else:
+                        for c in range(c_in):
+                            xv = xrow[c]
+                            for k in range(m):
+                                yrow[c * m + k] += xv * wrow[c * m + k]
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def depthwise_dx_rows(dy, w2, dx, m, tap_h, tap_w, idx_h, idx_w, sh, sw, pt, pl):
+    """``dx[n, h, w, c] = sum over (tap, output) that read (n, h, w) of sum_m dy[.., c*M + m] * w[i, j, c, m]``.
+
+    Gather: the parallel loop runs over input rows ``(n, h)``."""
+    n_img, h_in, w_in, c_in = dx.shape
+    _, out_h, out_w, cm = dy.shape
+    for q in prange(n_img * h_in):
+        n = q // h_in
+        h = q - n * h_in
+        for wc in range(w_in):
+            dxrow = dx[n, h, wc]                        # (C,)
+            for c in range(c_in):
+                dxrow[c] = 0
+            for a in range(tap_h.shape[0]):
+                u = h + pt - tap_h[a]                   # = oh * sh when tap a of output row oh reads h
+                if u < 0 or u % sh != 0 or u // sh >= out_h:
+                    continue
+                oh = u // sh
+                for t in range(tap_w.shape[0]):
+                    v = wc + pl - tap_w[t]
+                    if v < 0 or v % sw != 0 or v // sw >= out_w:
+                        continue
+                    dyrow = dy[n, oh, v // sw]          # (C*M,)
+                    wrow = w2[idx_h[a], idx_w[t]]
+                    if m == 1:
+                        for c in range(c_in):
+                            dxrow[c] += dyrow[c] * wrow[c]
+                    else:
+                        for c in range(c_in):
+                            acc = dxrow[c]
+                            for k in range(m):
+                                acc += dyrow[c * m + k] * wrow[c * m + k]
+                            dxrow[c] = acc
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def depthwise_dw_partials(x, dy, partial, m, tap_h, tap_w, sh, sw, pt, pl):
+    """``partial[k, a, t, c*M + m] = sum over the output rows of chunk k of x[.., c] * dy[.., c*M + m]`` for the
+    live tap ``(a, t)``; chunk ``k`` holds output rows ``[k R / K, (k + 1) R / K)``, ``R = N * H_out``."""
+    n_img, h_in, w_in, c_in = x.shape
+    _, out_h, out_w, cm = dy.shape
+    n_chunks = partial.shape[0]
+    rows = n_img * out_h
+    for k in prange(n_chunks):
+        part = partial[k]                               # (TH, TW, C*M)
+        part[...] = 0
+        for g in range(k * rows // n_chunks, (k + 1) * rows // n_chunks):
+            n = g // out_h
+            oh = g - n * out_h
+            for a in range(tap_h.shape[0]):
+                h = oh * sh - pt + tap_h[a]
+                if h < 0 or h >= h_in:
+                    continue
+                for ow in range(out_w):
+                    dyrow = dy[n, oh, ow]               # (C*M,)
+                    for t in range(tap_w.shape[0]):
+                        wc = ow * sw - pl + tap_w[t]
+                        if wc < 0 or wc >= w_in:
+                            continue
+                        xrow = x[n, h, wc]
+                        prow = part[a, t]
+                        if m == 1:
+                            for c in range(c_in):
+                                prow[c] += xrow[c] * dyrow[c]
+                        else:
+                            for c in range(c_in):
+                                xv = xrow[c]
+                                for kk in range(m):
+                                    prow[c * m + kk] += xv * dyrow[c * m + kk]
+
+
+def _live_taps(plan, dilation):
+    """Offsets (``i * dh``, ``j * dw``) and indices of the live taps of a plan, as int64 arrays."""
+    idx_h = np.array(plan.live_h, dtype=np.int64)
+    idx_w = np.array(plan.live_w, dtype=np.int64)
+    return {"tap_h": idx_h * dilation[0], "tap_w": idx_w * dilation[1], "idx_h": idx_h, "idx_w": idx_w}
+
+
+def _geometry_args(cache):
+    (sh, sw), ((pt, _), (pl, _)) = cache["stride"], cache["pads"]
+    return sh, sw, pt, pl
+
+
+def depthwise_conv2d_forward(x, w, b=None, *, stride=1, dilation=1, padding="same"):
+    """Depthwise convolution; returns ``(y, cache)``, ``y`` (N, H_out, W_out, C*M). Direct Numba loops.
+
+    Arguments and results as :func:`tinydeeplab.functional.depthwise_conv2d_forward`.
+
+    >>> x = np.ones((1, 5, 5, 3), np.float32); w = np.ones((3, 3, 3, 2), np.float32)
+    >>> y, cache = depthwise_conv2d_forward(x, w)
+    >>> y.shape, float(y[0, 2, 2, 5]), float(y[0, 0, 0, 0])   # 9 taps inside, 4 at the corner
+    ((1, 5, 5, 6), 9.0, 4.0)
+    """
+    stride, dilation = check_depthwise_conv2d_args(x, w, b, stride, dilation)
+    n, _, _, c = x.shape
+    kh, kw, _, m = w.shape
+    plan = conv2d_plan(x.shape, w.shape, stride, dilation, padding)
+    ho, wo = plan.out_hw
+    taps = _live_taps(plan, dilation)
+    x = np.ascontiguousarray(x)
+    w2 = np.ascontiguousarray(w).reshape(kh, kw, c * m)                # (KH, KW, C*M)
+    bias = np.zeros(c * m, x.dtype) if b is None else np.ascontiguousarray(b)
+    cache = {"x": x, "w2": w2, "w_shape": w.shape, "has_bias": b is not None, "pads": plan.pads,
+             "stride": stride, "out_hw": plan.out_hw, "taps": taps}
+    y = np.empty((n, ho, wo, c * m), x.dtype)                          # (N, H_out, W_out, C*M)
+    depthwise_rows(x, w2, bias, y, m, taps["tap_h"], taps["tap_w"], taps["idx_h"], taps["idx_w"],
+                   *_geometry_args(cache))
+    return y, cache
+
+
+def depthwise_conv2d_backward(dy, cache):
+    """Gradients of :func:`depthwise_conv2d_forward`; returns ``(dx, dw, db)`` (``db`` None without bias).
+
+    >>> x = np.ones((1, 4, 4, 2)); w = np.ones((3, 3, 2, 1))
+    >>> y, cache = depthwise_conv2d_forward(x, w, padding="valid")
+    >>> dx, dw, db = depthwise_conv2d_backward(np.ones_like(y), cache)
+    >>> dx[0, :, :, 0].astype(int).tolist()
+    [[1, 2, 2, 1], [2, 4, 4, 2], [2, 4, 4, 2], [1, 2, 2, 1]]
+    """
+    x, w2, taps = cache["x"], cache["w2"], cache["taps"]
+    n, _, _, c = x.shape
+    kh, kw, _, m = cache["w_shape"]
+    ho, wo = cache["out_hw"]
+    check_grad_shape(dy, (n, ho, wo, c * m))
+    dy = np.ascontiguousarray(dy, dtype=x.dtype)                       # (N, H_out, W_out, C*M)
+    args = _geometry_args(cache)
+
+    dx = np.empty_like(x)                                              # (N, H, W, C)
+    depthwise_dx_rows(dy, w2, dx, m, taps["tap_h"], taps["tap_w"], taps["idx_h"], taps["idx_w"], *args)
+    partial = np.empty((max(1, min(DW_CHUNKS, n * ho)), taps["tap_h"].size, taps["tap_w"].size, c * m), x.dtype)
+    depthwise_dw_partials(x, dy, partial, m, taps["tap_h"], taps["tap_w"], *args)
+    dw = np.zeros((kh, kw, c * m), x.dtype)                            # dead taps keep a zero gradient
+    dw[np.ix_(taps["idx_h"], taps["idx_w"])] = partial.sum(axis=0)     # chunks added in a fixed order
+    db = dy.sum(axis=(0, 1, 2)).astype(x.dtype) if cache["has_bias"] else None
+    return dx, dw.reshape(kh, kw, c, m), db
