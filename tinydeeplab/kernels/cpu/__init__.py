@@ -12,7 +12,8 @@ Kernels live next to their wrappers: ``conv.py`` (im2col + BLAS GEMM, col2im gat
 hard sigmoid / swish, leaky ReLU), ``avg_pool.py`` (average pooling, gather backward).
 Ops that are a single NumPy call already (concat, split, add, zero padding, global average pooling,
 dropout, the squeeze-and-excitation channel scale, stochastic depth, the moving average) are
-re-exported from the reference, as is the host device contract (``to_device``/``to_host`` pass arrays through; ``sgd_update``, ``global_norm``, ``scale_``).
+re-exported from the reference, as is the host device contract (``to_device``/``to_host`` pass
+arrays through; ``sgd_update``, ``global_norm``, ``scale_``).
 
 All kernels are ``@njit(parallel=True, cache=True)``: the first call of a process compiles (or loads
 the on-disk cache from ``__pycache__``); set ``NUMBA_DISABLE_JIT=1`` to step through them as Python.
