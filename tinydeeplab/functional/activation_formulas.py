@@ -45,3 +45,32 @@ def activation_slope(kind, v, a):
     e = math.exp(-abs(v))
     s = 1.0 / (1.0 + e) if v >= 0 else e / (1.0 + e)
     return s * (1.0 - s) if kind == SIGMOID else s + v * s * (1.0 - s)
+
+
+def activation_pairs(forward, backward):
+    """A kernel backend's public activation ops from its two launchers, ``forward(x, op, negative_slope)``
+    (``op`` a key of :data:`KINDS`) and ``backward(dy, cache)``.
+
+    Returns ``(sigmoid_forward, sigmoid_backward, swish_forward, ..., leaky_relu_backward)`` in the order of
+    :data:`KINDS`, each wrapping its reference twin of :mod:`.elementwise` (``functools.wraps``: the same
+    name, docstring and signature), so the backends do not repeat ten wrappers each.
+
+    >>> fwd, bwd = activation_pairs(lambda x, op, slope=0.0: (op, slope), None)[8:]
+    >>> fwd.__name__, fwd(1.0, negative_slope=0.5)
+    ('leaky_relu_forward', ('leaky_relu', 0.5))
+    """
+    import functools
+
+    from . import elementwise
+
+    def plain(op):
+        return lambda x: forward(x, op)
+
+    def leaky(x, *, negative_slope=0.2):
+        return forward(x, "leaky_relu", negative_slope)
+
+    pairs = []
+    for op in KINDS:
+        pairs.append(functools.wraps(getattr(elementwise, f"{op}_forward"))(leaky if op == "leaky_relu" else plain(op)))
+        pairs.append(functools.wraps(getattr(elementwise, f"{op}_backward"))(lambda dy, cache: backward(dy, cache)))
+    return tuple(pairs)

@@ -33,13 +33,28 @@ DW_CHUNKS = 32
 """Chunks of output rows whose weight-gradient partial sums are computed in parallel (then added in order)."""
 
 
+@njit(inline="always", cache=True, fastmath=False)
+def outer_add(out, xrow, vrow, m):
+    """``out[c*M + k] += xrow[c] * vrow[c*M + k]``: one pixel's channels times their ``M`` weights (forward:
+    ``vrow`` a kernel tap) or gradients (``dw``: ``vrow`` a row of ``dy``). ``M = 1`` is ``out += x * v``, which
+    LLVM vectorises."""
+    if m == 1:
+        for c in range(xrow.shape[0]):
+            out[c] += xrow[c] * vrow[c]
+    else:
+        for c in range(xrow.shape[0]):
+            xv = xrow[c]
+            for k in range(m):
+                out[c * m + k] += xv * vrow[c * m + k]
+
+
 @njit(parallel=True, cache=True, fastmath=False)
 def depthwise_rows(x, w2, b, y, m, tap_h, tap_w, idx_h, idx_w, sh, sw, pt, pl):
     """``y`` (N, H_out, W_out, C*M) from ``x`` (N, H, W, C), ``w2`` (KH, KW, C*M) and ``b`` (C*M,), live taps only.
 
     ``tap_h[a] = i * dh`` with ``i = idx_h[a]`` (likewise along W).
     """
-    n_img, h_in, w_in, c_in = x.shape
+    n_img, h_in, w_in, _ = x.shape
     _, out_h, out_w, cm = y.shape
     for g in prange(n_img * out_h):                     # one output row (n, oh) per iteration
         n = g // out_h
@@ -56,16 +71,7 @@ def depthwise_rows(x, w2, b, y, m, tap_h, tap_w, idx_h, idx_w, sh, sw, pt, pl):
                     wc = ow * sw - pl + tap_w[t]
                     if wc < 0 or wc >= w_in:
                         continue
-                    xrow = x[n, h, wc]                  # (C,)
-                    wrow = w2[idx_h[a], idx_w[t]]       # (C*M,)
-                    if m == 1:
-                        for c in range(c_in):
-                            yrow[c] += xrow[c] * wrow[c]
-                    else:
-                        for c in range(c_in):
-                            xv = xrow[c]
-                            for k in range(m):
-                                yrow[c * m + k] += xv * wrow[c * m + k]
+                    outer_add(yrow, x[n, h, wc], w2[idx_h[a], idx_w[t]], m)   # (C,) x (C*M,)
 
 
 @njit(parallel=True, cache=True, fastmath=False)
@@ -108,7 +114,7 @@ def depthwise_dx_rows(dy, w2, dx, m, tap_h, tap_w, idx_h, idx_w, sh, sw, pt, pl)
 def depthwise_dw_partials(x, dy, partial, m, tap_h, tap_w, sh, sw, pt, pl):
     """``partial[k, a, t, c*M + m] = sum over the output rows of chunk k of x[.., c] * dy[.., c*M + m]`` for the
     live tap ``(a, t)``; chunk ``k`` holds output rows ``[k R / K, (k + 1) R / K)``, ``R = N * H_out``."""
-    n_img, h_in, w_in, c_in = x.shape
+    n_img, h_in, w_in, _ = x.shape
     _, out_h, out_w, cm = dy.shape
     n_chunks = partial.shape[0]
     rows = n_img * out_h
@@ -128,16 +134,7 @@ def depthwise_dw_partials(x, dy, partial, m, tap_h, tap_w, sh, sw, pt, pl):
                         wc = ow * sw - pl + tap_w[t]
                         if wc < 0 or wc >= w_in:
                             continue
-                        xrow = x[n, h, wc]
-                        prow = part[a, t]
-                        if m == 1:
-                            for c in range(c_in):
-                                prow[c] += xrow[c] * dyrow[c]
-                        else:
-                            for c in range(c_in):
-                                xv = xrow[c]
-                                for kk in range(m):
-                                    prow[c * m + kk] += xv * dyrow[c * m + kk]
+                        outer_add(part[a, t], x[n, h, wc], dyrow, m)
 
 
 def _live_taps(plan, dilation):

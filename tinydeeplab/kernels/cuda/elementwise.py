@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from numba import cuda
 
-from ...functional.activation_formulas import KINDS, activation_slope, activation_value
+from ...functional.activation_formulas import KINDS, activation_pairs, activation_slope, activation_value
 from ...functional.checks import check_array, check_grad_shape, check_negative_slope
 from .device import empty, flat, launch_1d, require_device, spec
 
@@ -31,14 +31,17 @@ def _activation_grad(x, dy, dx, kind, a):
 
 
 def _forward(x, op, negative_slope=0.0):
+    """Activation ``op`` of device array ``x``; the slope (leaky ReLU only) validated and rounded to x's dtype."""
     check_array(spec(x), "x")
+    a = float(x.dtype.type(check_negative_slope(negative_slope)))
     require_device(x, "x")
     y = empty(x.shape, x.dtype)
-    launch_1d(_activation, x.size, flat(x), flat(y), KINDS[op], float(negative_slope))
-    return y, {"x": x, "kind": KINDS[op], "a": float(negative_slope)}
+    launch_1d(_activation, x.size, flat(x), flat(y), KINDS[op], a)
+    return y, {"x": x, "kind": KINDS[op], "a": a}
 
 
 def _backward(dy, cache):
+    """``dx = dy * f'(x)`` for the activation of ``cache``."""
     x = cache["x"]
     check_grad_shape(spec(dy), x.shape)
     require_device(dy, "dy")
@@ -47,52 +50,6 @@ def _backward(dy, cache):
     return dx
 
 
-def sigmoid_forward(x):
-    """``y = 1 / (1 + exp(-x))`` on a device array; returns ``(y, cache)``."""
-    return _forward(x, "sigmoid")
-
-
-def sigmoid_backward(dy, cache):
-    """``dx = dy * s * (1 - s)``."""
-    return _backward(dy, cache)
-
-
-def swish_forward(x):
-    """Swish / SiLU ``y = x * sigmoid(x)``; returns ``(y, cache)``."""
-    return _forward(x, "swish")
-
-
-def swish_backward(dy, cache):
-    """``dx = dy * (s + x s (1 - s))``."""
-    return _backward(dy, cache)
-
-
-def hard_sigmoid_forward(x):
-    """``y = relu6(x + 3) / 6``; returns ``(y, cache)``."""
-    return _forward(x, "hard_sigmoid")
-
-
-def hard_sigmoid_backward(dy, cache):
-    """``dx = dy / 6`` on ``0 < x + 3 < 6``, else 0."""
-    return _backward(dy, cache)
-
-
-def hard_swish_forward(x):
-    """``y = x * relu6(x + 3) / 6``; returns ``(y, cache)``."""
-    return _forward(x, "hard_swish")
-
-
-def hard_swish_backward(dy, cache):
-    """``dx = dy * (hard_sigmoid(x) + x / 6 * [0 < x + 3 < 6])``."""
-    return _backward(dy, cache)
-
-
-def leaky_relu_forward(x, *, negative_slope=0.2):
-    """``y = x`` where ``x >= 0``, else ``negative_slope * x``; returns ``(y, cache)``."""
-    check_array(spec(x), "x")
-    return _forward(x, "leaky_relu", x.dtype.type(check_negative_slope(negative_slope)))
-
-
-def leaky_relu_backward(dy, cache):
-    """``dx = dy`` where ``x >= 0``, else ``negative_slope * dy``."""
-    return _backward(dy, cache)
+(sigmoid_forward, sigmoid_backward, swish_forward, swish_backward, hard_sigmoid_forward, hard_sigmoid_backward,
+ hard_swish_forward, hard_swish_backward, leaky_relu_forward, leaky_relu_backward) = activation_pairs(_forward, _backward)
+"""The public ops: the reference's names, signatures and docstrings around :func:`_forward` / :func:`_backward`."""
