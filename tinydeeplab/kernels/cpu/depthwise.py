@@ -7,10 +7,11 @@ Same maths as :mod:`tinydeeplab.functional.depthwise` (NHWC, kernel ``(KH, KW, C
 
 A depthwise conv does ``KH * KW`` multiply-adds per output and no reduction over channels, so an im2col
 would copy ``KH * KW`` times more than the arithmetic is worth. Instead each thread owns output rows
-``(n, oh)`` and, per output pixel, adds tap by tap one contiguous channel run of ``x`` times one of ``w``
-into the pixel's channel run of ``y`` (``C`` contiguous floats: LLVM vectorises the loop; with ``M = 1`` it
-is ``y[c] += x[c] * w[c]``). A tap that would read the padding for that pixel is skipped by one test per
-pixel and tap, never per channel, and the padding is never built.
+``(n, oh)``; per live tap ``(i, j)`` whose row ``h = oh*sh - pt + i*dh`` is inside ``x``, it runs over the
+output columns where tap ``j`` reads real pixels (the plan's ranges, so the inner loops test nothing) and
+adds one contiguous channel run of ``x`` times one of ``w`` into the pixel's channel run of ``y``
+(:func:`outer_add`; ``C`` contiguous floats, vectorised; with ``M = 1`` it is ``y[c] += x[c] * w[c]``). The
+padding is never built. (Taps outermost, not pixels: measured 2x faster on 8 x 128 x 128 x 32.)
 
 **Exact savings** (the shared :func:`~tinydeeplab.functional.conv.conv2d_plan`): only the live taps are
 visited; a tap that reads only padding costs nothing and its ``dw`` stays 0.
@@ -49,29 +50,31 @@ def outer_add(out, xrow, vrow, m):
 
 
 @njit(parallel=True, cache=True, fastmath=False)
-def depthwise_rows(x, w2, b, y, m, tap_h, tap_w, idx_h, idx_w, sh, sw, pt, pl):
+def depthwise_rows(x, w2, b, y, m, tap_h, tap_w, idx_h, idx_w, col0, col1, sh, sw, pt, pl):
     """``y`` (N, H_out, W_out, C*M) from ``x`` (N, H, W, C), ``w2`` (KH, KW, C*M) and ``b`` (C*M,), live taps only.
 
-    ``tap_h[a] = i * dh`` with ``i = idx_h[a]`` (likewise along W).
+    ``tap_h[a] = i * dh`` with ``i = idx_h[a]`` (likewise along W); live column tap ``t`` reads real pixels
+    for the outputs ``col0[t] <= ow < col1[t]`` (the plan's ranges), so the inner loops test nothing.
     """
-    n_img, h_in, w_in, _ = x.shape
+    n_img, h_in, _, _ = x.shape
     _, out_h, out_w, cm = y.shape
     for g in prange(n_img * out_h):                     # one output row (n, oh) per iteration
         n = g // out_h
         oh = g - n * out_h
+        yr = y[n, oh]                                   # (W_out, C*M)
         for ow in range(out_w):
-            yrow = y[n, oh, ow]                         # (C*M,) contiguous
             for o in range(cm):
-                yrow[o] = b[o]
-            for a in range(tap_h.shape[0]):
-                h = oh * sh - pt + tap_h[a]
-                if h < 0 or h >= h_in:
-                    continue
-                for t in range(tap_w.shape[0]):
-                    wc = ow * sw - pl + tap_w[t]
-                    if wc < 0 or wc >= w_in:
-                        continue
-                    outer_add(yrow, x[n, h, wc], w2[idx_h[a], idx_w[t]], m)   # (C,) x (C*M,)
+                yr[ow, o] = b[o]
+        for a in range(tap_h.shape[0]):
+            h = oh * sh - pt + tap_h[a]
+            if h < 0 or h >= h_in:
+                continue
+            xr = x[n, h]                                # (W, C): the input row tap row a reads
+            for t in range(tap_w.shape[0]):
+                wrow = w2[idx_h[a], idx_w[t]]           # (C*M,)
+                off = tap_w[t] - pl
+                for ow in range(col0[t], col1[t]):
+                    outer_add(yr[ow], xr[ow * sw + off], wrow, m)
 
 
 @njit(parallel=True, cache=True, fastmath=False)
@@ -111,11 +114,12 @@ def depthwise_dx_rows(dy, w2, dx, m, tap_h, tap_w, idx_h, idx_w, sh, sw, pt, pl)
 
 
 @njit(parallel=True, cache=True, fastmath=False)
-def depthwise_dw_partials(x, dy, partial, m, tap_h, tap_w, sh, sw, pt, pl):
+def depthwise_dw_partials(x, dy, partial, m, tap_h, tap_w, col0, col1, sh, sw, pt, pl):
     """``partial[k, a, t, c*M + m] = sum over the output rows of chunk k of x[.., c] * dy[.., c*M + m]`` for the
-    live tap ``(a, t)``; chunk ``k`` holds output rows ``[k R / K, (k + 1) R / K)``, ``R = N * H_out``."""
-    n_img, h_in, w_in, _ = x.shape
-    _, out_h, out_w, cm = dy.shape
+    live tap ``(a, t)`` (the loops of :func:`depthwise_rows`); chunk ``k`` holds output rows
+    ``[k R / K, (k + 1) R / K)``, ``R = N * H_out``."""
+    n_img, h_in, _, _ = x.shape
+    _, out_h, _, _ = dy.shape
     n_chunks = partial.shape[0]
     rows = n_img * out_h
     for k in prange(n_chunks):
@@ -124,24 +128,28 @@ def depthwise_dw_partials(x, dy, partial, m, tap_h, tap_w, sh, sw, pt, pl):
         for g in range(k * rows // n_chunks, (k + 1) * rows // n_chunks):
             n = g // out_h
             oh = g - n * out_h
+            dyr = dy[n, oh]                             # (W_out, C*M)
             for a in range(tap_h.shape[0]):
                 h = oh * sh - pt + tap_h[a]
                 if h < 0 or h >= h_in:
                     continue
-                for ow in range(out_w):
-                    dyrow = dy[n, oh, ow]               # (C*M,)
-                    for t in range(tap_w.shape[0]):
-                        wc = ow * sw - pl + tap_w[t]
-                        if wc < 0 or wc >= w_in:
-                            continue
-                        outer_add(part[a, t], x[n, h, wc], dyrow, m)
+                xr = x[n, h]                            # (W, C)
+                for t in range(tap_w.shape[0]):
+                    off = tap_w[t] - pl
+                    for ow in range(col0[t], col1[t]):
+                        outer_add(part[a, t], xr[ow * sw + off], dyr[ow], m)
 
 
 def _live_taps(plan, dilation):
-    """Offsets (``i * dh``, ``j * dw``) and indices of the live taps of a plan, as int64 arrays."""
+    """Offsets (``i * dh``, ``j * dw``) and indices of the live taps of a plan, and per live column tap the
+    output columns ``[col0, col1)`` where it reads real pixels, as int64 arrays."""
     idx_h = np.array(plan.live_h, dtype=np.int64)
     idx_w = np.array(plan.live_w, dtype=np.int64)
-    return {"tap_h": idx_h * dilation[0], "tap_w": idx_w * dilation[1], "idx_h": idx_h, "idx_w": idx_w}
+    cols = {j: c for _, j, _, c in plan.taps}                          # the column range of tap j
+    col0 = np.array([cols.get(j, (0, 0))[0] for j in plan.live_w], dtype=np.int64)
+    col1 = np.array([cols.get(j, (0, 0))[1] for j in plan.live_w], dtype=np.int64)
+    return {"tap_h": idx_h * dilation[0], "tap_w": idx_w * dilation[1], "idx_h": idx_h, "idx_w": idx_w,
+            "col0": col0, "col1": col1}
 
 
 def _geometry_args(cache):
@@ -172,7 +180,7 @@ def depthwise_conv2d_forward(x, w, b=None, *, stride=1, dilation=1, padding="sam
              "stride": stride, "out_hw": plan.out_hw, "taps": taps}
     y = np.empty((n, ho, wo, c * m), x.dtype)                          # (N, H_out, W_out, C*M)
     depthwise_rows(x, w2, bias, y, m, taps["tap_h"], taps["tap_w"], taps["idx_h"], taps["idx_w"],
-                   *_geometry_args(cache))
+                   taps["col0"], taps["col1"], *_geometry_args(cache))
     return y, cache
 
 
@@ -196,7 +204,7 @@ def depthwise_conv2d_backward(dy, cache):
     dx = np.empty_like(x)                                              # (N, H, W, C)
     depthwise_dx_rows(dy, w2, dx, m, taps["tap_h"], taps["tap_w"], taps["idx_h"], taps["idx_w"], *args)
     partial = np.empty((max(1, min(DW_CHUNKS, n * ho)), taps["tap_h"].size, taps["tap_w"].size, c * m), x.dtype)
-    depthwise_dw_partials(x, dy, partial, m, taps["tap_h"], taps["tap_w"], *args)
+    depthwise_dw_partials(x, dy, partial, m, taps["tap_h"], taps["tap_w"], taps["col0"], taps["col1"], *args)
     dw = np.zeros((kh, kw, c * m), x.dtype)                            # dead taps keep a zero gradient
     dw[np.ix_(taps["idx_h"], taps["idx_w"])] = partial.sum(axis=0)     # chunks added in a fixed order
     db = dy.sum(axis=(0, 1, 2)).astype(x.dtype) if cache["has_bias"] else None
