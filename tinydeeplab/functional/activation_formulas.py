@@ -11,7 +11,10 @@ spec they are tested against.
 >>> [activation_slope(HARD_SWISH, v, 0.2) for v in (-3.0, 3.0)]     # the kinks, as JAX
 [0.0, 1.0]
 """
+import functools
 import math
+
+from . import elementwise
 
 SIGMOID, SWISH, HARD_SIGMOID, HARD_SWISH, LEAKY_RELU = 0, 1, 2, 3, 4
 KINDS = {"sigmoid": SIGMOID, "swish": SWISH, "hard_sigmoid": HARD_SIGMOID, "hard_swish": HARD_SWISH,
@@ -59,10 +62,6 @@ def activation_pairs(forward, backward):
     >>> fwd.__name__, fwd(1.0, negative_slope=0.5)
     ('leaky_relu_forward', ('leaky_relu', 0.5))
     """
-    import functools
-
-    from . import elementwise
-
     def plain(op):
         return lambda x: forward(x, op)
 
