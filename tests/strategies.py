@@ -77,6 +77,38 @@ def pool_cases(draw, max_size=7, max_channels=3):
     return {"x_shape": (n, h, w, c), "pool_size": pool, "stride": stride, "padding": padding, "seed": draw(seeds)}
 
 
+@st.composite
+def depthwise_cases(draw, max_size=6, max_channels=3):
+    """A consistent depthwise_conv2d configuration: as :func:`conv_cases`, with a depth multiplier ``M``
+    instead of ``F`` (kernel ``(KH, KW, C, M)``)."""
+    case = draw(conv_cases(max_size=max_size, max_channels=max_channels))
+    kh, kw, c, _ = case["w_shape"]
+    return {**case, "w_shape": (kh, kw, c, draw(st.integers(1, 3)))}
+
+
+@st.composite
+def avg_pool_cases(draw, max_size=7, max_channels=3):
+    """An avg_pool2d configuration: windows 1..4 (even ones too), stride int, pair or None (= pool size),
+    Keras padding "valid" or "same" (a "valid" window larger than the input falls back to "same")."""
+    n, h, w, c = draw(nhwc_shapes(max_size=max_size, max_channels=max_channels))
+    pool = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    stride = draw(st.one_of(st.none(), strides))
+    padding = draw(st.sampled_from(["same", "valid"]))
+    if padding == "valid" and (pool[0] > h or pool[1] > w):
+        padding = "same"
+    return {"x_shape": (n, h, w, c), "pool_size": pool, "stride": stride, "padding": padding, "seed": draw(seeds)}
+
+
+def away_from(x: np.ndarray, points, gap: float = 1e-3) -> np.ndarray:
+    """``x`` with every entry closer than ``gap`` to one of ``points`` (an activation's kinks) moved ``2 gap`` up,
+    so a central difference with a small step never straddles a kink."""
+    x = x.copy()
+    for p in points:
+        near = np.abs(x - p) < gap
+        x[near] = p + 2 * gap
+    return x
+
+
 def normal(rng: np.random.Generator, shape, dtype=np.float64) -> np.ndarray:
     """Standard normal array of ``shape`` and ``dtype``."""
     return rng.standard_normal(shape).astype(dtype)

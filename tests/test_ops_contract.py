@@ -33,7 +33,8 @@ def test_cpu_backend_exports_exactly_the_reference_names():
 
 
 def test_cpu_ops_without_a_kernel_are_the_reference_functions():
-    for op in ("concat", "split", "add", "zero_pad2d", "global_avg_pool", "dropout"):
+    for op in ("concat", "split", "add", "zero_pad2d", "global_avg_pool", "dropout", "channel_scale",
+               "stochastic_depth"):
         for half in ("forward", "backward"):
             assert getattr(K, f"{op}_{half}") is getattr(R, f"{op}_{half}")
     assert K.moving_average is R.moving_average
@@ -90,6 +91,29 @@ BAD_CALLS = [
      {"class_weights": np.array([1.0, -1.0, 1.0], np.float32)}),
     ("softmax_cross_entropy_forward", (_f32(1, 2, 2, 3), np.zeros((1, 2, 2), np.int64)),
      {"class_weights": _f32(4)}),
+    ("depthwise_conv2d_forward", (_f32(1, 4, 4), _f32(3, 3, 3, 1)), {}),             # x not 4-D
+    ("depthwise_conv2d_forward", (_f32(1, 4, 4, 3), _f32(3, 3, 2, 1)), {}),          # channel mismatch
+    ("depthwise_conv2d_forward", (_f32(1, 4, 4, 3), _f32(3, 3, 3, 2), _f32(3)), {}),  # bias is C * M long
+    ("depthwise_conv2d_forward", (_f32(1, 4, 4, 3), np.zeros((3, 3, 3, 1))), {}),    # mixed dtypes
+    ("depthwise_conv2d_forward", (_f32(1, 4, 4, 3), _f32(3, 3, 3, 1)), {"stride": 0}),
+    ("depthwise_conv2d_forward", (_f32(1, 4, 4, 3), _f32(3, 3, 3, 1)), {"padding": "full"}),
+    ("depthwise_conv2d_forward", (_f32(1, 2, 2, 3), _f32(3, 3, 3, 1)), {"padding": "valid"}),  # window too big
+    ("sigmoid_forward", ([1.0, 2.0],), {}),
+    ("swish_forward", (np.zeros((2, 2), np.int32),), {}),
+    ("hard_sigmoid_forward", (np.zeros((2, 2), np.int64),), {}),
+    ("hard_swish_forward", ("x",), {}),
+    ("leaky_relu_forward", (_f32(1, 2, 2, 1),), {"negative_slope": "0.2"}),
+    ("leaky_relu_forward", (_f32(1, 2, 2, 1),), {"negative_slope": float("inf")}),
+    ("avg_pool2d_forward", (_f32(1, 4, 4, 1),), {"padding": 1}),                     # Keras modes only
+    ("avg_pool2d_forward", (_f32(1, 4, 4, 1),), {"pool_size": 0}),
+    ("avg_pool2d_forward", (_f32(1, 2, 2, 1),), {"pool_size": 3}),                   # window too big
+    ("avg_pool2d_forward", (_f32(2, 4),), {}),
+    ("channel_scale_forward", (_f32(2, 4, 4, 3), _f32(1, 1, 1, 3)), {}),             # one scale for two samples
+    ("channel_scale_forward", (_f32(2, 4, 4, 3), _f32(2, 4, 4, 3)), {}),
+    ("channel_scale_forward", (_f32(1, 4, 4, 3), np.zeros((1, 1, 1, 3))), {}),       # mixed dtypes
+    ("stochastic_depth_forward", (_f32(2, 2, 2, 1),), {"rate": 1.0, "rng": np.random.default_rng(0)}),
+    ("stochastic_depth_forward", (_f32(2, 2, 2, 1),), {"rate": 0.5, "rng": np.random.default_rng(0),
+                                                       "training": 1}),
 ]
 
 
@@ -128,6 +152,13 @@ def test_bad_backward_input_raises_the_reference_error(rng, name):
         ("bilinear_resize", (x, (3, 5)), {}, _f32(1, 5, 3, 2)),
         ("zero_pad2d", (x, 1), {}, _f32(1, 4, 4, 2)),
         ("add", (x, x), {}, _f32(1, 4, 4, 3)),
+        ("depthwise_conv2d", (x, w[..., :2]), {}, _f32(1, 4, 4, 2)),       # dy has C channels, not C * M
+        ("sigmoid", (x,), {}, np.zeros((1, 4, 4, 2), np.int64)),
+        ("hard_swish", (x,), {}, _f32(1, 4, 4, 1)),
+        ("leaky_relu", (x,), {}, _f32(4, 4, 2)),
+        ("avg_pool2d", (x,), {"pool_size": 2}, _f32(1, 3, 3, 2)),
+        ("channel_scale", (x, p[0].reshape(1, 1, 1, 2)), {}, _f32(1, 4, 4, 3)),
+        ("stochastic_depth", (x,), {"rate": 0.5, "rng": np.random.default_rng(0)}, _f32(2, 4, 4, 2)),
     ]
     for op, args, kwargs, bad_dy in cases:
         _, cache = getattr(mod, op + "_forward")(*(_on(name, a) for a in args), **kwargs)

@@ -220,3 +220,55 @@ def loss_class_weights(logits, labels, ignore_label, class_weights):
     if np.any(class_weights < 0) or not np.all(np.isfinite(class_weights)):
         raise ValueError(f"class_weights must be finite and >= 0, got {class_weights.tolist()}")
     return class_weights.astype(logits.dtype)
+
+
+# -- the mobile encoder families' ops (issue 16) ---------------------------------------------------
+def check_depthwise_conv2d_args(x, w, b, stride, dilation):
+    """Validate depthwise conv inputs: ``x`` (N, H, W, C), ``w`` (KH, KW, C, M) (the channel axis of ``w``
+    must match ``x``), ``b`` ``(C * M,)`` or None; returns ``(stride, dilation)`` as pairs."""
+    check_nhwc(x, "x")
+    check_array(w, "w", 4)
+    if x.shape[3] != w.shape[2]:
+        raise ValueError(f"channel mismatch: x has {x.shape[3]} channels (shape {tuple(x.shape)}) but the depthwise "
+                         f"kernel w (KH, KW, C, M) = {tuple(w.shape)} has {w.shape[2]}")
+    if b is not None:
+        check_vector(b, "b", w.shape[2] * w.shape[3], f"C * M of w {tuple(w.shape)}")
+    check_same_dtype(x=x, w=w, b=b)
+    return pair(stride, "stride"), pair(dilation, "dilation")
+
+
+def check_negative_slope(negative_slope) -> float:
+    """The slope of leaky ReLU below 0: a finite real number."""
+    if (not isinstance(negative_slope, numbers.Real) or isinstance(negative_slope, bool)
+            or not np.isfinite(negative_slope)):
+        raise ValueError(f"negative_slope must be a finite number, got {negative_slope!r}")
+    return float(negative_slope)
+
+
+def check_pool_padding(padding) -> str:
+    """Average pooling takes Keras's two padding modes only: ``"valid"`` or ``"same"`` (lower case returned)."""
+    if not isinstance(padding, str) or padding.lower() not in ("valid", "same"):
+        raise ValueError(f'padding must be "valid" or "same" (Keras AveragePooling2D), got {padding!r}')
+    return padding.lower()
+
+
+def check_channel_scale_args(x, s) -> None:
+    """Squeeze-and-excitation multiply: ``x`` (N, H, W, C) and per-sample channel scales ``s`` (N, 1, 1, C)."""
+    check_nhwc(x, "x")
+    check_array(s, "s", 4)
+    n, _, _, c = x.shape
+    if tuple(s.shape) != (n, 1, 1, c):
+        raise ValueError(f"s must have shape (N, 1, 1, C) = {(n, 1, 1, c)} to scale x {tuple(x.shape)}, "
+                         f"got {tuple(s.shape)}")
+    check_same_dtype(x=x, s=s)
+
+
+def check_stochastic_depth_args(x, rate, training) -> None:
+    """Stochastic depth: ``x`` has a batch axis first, ``rate`` in ``[0, 1)``, ``training`` a bool."""
+    check_array(x, "x")
+    if x.ndim < 1:
+        raise ValueError(f"x must have a batch axis (N, ...), got shape {tuple(x.shape)}")
+    if not isinstance(rate, numbers.Real) or isinstance(rate, bool) or not 0.0 <= rate < 1.0:
+        raise ValueError(f"stochastic depth rate must be in [0, 1), got {rate!r}")
+    if not isinstance(training, (bool, np.bool_)):
+        raise ValueError(f"training must be True or False, got {training!r}")

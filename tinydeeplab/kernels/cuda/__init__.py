@@ -12,7 +12,10 @@ come back (one float64 each), and dropout's host-drawn mask goes up (see :mod:`.
 
 Op modules have the names of their :mod:`tinydeeplab.functional` twins: :mod:`.conv` (im2col / col2im
 around the GEMM), :mod:`.batchnorm`, :mod:`.activation` (ReLU), :mod:`.dropout`, :mod:`.padding`,
-:mod:`.pooling`, :mod:`.resize`, :mod:`.loss`, :mod:`.tensor` (concat / split / add). They only launch
+:mod:`.pooling`, :mod:`.resize`, :mod:`.loss`, :mod:`.tensor` (concat / split / add), and for the mobile
+encoder families :mod:`.depthwise` (direct depthwise conv), :mod:`.elementwise` (sigmoid, swish, hard
+sigmoid / swish, leaky ReLU), :mod:`.avg_pool`, :mod:`.channel_scale` (the squeeze-and-excitation
+multiply) and :mod:`.stochastic_depth`. They only launch
 kernels: validation and planning (the conv's live taps, the pooling windows) come from the functional
 modules. Besides them:
 
@@ -36,14 +39,21 @@ from numba import cuda
 from ...functional import DEVICE_CONTRACT, OPS
 from . import allocator, simulator
 from .activation import relu_backward, relu_forward
+from .avg_pool import avg_pool2d_backward, avg_pool2d_forward
 from .batchnorm import batchnorm_backward, batchnorm_forward, moving_average
+from .channel_scale import channel_scale_backward, channel_scale_forward
 from .conv import conv2d_backward, conv2d_forward
+from .depthwise import depthwise_conv2d_backward, depthwise_conv2d_forward
 from .device import SIMULATED, is_device_array, to_device, to_host, zeros_like
 from .dropout import dropout_backward, dropout_forward
+from .elementwise import (hard_sigmoid_backward, hard_sigmoid_forward, hard_swish_backward, hard_swish_forward,
+                          leaky_relu_backward, leaky_relu_forward, sigmoid_backward, sigmoid_forward,
+                          swish_backward, swish_forward)
 from .loss import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from .optim import global_norm, scale_, sgd_update
 from .padding import zero_pad2d_backward, zero_pad2d_forward
 from .pooling import global_avg_pool_backward, global_avg_pool_forward, max_pool2d_backward, max_pool2d_forward
+from .stochastic_depth import stochastic_depth_backward, stochastic_depth_forward
 from .resize import (bilinear_resize_backward, bilinear_resize_forward, upsample_bilinear_backward,
                      upsample_bilinear_forward)
 from .tensor import add_backward, add_forward, concat_backward, concat_forward, split_backward, split_forward
