@@ -192,6 +192,9 @@ def _check_dataset_vs_image_miou(fn):
              "counted as 0"),
             ((_nanmean(pooled), _nanmean(images_ignored)), "the pixels with the ignore label (255) must not "
              "count: you turned the predictions there into false positives"),
+            ((float(np.mean(np.nan_to_num(_iou(_confusion(preds, labels, k)), nan=0.0))),
+              float(np.mean(per_image_zero))), "absent classes must be left out of the mean (NaN), not counted "
+             "as 0: per image (a class the image does not contain) and in the dataset"),
             ((image, image), "both values are the per-image mean: the dataset mIoU sums one confusion matrix "
              "over all images first"),
             ((dataset, dataset), "both values are the dataset mIoU: the per-image mIoU is the mean of each "

@@ -258,7 +258,7 @@ axes[0].plot(tested, smooth, color="C0", label="smoothed (beta = 0.9)")
 axes[0].axvline(pick, color="C3", ls="--", label=f"steepest descent: {pick:.3g}")
 axes[0].axvline(lowest, color="C2", ls=":", label=f"lowest loss: {lowest:.3g}")
 axes[0].set(xscale="log", xlabel="learning rate (grows every step)", ylabel="cross-entropy",
-            title="learning-rate range test")
+            ylim=(0, 2 * max(smooth[:10])), title="learning-rate range test (the blow-up runs off the top)")
 axes[0].legend(fontsize=8)
 for (lr, curve), colour in zip(short.items(), ("C1", "C3", "C4")):
     axes[1].plot(reference.smoothed_loss(curve, 0.8), color=colour, label=f"lr {lr:.3g}")

@@ -42,8 +42,8 @@ T_START = time.perf_counter()
 # ## A small model, trained briefly
 #
 # A DeepLabV3+ of about 0.1 M parameters (a 4-stack bottleneck ResNet with 16 filters, ASPP with 32 channels, the
-# V3+ decoder), built explicitly, trained for 80 steps of SGD (batch 6) on 48×48 synthetic shapes with flips, a warm-up and a
-# cosine decay. It is deliberately undertrained: a model that is right everywhere has nothing to show.
+# V3+ decoder), built explicitly, trained for 80 steps of SGD (batch 6) on 48×48 synthetic shapes with flips, a
+# warm-up and a cosine decay. It is deliberately undertrained: a model that is right everywhere has nothing to show.
 
 # %%
 SIZE, BATCH, STEPS, SCALE, OFFSET = 48, 6, 80, 1 / 127.5, -1.0
@@ -153,6 +153,14 @@ plt.show()
 #   much as the background, and a handful of false-positive pixels of a class the image does not contain adds a
 #   class with IoU 0 to that image's mean.
 #
+# The link between them is exact: with $U_{ik} = TP_{ik} + FP_{ik} + FN_{ik}$ the union of class $k$ in image $i$,
+# the dataset IoU $\sum_i TP_{ik} / \sum_i U_{ik}$ is the $U$-weighted mean of the per-image IoUs. Going from one
+# mIoU to the other takes two steps, each with its own sign: drop the weights (small objects, which score lower,
+# count as much as large ones), then average per image first (each image's mean runs over the classes it has, and
+# the background, easy and present in every image, weighs more than its $1/K$). The two steps can nearly cancel
+# (the printout below says by how much each moves the number): a small gap between the two mIoUs does not mean that
+# they weigh the same things.
+#
 # ### Exercise 2: both mIoUs
 #
 # Write `dataset_vs_image_miou(preds, labels, num_classes, ignore_label)` for label maps `(N, H, W)`: return the
@@ -179,45 +187,62 @@ print(check("dataset_vs_image_miou", dataset_vs_image_miou))
 
 # %%
 def image_ious(preds, labels):
-    """Per-image, per-class IoU (N, K): NaN where the class is absent from that image."""
-    out = []
+    """Per-image, per-class IoU (N, K), NaN where the class is absent from that image, and the unions (N, K)."""
+    ious, unions = [], []
     for pred, label in zip(preds, labels):
         one = ConfusionMatrix(K)
         one.update(pred, label)
-        out.append(one.iou())
-    return np.array(out)
+        ious.append(one.iou())
+        unions.append(one.matrix.sum(0) + one.matrix.sum(1) - np.diag(one.matrix))    # TP + FP + FN
+    return np.array(ious), np.array(unions)
 
 
-per_image = image_ious(preds, labels)                                    # (32, 4)
+per_image, unions = image_ious(preds, labels)                            # (32, 4) each
 image_miou = np.nanmean(per_image, axis=1)                               # (32,)
 dataset_miou = cm.miou()
 print(f"dataset-level mIoU {dataset_miou:.4f}, per-image mIoU {image_miou.mean():.4f}: "
       f"they differ by {dataset_miou - image_miou.mean():+.4f}")
 
-# why: per image, classes present only as false positives (IoU 0), and small objects weigh as much as large ones
-false_only = (per_image == 0) & (np.stack([np.bincount(l.ravel(), minlength=K) for l in labels]) == 0)
-print(f"{int(false_only.sum())} (image, class) pairs have IoU 0 only because the class is predicted in an image "
-      f"that does not contain it")
+# the dataset IoU of a class is the union-weighted mean of its per-image IoUs: sum_i TP_ik / sum_i U_ik
+weighted = np.nansum(per_image * unions, axis=0) / unions.sum(axis=0)    # (K,)
+assert np.allclose(weighted, cm.iou())
+# step 1, drop the weights: each (image, class) IoU counts the same, still averaged per class first
+class_first = np.nanmean(per_image, axis=0).mean()
+# step 2, average per image first: the per-image mIoU
+print(f"dataset mIoU {dataset_miou:.4f} -> without the union weights {class_first:.4f} "
+      f"({class_first - dataset_miou:+.4f}: small objects, which score lower, now weigh as much as large ones)")
+print(f"           -> averaged per image first {image_miou.mean():.4f} "
+      f"({image_miou.mean() - class_first:+.4f}: an image's mean runs over the classes *it* has, "
+      f"so the background counts in every image)")
 size = np.stack([np.bincount(l.ravel(), minlength=K) for l in labels])   # pixels of each class in each image
 shape_iou, shape_size = per_image[:, 1:][size[:, 1:] > 0], size[:, 1:][size[:, 1:] > 0]
 small = shape_size < np.median(shape_size)
 print(f"shape IoU per image: small objects (< {np.median(shape_size):.0f} px) {shape_iou[small].mean():.3f}, "
-      f"large ones {shape_iou[~small].mean():.3f}")
-without_fp = np.nanmean(np.where(false_only, np.nan, per_image), axis=1).mean()
-print(f"per-image mIoU without those false-positive-only classes: {without_fp:.4f}")
+      f"large ones {shape_iou[~small].mean():.3f}; background IoU per image {np.nanmean(per_image[:, 0]):.3f}")
+false_only = (per_image == 0) & (size == 0)
+print(f"{int(false_only.sum())} (image, class) pairs have IoU 0 only because the class is predicted in an image "
+      f"that does not contain it")
 assert dataset_miou != image_miou.mean()
-assert without_fp > image_miou.mean() if false_only.any() else True
+assert np.isclose(dataset_miou + (class_first - dataset_miou) + (image_miou.mean() - class_first), image_miou.mean())
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.3), layout="constrained")
+fig, axes = plt.subplots(1, 3, figsize=(14, 3.3), layout="constrained", width_ratios=[1.2, 1.2, 1])
 axes[0].hist(image_miou, bins=16, range=(0, 1), color="C0", alpha=0.8)
 axes[0].axvline(image_miou.mean(), color="C1", lw=2, label=f"per-image mIoU {image_miou.mean():.3f}")
 axes[0].axvline(dataset_miou, color="C3", lw=2, ls="--", label=f"dataset-level mIoU {dataset_miou:.3f}")
 axes[0].set(xlabel="mIoU of one image", ylabel="images", title="the same predictions, two averages")
 axes[0].legend(loc="upper left")
 axes[1].semilogx(shape_size, shape_iou, "o", ms=4)
+axes[1].xaxis.set_minor_formatter(plt.NullFormatter())
 axes[1].set(xlabel="pixels of the object's class in the image", ylabel="IoU of that class in the image",
-            title="per image, small objects score lower and weigh as much")
+            title="per image, small objects score lower")
+steps = {"dataset\n(union-weighted)": dataset_miou, "unweighted,\nclass first": class_first,
+         "per image\nfirst": image_miou.mean()}
+axes[2].bar(list(steps), list(steps.values()), color=["C3", "0.6", "C1"])
+lo = min(steps.values())
+axes[2].set(ylim=(max(0, lo - 0.08), min(1, max(steps.values()) + 0.04)), title="from one mIoU to the other")
+for k, v in enumerate(steps.values()):
+    axes[2].text(k, v + 0.005, f"{v:.3f}", ha="center")
 plt.show()
 
 # %% [markdown]
@@ -226,8 +251,9 @@ plt.show()
 # In one image most classes do not occur: an image with one circle has no square and no triangle. If the model
 # predicts none either, that class has $0/0$ in this image: NaN, and it is left out of the image's mean
 # (`np.nanmean`). If it predicts a few pixels of it, the class is *present* (as false positives) with IoU 0. The map
-# below shows, for every validation image (row) and class (column), the IoU in that image: grey cells are absent
-# classes, excluded; red zeros are classes the model hallucinated. At the dataset level every class occurs
+# below shows, for every validation image (column) and class (row), the IoU in that image: grey cells are absent
+# classes, excluded; dark red cells have IoU 0, a class either hallucinated (predicted, not labelled: the count is
+# printed) or missed entirely. At the dataset level every class occurs
 # somewhere, so nothing is excluded there: absence matters once the confusion matrix is small (per image, per
 # sequence, or a class that a whole test set lacks).
 
