@@ -350,7 +350,7 @@ plt.show()
 # about reading a range test?
 #
 # <!-- BEGIN ANSWER -->
-# **Answer.** The range test is itself a warm-up: by the time it reaches a large rate, the first hundred-odd small
+# **Answer.** The range test is itself a warm-up: by the time it reaches a large rate, the first few dozen small
 # steps have moved the weights away from the random initialisation, the gradients have shrunk, and the
 # batch-normalised weights have grown (a large weight norm makes the same step a smaller *relative* change). The
 # learning rate a range test tolerates is measured on the trajectory it took, not from a fresh initialisation; so

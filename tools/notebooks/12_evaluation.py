@@ -14,10 +14,10 @@
 # We train a small DeepLabV3+ for a few seconds on synthetic shapes (so that it makes mistakes worth looking at),
 # then take its evaluation apart with `tinydeeplab.train.ConfusionMatrix` and `tinydeeplab.train.predict_logits`.
 # You write per-class IoU with absent classes, the two mIoUs and the test-time-augmentation average (graded by
-# `tinydeeplab.exercises.check`), and answer two inline questions. The benchmarks' rule (dataset-level confusion
-# matrix, classes absent from the whole dataset excluded) is that of PASCAL VOC
-# ([Everingham et al. 2010](../docs/bibliography.md#everingham2010)) and CamVid
-# ([Brostow et al. 2009](../docs/bibliography.md#brostow2009)) evaluations.
+# `tinydeeplab.exercises.check`), and answer two inline questions. The benchmark protocol, that of PASCAL VOC
+# ([Everingham et al. 2010](../docs/bibliography.md#everingham2010)) and of the CamVid results that followed
+# ([Brostow et al. 2009](../docs/bibliography.md#brostow2009)), accumulates one confusion matrix over the whole test
+# set; `tinydeeplab.train.evaluate` does the same.
 
 # %%
 import time
@@ -381,9 +381,10 @@ plt.show()
 
 # %% [markdown]
 # Whether each setting helps this small, undertrained model is in the table above (it need not: a model trained
-# only at scale 1 may do worse at 0.75). What is certain is the cost: $V$ views cost $V$ forward passes (about the
-# sum of the scales squared, times 2 with flip). Report the evaluation setting with the number: a "+TTA" mIoU and
-# a single-scale one are different measurements.
+# only at scale 1 may do worse at 0.75). What is certain is the cost: a forward pass costs about the number of
+# pixels, so the views cost $\sum_s s^2$ full-size forward passes, twice that with flip ($2 \times 3.125$ for
+# 0.75/1/1.25 + flip). Report the evaluation setting with the number: a "+TTA" mIoU and a single-scale one are
+# different measurements.
 #
 # ## A gallery of failures
 #
