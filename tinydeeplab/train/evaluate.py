@@ -28,7 +28,12 @@ from ..progress import Progress
 from .metrics import ConfusionMatrix
 
 
-def _softmax(z):
+def softmax(z):
+    """Class probabilities of logits ``z`` (..., K): ``exp(z - max z) / sum exp(z - max z)`` (the views' common currency).
+
+    >>> softmax(np.array([0.0, np.log(3.0)])).round(3).tolist()
+    [0.25, 0.75]
+    """
     e = np.exp(z - z.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
 
@@ -73,7 +78,7 @@ def sliding_window_logits(model, x, window, stride=None):
         return model.forward(np.ascontiguousarray(x[:, :wh, :ww]))[:, :H, :W]
     probs, count = None, np.zeros((1, Hp, Wp, 1), np.float32)
     for t, l in tiles:
-        p = _softmax(model.forward(np.ascontiguousarray(x[:, t:t + wh, l:l + ww])))      # (N, wh, ww, K)
+        p = softmax(model.forward(np.ascontiguousarray(x[:, t:t + wh, l:l + ww])))      # (N, wh, ww, K)
         if probs is None:
             probs = np.zeros((n, Hp, Wp, p.shape[-1]), p.dtype)
         probs[:, t:t + wh, l:l + ww] += p
@@ -118,7 +123,7 @@ def predict_logits(model, x, *, scales=(1.0,), flip=False, window=None, stride=N
             views.append(z)
     if len(views) == 1:
         return views[0]
-    p = sum(_softmax(z) for z in views) / len(views)
+    p = sum(softmax(z) for z in views) / len(views)
     return _log(p)
 
 

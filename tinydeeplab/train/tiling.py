@@ -39,7 +39,7 @@ import numpy as np
 from ..errors import OptionError
 from ..functional.resize_coeffs import bilinear_coefficients, nearest_indices
 from ..models.preprocessor import ImageConverter, check_image
-from .evaluate import _log, _softmax, _starts, predict_logits
+from .evaluate import _log, _starts, predict_logits, softmax
 
 DEFAULT_WINDOW = (512, 512)          # model-space pixels; each tile costs about one 512x512 forward
 STREAM_ABOVE = 2048 * 2048           # the CLI tiles automatically above this many model-space pixels
@@ -171,7 +171,7 @@ def score_bands(model, inputs, size, window, overlap, tta, progress=None):
     acc, wsum = None, np.zeros((wh, mw, 1), np.float32)                       # one tile row
     for i, t in enumerate(tops):
         for l in lefts:
-            p = _softmax(logits(t, l))                                         # (wh, ww, K)
+            p = softmax(logits(t, l))                                         # (wh, ww, K)
             if acc is None:
                 acc = np.zeros((wh, mw, p.shape[-1]), np.float32)              # (wh, W, K)
             p *= weight
