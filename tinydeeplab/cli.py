@@ -188,12 +188,11 @@ def _eval_size(args, val_set):
     return val_set.read_label(0).shape[:2] if val_set is not None and len(val_set) else None
 
 
-def _warn_dead_taps(model, args, train_set, val_set) -> None:
+def _warn_dead_taps(model, args, val_set) -> None:
     """One warning line when an ASPP branch is a 1x1 conv at the crop, or gains taps at the evaluation size."""
     from .models.atrous import aspp_warning
 
-    crop = tuple(args.crop) if args.crop else train_set.read_label(0).shape[:2]
-    message = aspp_warning(model, crop, _eval_size(args, val_set))
+    message = aspp_warning(model, tuple(args.crop), _eval_size(args, val_set))
     if message:
         print(f"warning: {message}", file=sys.stderr)
 
@@ -235,14 +234,11 @@ def cmd_train(args) -> int:
             args.output_stride = args.output_stride or recipe_output_stride(args.model)   # recorded as built
             args.atrous_rates = list(model.backbone.config["dilation_rates"])
             args.decoder = args.decoder or "v3plus"
-        _warn_dead_taps(model, args, train_set, val_set)
+        _warn_dead_taps(model, args, val_set)
         weights = median_frequency_weights(train_set) if args.class_weights == "median-frequency" else None
         if weights is not None:
             print("median-frequency class weights: " + ", ".join(
                 f"{name} {w:.2f}" for name, w in zip(train_set.class_names, weights)), file=sys.stderr)
-        write_config(out / "config.toml", {**config_values(build_parser().train, args, exclude=CONFIG_EXCLUDE),
-                                           **_run_config(args, k), "out": str(out.resolve())},
-                     header="the options of this run: tinydeeplab train --config THIS_FILE --out NEW_DIR repeats it")
         trainer = build_trainer(model, train_set, out_dir=out, epochs=args.epochs, batch_size=args.batch_size,
                                 crop=args.crop, scale_range=(args.min_scale, args.max_scale), lr=args.lr,
                                 schedule=args.schedule, warmup=args.warmup, momentum=args.momentum,
@@ -252,7 +248,13 @@ def cmd_train(args) -> int:
         loader = trainer.train_loader
         print(f"training {model.num_parameters():,} parameters on {len(train_set)} {args.dataset} images "
               f"({len(loader)} batches of {args.batch_size} per epoch); outputs in {out}", file=sys.stderr)
-        trainer.fit(resume=not args.restart)
+        resume = not args.restart and trainer.checkpoint_path.exists()
+        if resume:
+            trainer.resume()                           # refuses changed settings before config.toml is replaced
+        write_config(out / "config.toml", {**config_values(build_parser().train, args, exclude=CONFIG_EXCLUDE),
+                                           **_run_config(args, k), "out": str(out.resolve())},
+                     header="the options of this run: tinydeeplab train --config THIS_FILE --out NEW_DIR repeats it")
+        trainer.fit(resume=resume)
         model.to("numpy")                                  # back from the GPU (a no-op on the CPU backends)
         preset = _replace_preset(model, out / "preset")
     print(f"done: {out / 'checkpoint.npz'}, {out / 'metrics.csv'}, "

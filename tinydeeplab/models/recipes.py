@@ -23,15 +23,30 @@ shape), so their presets load in Keras; the narrow recipes load in tinydeeplab o
 each from-scratch recipe every ASPP tap is live; ``tinydeeplab summary NAME --size H W`` lists the live
 taps at any other size.
 
-``medium`` is the CamVid recipe (360x480 images, 256x352 training crops; 23x30 ASPP map at test time).
-Training speed measured with ``benchmarks/bench_recipes.py`` (one SGD step, batch 8, 256x352, 11 classes,
-Numba CPU backend, 2 cores shared with other jobs: the figures are lower bounds of an idle machine):
+``medium`` is the CamVid recipe (360x480 images, 256x352 training crops; 23x30 ASPP map at test time),
+chosen by the training speed of candidates of 1.1-1.5 M parameters, measured with
+``python benchmarks/bench_recipes.py --recipes ... --output-strides 16 8 --steps 3`` (one SGD step, batch 8,
+256x352, 11 classes, Numba CPU backend) while the 2 cores ran other jobs (load average 5-7): the wall
+time is that of a shared machine; the CPU time (both threads) is steadier. An idle machine ran ``small``
+at OS32 in 0.77 s per step (9.8-10.9 images/s, docs/results.md), about CPU / 4 here; the last column
+applies that ratio (an estimate, not a measurement):
 
-==============================================  ============  =========  ============  ===============
-candidate                                        parameters   OS         images/s      epoch (367 img)
-==============================================  ============  =========  ============  ===============
-see ``docs/results.md`` / the docstring of ``benchmarks/bench_recipes.py`` for the measured table
-==============================================  ============  =========  ============  ===============
+====================================================  ==========  ==  =======  ========  ===================
+candidate (basic blocks; ASPP / head width)           parameters  OS  wall s   CPU s     idle est. images/s
+====================================================  ==========  ==  =======  ========  ===================
+small (today's OS32, for scale)                          397,088  32  6.06     3.12      10.3 (measured)
+small                                                    397,088  16  3.86     2.86      11
+**medium**: 32-48-96-160, 2-2-2-1 blocks; 64          1,127,040  16  5.07     2.86      11
+medium                                                 1,127,040   8  8.22     4.76      6.7
+24-48-96-128, 2-2-2-2 blocks; 64                      1,227,736  16  6.72     3.18      10
+24-48-96-128, 2-2-2-2 blocks; 64                      1,227,736   8  10.18    4.69      6.8
+32-64-96-128, 2-2-2-2 blocks; 96                      1,469,568  16  3.84     3.55      9.0
+32-64-96-128, 2-2-2-2 blocks; 96                      1,469,568   8  6.94     6.24      5.1
+====================================================  ==========  ==  =======  ========  ===================
+
+``medium`` at OS16 trains an epoch of CamVid's 367 images in about 33 s (plus ~8 s of validation), so
+2.5 hours hold ~150 epochs even at 1.5x that time (``configs/camvid_main.toml``); at OS8 (rates 6/12/18
+for its 32x44 map) about 55 s, ~100 epochs. The 1.47 M candidate is 25 % slower for 30 % more weights.
 
 >>> build_model("tiny", num_classes=4, seed=0).num_parameters()
 101296
