@@ -467,8 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--split", default="train", help="training split")
     t.add_argument("--val-split", help="split to evaluate after every epoch (e.g. val; default: none)")
     t.add_argument("--num-classes", type=POSITIVE_INT, help="classes of a folder dataset")
-    t.add_argument("--model", help="architecture recipe: tiny, small, resnet18, resnet50 (default: small, or the "
-                                   "--init-preset's architecture)")
+    t.add_argument("--model", help="architecture recipe: tiny, small, medium, resnet18, resnet50 (default: small, "
+                                   "or the --init-preset's architecture)")
     t.add_argument("--init-preset", help="start from the weights (and architecture) of this preset directory")
     t.add_argument("--output-stride", type=int, choices=(8, 16, 32),
                    help="encoder output stride (the last stacks dilated instead of strided; default: the recipe's)")

@@ -81,8 +81,12 @@ def atrous_convs(model, size) -> list[AtrousConv]:
     convolution recording the shape of what it reads.
 
     >>> from tinydeeplab.models.recipes import build_model
-    >>> [(c.name, c.rate[0], c.map_size, c.live) for c in atrous_convs(build_model("small", 4), (96, 96)) if c.aspp]
-    [('backbone.aspp.branch1.conv', 1, (6, 6), 9), ('backbone.aspp.branch2.conv', 2, (6, 6), 9), ('backbone.aspp.branch3.conv', 3, (6, 6), 9)]
+    >>> for c in atrous_convs(build_model("small", 4), (96, 96)):
+    ...     print(c.name, c.rate[0], c.map_size, c.live, c.aspp)
+    backbone.image_encoder.stack3.block0.conv2.conv 2 (6, 6) 9 False
+    backbone.aspp.branch1.conv 1 (6, 6) 9 True
+    backbone.aspp.branch2.conv 2 (6, 6) 9 True
+    backbone.aspp.branch3.conv 3 (6, 6) 9 True
     """
     h, w = _pair(size)
     aspp_names = {f"{name}.{child}.conv" for name, module in model.modules() if isinstance(module, ASPP)
