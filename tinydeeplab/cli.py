@@ -140,8 +140,9 @@ def _place(model, args):
     return model.to(get_backend())
 
 
-RUN_KEYS = ("model", "init-preset", "dataset", "data", "split", "num-classes", "batch-size", "crop", "min-scale",
-            "max-scale", "lr", "schedule", "warmup", "momentum", "weight-decay", "clip-norm", "seed")
+RUN_KEYS = ("model", "init-preset", "output-stride", "atrous-rates", "decoder", "dataset", "data", "split",
+            "num-classes", "class-weights", "batch-size", "crop", "min-scale", "max-scale", "lr", "schedule", "warmup",
+            "momentum", "weight-decay", "clip-norm", "seed")
 """The ``train`` options recorded in the checkpoint; a resumed run must repeat them (or ``--override``)."""
 
 
@@ -152,6 +153,8 @@ def _run_config(args, num_classes: int) -> dict:
         if values[key] is not None:
             values[key] = str(Path(values[key]).resolve())
     values["crop"] = list(values["crop"])
+    if values["atrous-rates"] is not None:
+        values["atrous-rates"] = list(values["atrous-rates"])
     return values
 
 
@@ -185,19 +188,49 @@ def _world(args):
     return World.from_environment(True if args.distributed else None)
 
 
+CONFIG_EXCLUDE = ("restart", "override")
+"""``train`` options left out of the run's config.toml: what to do with the run directory, not the run."""
+
+
+def _show(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _eval_size(args, val_set):
+    """The size the model will be evaluated at: --eval-size, CamVid's 360x480, the val split's first image."""
+    if args.eval_size:
+        return tuple(args.eval_size)
+    if args.dataset == "camvid":
+        return (360, 480)
+    return val_set.read_label(0).shape[:2] if val_set is not None and len(val_set) else None
+
+
+def _warn_dead_taps(model, args, val_set) -> None:
+    """One warning line when an ASPP branch is a 1x1 conv at the crop, or gains taps at the evaluation size."""
+    from .models.atrous import aspp_warning
+
+    message = aspp_warning(model, tuple(args.crop), _eval_size(args, val_set))
+    if message:
+        print(f"warning: {message}", file=sys.stderr)
+
+
 def cmd_train(args) -> int:
     from contextlib import nullcontext
 
+    from .config_file import config_values, write_config
     from .data.validate import validate_dataset
     from .io.keras_preset import load_keras_preset
-    from .models.recipes import build_model
-    from .train.builder import build_trainer
+    from .models.recipes import build_model, recipe_output_stride
+    from .train.builder import build_trainer, median_frequency_weights
     from .train.distributed import sync_batchnorm
     from .train.rundir import RunLock
 
-    if args.init_preset and args.model is not None:
-        raise OptionError(f"--model {args.model} conflicts with --init-preset {args.init_preset}: the preset defines "
-                          "the architecture; give one of them")
+    if args.init_preset:
+        given = [f"--{k} {_show(getattr(args, k.replace('-', '_')))}" for k in ("model", "atrous-rates", "decoder")
+                 if getattr(args, k.replace("-", "_")) is not None]
+        if given:
+            raise OptionError(f"{given[0]} conflicts with --init-preset {args.init_preset}: the preset defines "
+                              "the architecture; give one of them")
     args.model = args.model or (None if args.init_preset else "small")
     if args.min_scale > args.max_scale:
         raise OptionError(f"--min-scale {args.min_scale:g} is above --max-scale {args.max_scale:g}")
@@ -214,17 +247,27 @@ def cmd_train(args) -> int:
         world.barrier("waiting for rank 0 to check the dataset", timeout=math.inf)
         k = train_set.num_classes
         if args.init_preset:
-            model = load_keras_preset(args.init_preset)
+            model = load_keras_preset(args.init_preset, output_stride=args.output_stride)
             if model.num_classes != k:
                 raise OptionError(f"--init-preset {args.init_preset} has {model.num_classes} classes, the dataset {k}")
         else:
-            model = build_model(args.model, k, seed=args.seed)
+            model = build_model(args.model, k, seed=args.seed, output_stride=args.output_stride,
+                                atrous_rates=args.atrous_rates, decoder=args.decoder or "v3plus")
+            args.output_stride = args.output_stride or recipe_output_stride(args.model)   # recorded as built
+            args.atrous_rates = list(model.backbone.config["dilation_rates"])
+            args.decoder = args.decoder or "v3plus"
+        if world.is_root:
+            _warn_dead_taps(model, args, val_set)
+        weights = median_frequency_weights(train_set) if args.class_weights == "median-frequency" else None
+        if weights is not None and world.is_root:
+            print("median-frequency class weights: " + ", ".join(
+                f"{name} {w:.2f}" for name, w in zip(train_set.class_names, weights)), file=sys.stderr)
         trainer = build_trainer(model, train_set, out_dir=out, epochs=args.epochs, batch_size=args.batch_size,
                                 crop=args.crop, scale_range=(args.min_scale, args.max_scale), lr=args.lr,
                                 schedule=args.schedule, warmup=args.warmup, momentum=args.momentum,
                                 weight_decay=args.weight_decay, clip_norm=args.clip_norm or None, seed=args.seed,
                                 val_set=val_set, run_config=_run_config(args, k), allow_changes=args.override,
-                                world=world)
+                                world=world, class_weights=weights)
         sync = world.size > 1 if args.sync_bn is None else args.sync_bn
         sync_batchnorm(model, world, sync)
         loader = trainer.train_loader
@@ -233,7 +276,14 @@ def cmd_train(args) -> int:
         if world.is_root:                                  # rank 0 alone talks and writes
             print(f"training {model.num_parameters():,} parameters on {len(train_set)} {args.dataset} images "
                   f"({len(loader)} batches of {args.batch_size} per epoch{ranks}); outputs in {out}", file=sys.stderr)
-        trainer.fit(resume=not args.restart)
+        resume = not args.restart and trainer.checkpoint_path.exists()
+        if resume:
+            trainer.resume()                           # refuses changed settings before config.toml is replaced
+        if world.is_root:
+            write_config(out / "config.toml", {**config_values(build_parser().train, args, exclude=CONFIG_EXCLUDE),
+                                               **_run_config(args, k), "out": str(out.resolve())},
+                         header="the options of this run: tinydeeplab train --config THIS_FILE --out NEW_DIR repeats it")
+        trainer.fit(resume=resume)
         model.to("numpy")                                  # back to the host (a no-op on the host backends)
         if not world.is_root:
             return 0
@@ -409,14 +459,22 @@ def _read_large_image(path) -> np.ndarray:
 
 def cmd_summary(args) -> int:
     from .io.keras_preset import load_keras_preset
+    from .models.recipes import RECIPES, build_model
 
-    model = load_keras_preset(args.preset)
+    if args.preset in RECIPES and not Path(args.preset).exists():
+        model = build_model(args.preset, args.num_classes)                  # a recipe, randomly initialised
+    else:
+        model = load_keras_preset(args.preset)
     n_stats = sum(b.size for _, b in model.named_buffers())
     print(f"{args.preset}: {model.num_parameters():,} trainable parameters "
           f"(backbone {model.backbone.num_parameters():,}) + {n_stats:,} batch-norm statistics "
           f"= {model.num_parameters() + n_stats:,} weights (Keras's count_params); {model.num_classes} classes")
     for name, p in model.named_parameters():
         print(f"  {name:70s} {str(p.shape):>22s}")
+    if args.size:
+        from .models.atrous import atrous_convs, format_atrous_table
+
+        print(format_atrous_table(atrous_convs(model, args.size), args.size))
     return 0
 
 
@@ -535,9 +593,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--split", default="train", help="training split")
     t.add_argument("--val-split", help="split to evaluate after every epoch (e.g. val; default: none)")
     t.add_argument("--num-classes", type=POSITIVE_INT, help="classes of a folder dataset")
-    t.add_argument("--model", help="architecture recipe: tiny, small, resnet18, resnet50 (default: small, or the "
-                                   "--init-preset's architecture)")
+    t.add_argument("--model", help="architecture recipe: tiny, small, medium, resnet18, resnet50 (default: small, "
+                                   "or the --init-preset's architecture)")
     t.add_argument("--init-preset", help="start from the weights (and architecture) of this preset directory")
+    t.add_argument("--output-stride", type=int, choices=(8, 16, 32),
+                   help="encoder output stride (the last stacks dilated instead of strided; default: the recipe's)")
+    t.add_argument("--atrous-rates", type=POSITIVE_INT, nargs="+", metavar="RATE",
+                   help="ASPP dilation rates (default: the recipe's, chosen for its design crop)")
+    t.add_argument("--decoder", choices=("v3plus", "v3"),
+                   help="v3plus: the low-level P2 decoder; v3: head on the ASPP map (default: v3plus)")
+    t.add_argument("--class-weights", choices=("none", "median-frequency"), default="none",
+                   help="loss weight per class; median-frequency: w_c = median(f) / f_c, f_c = pixels of c / pixels "
+                        "of the training images that contain c")
+    t.add_argument("--eval-size", type=POSITIVE_INT, nargs=2, metavar=("H", "W"),
+                   help="image size the model will be evaluated at, for the dead-tap check at start (default: "
+                        "360 480 for camvid, else the --val-split's first image)")
     t.add_argument("--epochs", type=POSITIVE_INT, default=30, help="total epochs (a resumed run stops at the same total)")
     t.add_argument("--batch-size", type=POSITIVE_INT, default=8, help="images per batch")
     t.add_argument("--crop", type=POSITIVE_INT, nargs=2, default=(256, 256), metavar=("H", "W"),
@@ -553,7 +623,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--clip-norm", type=NON_NEGATIVE, default=5.0,
                    help="clip the global gradient L2 norm to this value (0: no clipping)")
     t.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="seed of the weights, data order and augmentation")
-    t.add_argument("--out", required=True, help="output directory (the run directory)")
+    t.add_argument("--out", required=True, help="output directory (the run directory); gets config.toml, the "
+                                                "run's effective options")
+    t.add_argument("--config", metavar="FILE.toml",
+                   help="read options from this TOML file (keys: the option names, e.g. batch-size = 8); options "
+                        "given on the command line win")
     t.add_argument("--restart", action="store_true", help="start over, ignoring a checkpoint in --out")
     t.add_argument("--override", nargs="+", default=(), choices=RUN_KEYS, metavar="NAME",
                    help=f"when resuming, accept these changed settings (one of: {', '.join(RUN_KEYS)})")
@@ -563,6 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "each process's share (default: on with more than one process)")
     _backend_arg(t)
     t.set_defaults(func=cmd_train)
+    p.train = t                                        # for --config (main) and the run's config.toml
     for name, helptext in (("evaluate", "per-class IoU and mIoU of a preset or checkpoint on a dataset split"),
                            ("predict", "label PNGs and colour overlays for image files")):
         c = sub.add_parser(name, help=helptext, description=helptext, **common)
@@ -595,7 +670,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 "pixels outside the crop get 255)")
             c.set_defaults(func=cmd_predict)
     s = sub.add_parser("summary", help="load a KerasHub preset directory and list its parameters", **common)
-    s.add_argument("preset", help="preset directory (or kaggle://... with kagglehub installed)")
+    s.add_argument("preset", help="preset directory (or kaggle://... with kagglehub installed), or a recipe name "
+                                  "(tiny, small, medium, resnet18, resnet50)")
+    s.add_argument("--size", type=POSITIVE_INT, nargs=2, metavar=("H", "W"),
+                   help="also list every atrous conv (ASPP branches, dilated encoder convs) with its rate, the map "
+                        "it sees for an H x W input and its fraction of live taps")
+    s.add_argument("--num-classes", type=POSITIVE_INT, default=21, help="classes of a recipe (not of a preset)")
     s.set_defaults(func=cmd_summary)
     q = sub.add_parser("parity", help="compare a preset's outputs in tinydeeplab and KerasHub, layer by layer",
                        description="Runs the preset in tinydeeplab and in KerasHub (needs keras-hub) on the same "
@@ -631,8 +711,18 @@ def error_message(err: BaseException) -> str:
 
 def main(argv=None) -> int:
     """Run one command; every user-fixable failure ends as one line on stderr and exit status 2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    config = _config_option(argv)
+    if config is not None:
+        from .config_file import apply_config
+        try:
+            apply_config(parser.train, config)         # the file's keys become defaults: flags still win
+        except (TinyDeepLabError, OSError) as err:
+            print(f"tinydeeplab train: error: {error_message(err)}", file=sys.stderr)
+            return 2
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
     except UsageError as err:
         print(f"{err.prog}: error: {err}", file=sys.stderr)
         return 2
@@ -674,6 +764,18 @@ def _distributed_failure(world, command: str, err: BaseException) -> int:
             print(f"tinydeeplab {command}: error: {error_message(err)}", file=sys.stderr)
         return 2
     return fail_all(world, command, error_message(err))
+
+
+def _config_option(argv) -> str | None:
+    """The FILE of ``train ... --config FILE`` (or ``--config=FILE``) in ``argv``, else None."""
+    if not argv or argv[0] != "train":
+        return None
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 def _interrupted(command: str) -> int:

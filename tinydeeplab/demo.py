@@ -2,7 +2,9 @@
 
 Nothing is downloaded: the images are generated on the fly (:class:`tinydeeplab.data.SyntheticShapes`:
 coloured circles, squares and triangles on textured backgrounds; 4 classes with the background).
-The defaults train for about two minutes on 2 CPU cores and reach a validation mIoU above 0.9.
+The defaults train the ``small`` recipe (0.4 M parameters, output stride 16, ASPP rates 1/2/3: every
+atrous tap reads the 6x6 map of the 96x96 images, see :mod:`tinydeeplab.models.atrous`) for about two
+minutes on 2 idle CPU cores and reach a validation mIoU above 0.94.
 
 Files written to ``out_dir``: ``checkpoint.npz`` (resumable), ``metrics.csv`` / ``metrics.json``,
 ``curves.png`` (loss and validation mIoU per epoch), ``predictions.png`` (validation images, ground

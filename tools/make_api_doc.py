@@ -40,6 +40,7 @@ MODULES = [
     "tinydeeplab.nn.hooks",
     "tinydeeplab.models",
     "tinydeeplab.models.recipes",
+    "tinydeeplab.models.atrous",
     "tinydeeplab.models.preprocessor",
     "tinydeeplab.io.keras_preset",
     "tinydeeplab.io.keras_layout",

@@ -1,26 +1,65 @@
-"""Named DeepLabV3+ architectures to train from scratch (``tinydeeplab train --model NAME``).
+"""Named DeepLabV3 / V3+ architectures to train from scratch (``tinydeeplab train --model NAME``).
 
-=========  ==============================================  ===========  =============
-name       ResNet encoder                                   ASPP / head  parameters*
-=========  ==============================================  ===========  =============
-tiny       stem 16, bottleneck filters 16 x 4 stacks, 1 blk  32 ch        0.1 M
-small      stem 32, bottleneck filters 32 x 4 stacks, 1 blk  64 ch        0.4 M
-resnet18   KerasHub ResNet18 (basic blocks 2-2-2-2)          256 ch       16 M
-resnet50   KerasHub ResNet50 v1 (pascalvoc preset shape)     256 ch       39 M
-=========  ==============================================  ===========  =============
+Each from-scratch recipe is designed for one training crop: its output stride (OS) and ASPP rates are
+chosen so that every atrous tap lands on the feature map it will see there (DeepLab's rule, see
+:mod:`tinydeeplab.models.atrous`: a rate ``d`` on a map of side ``h`` keeps its off-centre taps only
+while ``d < h``; the paper's 6/12/18 at OS16 sit at 0.2-0.55 of its 33x33 map). The rates here follow the
+same proportions of the map at the design crop, and stay alive at larger evaluation sizes.
 
-(*) with 21 classes. All use ASPP on P5 with rates 6/12/18 and the V3+ decoder on P2; KerasHub fixes
-the ASPP and head width at 256, the ``tiny`` and ``small`` widths are a tinydeeplab extension for CPU
-training (their presets load in tinydeeplab only).
+=========  ===========================================  ===  ========  =========  =============  ===========
+name       ResNet encoder                               OS   rates     crop       ASPP map       parameters*
+=========  ===========================================  ===  ========  =========  =============  ===========
+tiny       stem 16, bottleneck 16 x 4 stacks, 1 block   16   1/2/3     64x64      4x4            0.10 M
+small      stem 32, bottleneck 32 x 4 stacks, 1 block   16   1/2/3     96x96      6x6            0.40 M
+medium     stem 32, basic 32-48-96-160, 2-2-2-1 blocks  16   3/6/9     256x352    16x22          1.13 M
+resnet18   KerasHub ResNet18 (basic blocks 2-2-2-2)     32   6/12/18   (512x512)  (16x16)        16 M
+resnet50   KerasHub ResNet50 v1 (pascalvoc preset)      32   6/12/18   (512x512)  (16x16)        39 M
+=========  ===========================================  ===  ========  =========  =============  ===========
+
+(*) with 21 classes (``medium``: 1,127,040 with CamVid's 11). All use the V3+ decoder on P2 (``decoder="v3"``
+drops it); ASPP / head widths are 32, 64, 64 for tiny / small / medium, 256 for the KerasHub-shaped ones.
+``resnet18`` / ``resnet50`` are exactly KerasHub's DeepLabV3+ (OS32, rates 6/12/18: the pascalvoc preset's
+shape), so their presets load in Keras; the narrow recipes load in tinydeeplab only. At the design crop of
+each from-scratch recipe every ASPP tap is live; ``tinydeeplab summary NAME --size H W`` lists the live
+taps at any other size.
+
+``medium`` is the CamVid recipe (360x480 images, 256x352 training crops; 23x30 ASPP map at test time),
+chosen by the training speed of candidates of 1.1-1.5 M parameters, measured with
+``python benchmarks/bench_recipes.py --recipes ... --output-strides 16 8 --steps 3`` (one SGD step, batch 8,
+256x352, 11 classes, Numba CPU backend) while the 2 cores ran other jobs (load average 5-7): the wall
+time is that of a shared machine; the CPU time (both threads) is steadier. An idle machine ran ``small``
+at OS32 in 0.77 s per step (9.8-10.9 images/s, docs/results.md), about CPU / 4 here; the last column
+applies that ratio (an estimate, not a measurement):
+
+====================================================  ==========  ==  =======  ========  ===================
+candidate (basic blocks; ASPP / head width)           parameters  OS  wall s   CPU s     idle est. images/s
+====================================================  ==========  ==  =======  ========  ===================
+small (today's OS32, for scale)                          397,088  32  6.06     3.12      10.3 (measured)
+small                                                    397,088  16  3.86     2.86      11
+**medium**: 32-48-96-160, 2-2-2-1 blocks; 64          1,127,040  16  5.07     2.86      11
+medium                                                 1,127,040   8  8.22     4.76      6.7
+24-48-96-128, 2-2-2-2 blocks; 64                      1,227,736  16  6.72     3.18      10
+24-48-96-128, 2-2-2-2 blocks; 64                      1,227,736   8  10.18    4.69      6.8
+32-64-96-128, 2-2-2-2 blocks; 96                      1,469,568  16  3.84     3.55      9.0
+32-64-96-128, 2-2-2-2 blocks; 96                      1,469,568   8  6.94     6.24      5.1
+====================================================  ==========  ==  =======  ========  ===================
+
+``medium`` at OS16 trains an epoch of CamVid's 367 images in about 33 s (plus ~8 s of validation), so
+2.5 hours hold ~150 epochs even at 1.5x that time (``configs/camvid_main.toml``); at OS8 (rates 6/12/18
+for its 32x44 map) about 55 s, ~100 epochs. The 1.47 M candidate is 25 % slower for 30 % more weights.
 
 >>> build_model("tiny", num_classes=4, seed=0).num_parameters()
 101296
+>>> RECIPES["medium"]["crop"], RECIPES["medium"]["output_stride"], RECIPES["medium"]["atrous_rates"]
+((256, 352), 16, (3, 6, 9))
 """
 from __future__ import annotations
 
 from .deeplab import DeepLabV3Backbone, DeepLabV3ImageSegmenter
 from .encoder import encoder_class
 from .preprocessor import ImageConverter
+
+DECODERS = ("v3plus", "v3")
 
 
 def _resnet(stem, filters, blocks, block_type):
@@ -30,26 +69,60 @@ def _resnet(stem, filters, blocks, block_type):
                                    stackwise_num_strides=[1, 2, 2, 2], block_type=block_type))
 
 
-RECIPES = {   # encoder: (Keras class name, its config); ASPP / head width; V3+ projection filters
-    "tiny": dict(encoder=_resnet(16, [16] * 4, [1] * 4, "bottleneck_block"), channels=32, projection_filters=16),
-    "small": dict(encoder=_resnet(32, [32] * 4, [1] * 4, "bottleneck_block"), channels=64, projection_filters=32),
+RECIPES = {
+    # encoder: (Keras class name, its config); channels: ASPP / head width; projection_filters: V3+ P2 projection;
+    # output_stride: None = KerasHub's 32 (no dilation); crop: the training crop the rates were chosen for
+    "tiny": dict(encoder=_resnet(16, [16] * 4, [1] * 4, "bottleneck_block"), channels=32, projection_filters=16,
+                 output_stride=16, atrous_rates=(1, 2, 3), crop=(64, 64)),
+    "small": dict(encoder=_resnet(32, [32] * 4, [1] * 4, "bottleneck_block"), channels=64, projection_filters=32,
+                  output_stride=16, atrous_rates=(1, 2, 3), crop=(96, 96)),
+    "medium": dict(encoder=_resnet(32, [32, 48, 96, 160], [2, 2, 2, 1], "basic_block"), channels=64,
+                   projection_filters=32, output_stride=16, atrous_rates=(3, 6, 9), crop=(256, 352)),
     "resnet18": dict(encoder=_resnet(64, [64, 128, 256, 512], [2, 2, 2, 2], "basic_block"), channels=256,
-                     projection_filters=48),
+                     projection_filters=48, output_stride=None, atrous_rates=(6, 12, 18), crop=None),
     "resnet50": dict(encoder=_resnet(64, [64, 128, 256, 512], [3, 4, 6, 3], "bottleneck_block"), channels=256,
-                     projection_filters=48),
+                     projection_filters=48, output_stride=None, atrous_rates=(6, 12, 18), crop=None),
 }
 
 
-def build_model(name: str, num_classes: int, *, seed: int = 0, scale=1 / 127.5, offset=-1.0,
-                image_size=None, output_stride=None) -> DeepLabV3ImageSegmenter:
-    """A randomly initialised DeepLabV3+ of recipe ``name`` with an image converter
-    (``pixel * scale + offset``, optional resize to ``image_size``)."""
+def recipe_output_stride(name: str) -> int:
+    """The output stride recipe ``name`` is built with (32 for the KerasHub-shaped ones).
+
+    >>> recipe_output_stride("small"), recipe_output_stride("resnet50")
+    (16, 32)
+    """
+    return RECIPES[_known(name)]["output_stride"] or 32
+
+
+def _known(name: str) -> str:
     if name not in RECIPES:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(RECIPES)}")
-    r = RECIPES[name]
+    return name
+
+
+def build_model(name: str, num_classes: int, *, seed: int = 0, scale=1 / 127.5, offset=-1.0,
+                image_size=None, output_stride=None, atrous_rates=None, decoder="v3plus") -> DeepLabV3ImageSegmenter:
+    """A randomly initialised DeepLabV3+ of recipe ``name`` with an image converter
+    (``pixel * scale + offset``, optional resize to ``image_size``).
+
+    ``output_stride`` (8, 16, 32) and ``atrous_rates`` replace the recipe's (None keeps them);
+    ``decoder="v3"`` drops the V3+ low-level branch: the head runs on the ASPP map and the logits are
+    upsampled bilinearly to the input size (DeepLabV3).
+
+    >>> build_model("small", 4, output_stride=8, atrous_rates=[2, 4, 6]).backbone.config["dilation_rates"]
+    [2, 4, 6]
+    """
+    r = RECIPES[_known(name)]
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
     class_name, config = r["encoder"]
-    enc = encoder_class(class_name).from_config(config, output_stride=output_stride, seed=seed)
-    backbone = DeepLabV3Backbone(enc, "P5", 8, [6, 12, 18], low_level_feature_key="P2",
+    stride = r["output_stride"] if output_stride is None else output_stride
+    enc = encoder_class(class_name).from_config(config, output_stride=stride, seed=seed)
+    rates = list(r["atrous_rates"] if atrous_rates is None else atrous_rates)
+    if not rates or any(not isinstance(d, int) or d < 1 for d in rates):
+        raise ValueError(f"atrous rates must be integers >= 1, got {rates!r}")
+    v3plus = decoder == "v3plus"
+    backbone = DeepLabV3Backbone(enc, "P5", 8 if v3plus else 1, rates, low_level_feature_key="P2" if v3plus else None,
                                  projection_filters=r["projection_filters"], num_channels=r["channels"],
                                  seed=seed + 1)
     model = DeepLabV3ImageSegmenter(backbone, int(num_classes), seed=seed + 2)

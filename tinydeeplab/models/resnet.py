@@ -227,11 +227,15 @@ class ResNetBackbone(Encoder):
 
     # -- the encoder protocol: Keras config, weight order, named stages --------------------------------
     def get_config(self) -> dict:
-        return {**self.config, "image_shape": [None, None, self.in_channels]}
+        """KerasHub's config; an atrous encoder adds ``output_stride`` (a tinydeeplab extension, so that
+        a preset or checkpoint rebuilds at the stride it was trained at; KerasHub-shaped encoders omit it)."""
+        atrous = {} if self.output_stride in (None, 32) else {"output_stride": int(self.output_stride)}
+        return {**self.config, "image_shape": [None, None, self.in_channels], **atrous}
 
     @classmethod
     def from_config(cls, config: dict, *, output_stride=None, seed=None) -> "ResNetBackbone":
         """KerasHub's ``ResNetBackbone`` config -> a ResNetBackbone (``name``, ``dtype``, ... ignored).
+        ``output_stride`` defaults to the config's own (tinydeeplab extension), else KerasHub's 32.
 
         >>> cfg = ResNetBackbone([64], [7], [64, 16], [1, 1], [1, 2], seed=0).get_config()
         >>> ResNetBackbone.from_config(cfg).get_config() == cfg
@@ -248,7 +252,9 @@ class ResNetBackbone(Encoder):
                    stackwise_num_strides=config["stackwise_num_strides"],
                    block_type=config.get("block_type", "bottleneck_block"),
                    use_pre_activation=config.get("use_pre_activation", False),
-                   in_channels=int(image_shape[-1] or 3), output_stride=output_stride, seed=seed)
+                   in_channels=int(image_shape[-1] or 3),
+                   output_stride=output_stride if output_stride is not None else config.get("output_stride"),
+                   seed=seed)
 
     def keras_weight_layers(self):
         """Conv2D and BatchNorm layers in Keras's order. Inside a functional graph Keras orders layers
