@@ -183,3 +183,17 @@ def test_bad_pyramid_key_is_reported():
     enc = ResNetBackbone([8], [3], [64, 8], [1, 1], [1, 2], seed=0)
     with pytest.raises(ValueError, match="P5.*not an output"):
         DeepLabV3Backbone(enc, "P5", 8, [6])
+
+
+@pytest.mark.parametrize("block_type", ["bottleneck_block", "basic_block"])
+def test_output_stride_is_exact_a_trous_of_the_strided_network(block_type):
+    """Same weights, stride swapped for dilation: the denser P5 holds the strided P5 at its even positions."""
+    args = ([8], [3], [8, 8, 8, 8], [1, 2, 2, 2], [1, 2, 2, 2])
+    strided = ResNetBackbone(*args, block_type=block_type, seed=0).astype(np.float64)
+    for os_, step in ((16, 2), (8, 4)):
+        dense = ResNetBackbone(*args, block_type=block_type, output_stride=os_, seed=0).astype(np.float64)
+        dense.load_state_dict(strided.state_dict())
+        x = np.random.default_rng(1).normal(size=(1, 64, 64, 3))
+        with use_backend("numpy"):
+            p5, q5 = strided.forward(x)["P5"], dense.forward(x)["P5"]
+        np.testing.assert_allclose(q5[:, ::step, ::step], p5, rtol=1e-10, atol=1e-12)

@@ -21,7 +21,10 @@ final ``post_bn`` (unused by DeepLab's pyramid outputs) closes the network.
 
 Beyond KerasHub, ``output_stride`` 16 or 8 turns the stride of the last one or two stacks into
 dilation (DeepLab's atrous backbone): such a stack keeps stride 1 and its 3x3 convolutions use
-dilation 2 (and 4), so P4/P5 stay at 1/16 or 1/8 resolution.
+dilation 2 (and 4), so P4/P5 stay at 1/16 or 1/8 resolution. The first block of such a stack keeps
+the rate of the stack before it in its (formerly strided) 3x3, as DeepLab and torchvision do: then the
+atrous network with the same weights computes exactly the strided network's outputs at the positions
+the stride kept (``P5_os16[:, ::2, ::2] == P5_os32`` at inference), only denser.
 """
 from __future__ import annotations
 
@@ -63,8 +66,10 @@ class Block(Module):
     two input gradients are summed where the branches split.
     """
 
-    def __init__(self, c_in, filters, *, strides, dilation, block_type, conv_shortcut, pre_activation, rng):
+    def __init__(self, c_in, filters, *, strides, dilation, block_type, conv_shortcut, pre_activation, rng,
+                 first_dilation=None):
         super().__init__()
+        d0 = dilation if first_dilation is None else first_dilation   # the (formerly strided) first 3x3
         seed = lambda: int(rng.integers(2**31))  # noqa: E731
         post = not pre_activation  # v1: BN after every conv, ReLU after the add
         if pre_activation:
@@ -72,11 +77,11 @@ class Block(Module):
         if block_type == "bottleneck_block":
             c_out = 4 * filters
             self.conv1 = conv_unit(c_in, filters, 1, seed=seed())
-            self.conv2 = conv_unit(filters, filters, 3, strides=strides, dilation=dilation, seed=seed())
+            self.conv2 = conv_unit(filters, filters, 3, strides=strides, dilation=d0, seed=seed())
             self.conv3 = conv_unit(filters, c_out, 1, bn=post, relu=False, seed=seed())
         elif block_type == "basic_block":
             c_out = filters
-            self.conv1 = conv_unit(c_in, filters, 3, strides=strides, dilation=dilation, seed=seed())
+            self.conv1 = conv_unit(c_in, filters, 3, strides=strides, dilation=d0, seed=seed())
             self.conv2 = conv_unit(filters, filters, 3, dilation=dilation, bn=post, relu=False, seed=seed())
         else:
             raise ValueError(f"block_type must be one of {BLOCK_TYPES}, got {block_type!r}")
@@ -183,8 +188,10 @@ class ResNetBackbone(Encoder):
         for s, (f, nb) in enumerate(zip(stackwise_num_filters, stackwise_num_blocks)):
             blocks = []
             first_shortcut = block_type != "basic_block" or s > 0
-            for b in range(nb):
+            previous = dilations[s - 1] if s else 1         # a stack that gave up its stride: its first 3x3
+            for b in range(nb):                             # keeps the rate before it (exact "a trous")
                 block = Block(c, f, strides=strides[s] if b == 0 else 1, dilation=dilations[s],
+                              first_dilation=previous if b == 0 else None,
                               block_type=block_type, conv_shortcut=first_shortcut and b == 0,
                               pre_activation=use_pre_activation, rng=rng)
                 blocks.append((f"block{b}", block))
