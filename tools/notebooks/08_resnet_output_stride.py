@@ -138,12 +138,12 @@ for os_, enc in encoders.items():
     r0, r1, c0, c1 = extent(grad > 0)
     analytic = rf_reference(widening_layers(enc))[0]
     measured[os_] = (grad, (r0, r1, c0, c1), analytic)
-    assert 2 * half + 1 < analytic
     assert r1 - r0 + 1 == c1 - c0 + 1 == analytic, (os_, r1 - r0 + 1, analytic)
     # the effective field: the central square holding 90 % of the gradient mass
     centre, total = (r0 + r1) // 2, grad.sum()
     half = next(h for h in range(analytic) if grad[centre - h:centre + h + 1, centre - h:centre + h + 1].sum()
                 >= 0.9 * total)
+    assert 2 * half + 1 < analytic
     print(f"OS {os_ or 32}: nonzero gradient on rows {r0}..{r1}, cols {c0}..{c1}: {r1 - r0 + 1} px "
           f"= analytic {analytic}; 90 % of |grad| within the central {2 * half + 1} px")
 
@@ -318,12 +318,13 @@ print(f"max |dense[::2, ::2] - strided| / max |strided|: previous rate in block 
       f"tinydeeplab's schedule {err_package:.2f}")
 assert err_trous < 1e-5 < err_package
 
+ch = int(np.argmax(p5_strided[0].std(axis=(0, 1))))                # the channel that varies most
 fig, axes = plt.subplots(1, 4, figsize=(13, 3), layout="constrained")
-for ax, (title, m) in zip(axes, (("OS 32: P5 (16x16)", p5_strided[0, :, :, 0]),
-                                 ("OS 16 a trous: P5 (32x32)", p5_trous[0, :, :, 0]),
-                                 ("a trous, even positions", p5_trous[0, ::2, ::2, 0]),
-                                 ("tinydeeplab OS 16, even positions", p5_dense[0, ::2, ::2, 0]))):
-    ax.imshow(m, cmap="viridis", vmin=p5_strided[0, :, :, 0].min(), vmax=p5_strided[0, :, :, 0].max())
+for ax, (title, m) in zip(axes, ((f"OS 32: P5 (16x16), channel {ch}", p5_strided[0, :, :, ch]),
+                                 ("OS 16 a trous: P5 (32x32)", p5_trous[0, :, :, ch]),
+                                 ("a trous, even positions", p5_trous[0, ::2, ::2, ch]),
+                                 ("tinydeeplab OS 16, even positions", p5_dense[0, ::2, ::2, ch]))):
+    ax.imshow(m, cmap="viridis", vmin=p5_strided[0, :, :, ch].min(), vmax=p5_strided[0, :, :, ch].max())
     ax.set_title(title)
     ax.axis("off")
 plt.show()
@@ -366,6 +367,9 @@ assert np.isclose(live[(None, "6/12/18")][2], 1 / 9)                    # rate 1
 assert min(live[(16, "6/12/18")]) > 1 / 9 and min(live[(8, "12/24/36")]) > 1 / 9
 
 crops = np.arange(128, 1025, 32)
+# halving the output stride doubles the map side, so doubled rates give exactly the same fractions
+assert all(np.isclose(tap_fraction(c // 16, c // 16, r), tap_fraction(c // 8, c // 8, 2 * r))
+           for c in crops for r in (6, 12, 18))
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.4), layout="constrained")
 labels = [f"OS {o or 32}" for o in (None, 16, 8)]
 for k, (name, rates) in enumerate(rate_sets.items()):
@@ -387,6 +391,10 @@ axes[1].legend(fontsize=7, ncol=2)
 plt.show()
 
 # %% [markdown]
+# In the right panel the dashed OS 8 curves (rates 12/24/36) lie exactly on the solid OS 16 ones (rates 6/12/18):
+# per axis a $\pm r$ tap is live at $\max(S - r, 0)/S$ of the positions, which does not change when $S$ and $r$
+# double together (the cell asserts it). That is why DeepLab doubles the rates when it halves the output stride.
+#
 # **Inline question 2.** A recipe trains at output stride 16 with rates 6/12/18 on 512 crops, and you move to
 # 256 crops to fit a bigger batch. Which branch degenerates, and how should the rates change? What if you instead
 # keep 512 crops but move to output stride 32?
@@ -442,7 +450,7 @@ def last_stage_footprint(encoder):
 
 
 variants = {"tinydeeplab OS16: 2, 2, 2": (2, 2, 2), "multi-grid (1, 2, 4) x 2: 2, 4, 8": (2, 4, 8),
-            "block 0 at rate 1, then 4, 8": (1, 4, 8)}
+            "hybrid dilated (Wang et al.): 1, 2, 5": (1, 2, 5)}
 results = {}
 for title, rates in variants.items():
     enc = with_last_stage_rates(rates)
@@ -459,7 +467,9 @@ for title, rates in variants.items():
           f"{r1 - r0 + 1}); P4 positions read {len(rows)}, at an odd offset {odd:.0%}; live taps on the "
           f"{foot.shape[0]}x{foot.shape[0]} map: " + ", ".join(f"{tap_fraction(*foot.shape, r):.2f}" for r in rates))
 assert results["tinydeeplab OS16: 2, 2, 2"][2] == 0 and results["multi-grid (1, 2, 4) x 2: 2, 4, 8"][2] == 0
-assert results["block 0 at rate 1, then 4, 8"][2] > 0
+hdc_foot = results["hybrid dilated (Wang et al.): 1, 2, 5"][0]
+r0, r1, c0, c1 = extent(hdc_foot > 0)
+assert results["hybrid dilated (Wang et al.): 1, 2, 5"][2] > 0 and (hdc_foot[r0:r1 + 1, c0:c1 + 1] > 0).all()
 
 fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), layout="constrained")
 for ax, (title, (foot, analytic, odd)) in zip(axes, results.items()):
@@ -473,8 +483,9 @@ plt.show()
 # Multi-grid widens the field of the last stage (rates 2, 4, 8 span $1 + 2(2+4+8) = 29$ P4 positions instead of
 # 13) at no cost: the multiply-adds depend on the map and the channels only. It does not cure gridding: all
 # three rates are even, so the centre of P5 still reads only the P4 positions at even offsets (in the figure,
-# a lattice with holes). A rate-1 $3\times3$ anywhere in the stage (the à trous convention's first block, or
-# unit rates without a common factor, as in Wang et al.'s hybrid dilated convolution) mixes the parities.
+# a lattice with holes: 3 of every 4 P4 positions never reach it). Rates without a common factor, as in Wang et
+# al.'s hybrid dilated convolution (1, 2, 5), fill the whole square: every offset from $-8$ to $8$ is a sum
+# $a + 2b + 5c$ with $a, b, c \in \{-1, 0, 1\}$ (the cell asserts the square is full).
 # ASPP's rates 6/12/18 are even too; of its branches only image pooling reads every position.
 #
 # **What you measured.** The receptive field of a ResNet encoder is the formula of exercise 1, checked pixel by
