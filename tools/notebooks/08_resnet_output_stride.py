@@ -317,6 +317,9 @@ err_package = np.abs(p5_dense[:, ::2, ::2] - p5_strided).max() / scale
 print(f"max |dense[::2, ::2] - strided| / max |strided|: previous rate in block 0 {err_trous:.1e}, "
       f"tinydeeplab's schedule {err_package:.2f}")
 assert err_trous < 1e-5 < err_package
+fields = [rf_reference(widening_layers(e))[0] for e in (encoders[None], trous, encoders[16])]
+print("receptive fields: OS 32 {}, a trous OS 16 {}, tinydeeplab OS 16 {}".format(*fields))
+assert fields[0] == fields[1] < fields[2]
 
 ch = int(np.argmax(p5_strided[0].std(axis=(0, 1))))                # the channel that varies most
 fig, axes = plt.subplots(1, 4, figsize=(13, 3), layout="constrained")

@@ -193,10 +193,10 @@ ax.legend()
 axes = right.subplots(3, 4)
 palette = train_set.palette
 for k in range(4):
-    axes[0, k].imshow(overlay(val_images[k], val_labels[k].astype(np.uint8), palette, alpha=0.5))
+    axes[0, k].imshow(overlay(val_images[k], val_labels[k].astype(np.uint8), palette, alpha=0.8))
     for row, name in ((1, "V3"), (2, "V3+")):
         axes[row, k].imshow(palette[predictions[name][k]], interpolation="nearest")
-for ax, title in zip(axes[:, 0], ("label", "V3", "V3+")):
+for ax, title in zip(axes[:, 0], ("label over the image", "V3", "V3+")):
     ax.set_title(title, loc="left")
 for ax in axes.ravel():
     ax.axis("off")
@@ -309,7 +309,8 @@ plt.show()
 # ## Why 48 projection channels
 #
 # In ResNet-50 (and the paper's ResNet-101 and Xception) the low-level map P2 has 256 channels, as many as the
-# ASPP output. The paper's argument (section 3.2 and the ablation in its Table 1): concatenated as they are, the
+# ASPP output. The paper's argument (its description of the decoder, and the ablation of its Table 1): concatenated
+# as they are, the
 # low-level features, which mostly describe edges and textures, would weigh as much as the semantic ASPP
 # features in the head and make training harder; a $1\times1$ projection to few channels keeps the boundary cue
 # and leaves the head dominated by the ASPP features; of 8, 16, 32, 48 and 64 channels, 48 worked best (by small
@@ -362,9 +363,8 @@ plt.show()
 # <!-- BEGIN ANSWER -->
 # **Answer.** The head's $1\times1$ convolution is initialised with equal variance for every input channel, so at
 # the start half of its output comes from features that know edges and textures but not classes; the gradient
-# must first learn to suppress them while the ASPP features (which carry the semantics) have only half the say,
-# and the many low-level channels add parameters that fit noise (the paper reports that reducing them helps and
-# that 48 of 8–64 was best). A very small $p$ squeezes the boundary information through too narrow a bottleneck:
+# must first learn to suppress them while the ASPP features (which carry the semantics) have only half the say
+# (the paper reports that reducing them makes training easier and that 48 of 8–64 was best). A very small $p$ squeezes the boundary information through too narrow a bottleneck:
 # $p = 8$ or 16 was a little worse in the paper. Here the ASPP has 32 channels and the projection 8, a share of
 # $8/40 = 20\,\%$, close to $48/304 = 16\,\%$. The price is small either way: at ResNet-50 width the decoder
 # costs about 1.5 G multiply-adds at $p = 48$ (printed above), a small fraction of the encoder's, because it
