@@ -290,16 +290,18 @@ axes[2].set(xlabel="distance bin", ylabel="validation pixels", title="how many p
 plt.show()
 
 # %% [markdown]
-# **Inline question 1.** V3's accuracy climbs over the first several pixels from a boundary, V3+'s within one or
-# two. Why does V3 lose exactly those pixels, and why would more training not fix it? Why is whole-image mIoU a
+# **Inline question 1.** V3's accuracy climbs over the first ten or so pixels from a boundary, V3+'s within two or
+# three. Why does V3 lose exactly those pixels, and why would more training not fix it? Why is whole-image mIoU a
 # poor way to see the difference on images like CamVid's?
 #
 # <!-- BEGIN ANSWER -->
 # **Answer.** V3's logits exist only every 16 pixels; bilinear upsampling makes each output logit a convex
 # combination of the 4 nearest samples, so a class boundary can only be where two interpolated logits cross:
 # a smooth curve through a 16-pixel grid. Corners, thin parts (triangle tips) and any boundary detail finer than
-# the grid are lost, and the error is spread over up to half a cell (8 px) on either side of the true boundary.
-# That is a limit of the architecture's output resolution, not of the optimisation. V3+ gets P2 features at 1/4
+# the grid are lost, and the errors spread over about half a cell (8 px) on either side of the true boundary
+# (here a little further: after 120 steps V3 also misplaces whole small parts, and its loss is still higher).
+# Training longer sharpens the crossings but cannot create detail finer than the 16-pixel grid: that is a limit
+# of the architecture's output resolution, not of the optimisation. V3+ gets P2 features at 1/4
 # (a 4-pixel grid, computed after only a few layers, so they still localise edges) and the head can move the
 # boundary to where those features put it. Far from boundaries both are right, and in a typical image most
 # pixels are far from boundaries, so whole-image mIoU changes by a little while the accuracy in a band of a few
