@@ -326,6 +326,18 @@ assert np.array_equal(cm.matrix, final["confusion"].matrix)
 assert np.isclose(final["miou"], np.mean(tp[union > 0] / union[union > 0]))
 print(final["confusion"].table(names))
 
+fp, fn = cm.matrix.sum(0) - tp, cm.matrix.sum(1) - tp
+fig, ax = plt.subplots(figsize=(8, 3), layout="constrained")
+ax.barh(names, tp / union, color="C2", label="TP / union = IoU")
+ax.barh(names, fn / union, left=tp / union, color="C1", label="FN / union (missed)")
+ax.barh(names, fp / union, left=(tp + fn) / union, color="C3", label="FP / union (false alarms)")
+for k, v in enumerate(tp / union):
+    ax.text(v / 2, k, f"{v:.2f}", va="center", ha="center", color="w")
+ax.set(xlim=(0, 1), xlabel="fraction of the union TP + FP + FN",
+       title=f"each class's union split into its terms (validation set); mIoU {final['miou']:.3f}")
+ax.invert_yaxis(); ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+plt.show()
+
 # %% [markdown]
 # **Inline question 2.** A CamVid validation split has no "Bicyclist" pixel, and the model predicts none. What
 # happens to an mIoU over all 11 classes with the absent class counted as 0, and to the mean over the present
