@@ -183,7 +183,8 @@ def _check_bottleneck_backward(fn):
             case = {"x": x, "shortcut": shortcut, "strides": strides, "dy": dy}
             got = attempt(fn, case, blocks["student"], dy.copy())
             want = bottleneck_backward(blocks[None], dy.copy())
-            variants = [Variant(bottleneck_backward(blocks[m], dy.copy(), m), msg) for m, msg in _BLOCK_MISTAKES.items()]
+            variants = [Variant(bottleneck_backward(blocks[m], dy.copy(), m), msg)
+                        for m, msg in _BLOCK_MISTAKES.items()]
             compare(got, want, "dx", case, rtol=1e-7, atol=1e-10, variants=variants)
             mine, ref = dict(blocks["student"].named_gradients()), dict(blocks[None].named_gradients())
             for name, value in ref.items():

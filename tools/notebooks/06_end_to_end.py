@@ -99,9 +99,10 @@ plt.show()
 # encoder explicitly with `output_stride=16`: the last stack keeps stride 1 and dilates its 3×3 convolution by 2
 # instead (same weights, a larger map), $P_5$ is 4×4 at this size, and the ASPP rates are scaled to that map:
 # 1/2/3, all below its side. (DeepLabV3 trains at output stride 16 on 513 crops, a 33×33 map, with rates
-# 6/12/18: rates below the map side are the point, not the numbers 6/12/18.) The cells below compute the map sizes and *assert* that every tap of every ASPP branch reads
-# real pixels at the training size, then show it with gradients: one backward pass through our model and
-# through the same architecture at output stride 32 with rates 6/12/18.
+# 6/12/18: rates below the map side are the point, not the numbers 6/12/18.) The cells below compute the map
+# sizes and *assert* that every tap of every ASPP branch reads real pixels at the training size, then show it
+# with gradients: one backward pass through our model and through the same architecture at output stride 32
+# with rates 6/12/18.
 
 # %%
 RATES, OUTPUT_STRIDE = [1, 2, 3], 16

@@ -150,9 +150,9 @@ assert not np.allclose(right, stale)
 # %% [markdown]
 # ## The fork: where gradients add
 #
-# When several modules read the same tensor $x$, as the five ASPP branches ([Chen et al. 2017](../docs/bibliography.md#chen2017))
-# do with the encoder's map, the forward *copies* $x$ to each of them. The adjoint of a copy is a sum: with
-# branch outputs $y_k = f_k(x)$ concatenated along channels,
+# When several modules read the same tensor $x$, as the five ASPP branches
+# ([Chen et al. 2017](../docs/bibliography.md#chen2017)) do with the encoder's map, the forward *copies* $x$ to
+# each of them. The adjoint of a copy is a sum: with branch outputs $y_k = f_k(x)$ concatenated along channels,
 #
 # $$\delta x = \sum_k J_{f_k}(x)^\top\, \delta y_k, \qquad \delta y_k = \text{the channel slice of } \delta y
 #   \text{ that belongs to branch } k .$$

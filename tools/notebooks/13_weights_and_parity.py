@@ -266,7 +266,8 @@ print(check("first_diverging_stage", my_first_diverging_stage))
 # Below, one weight array at a time is perturbed in the loaded model (a kernel scaled by 1.05, a BN variance
 # doubled, ...) and restored afterwards; `first_diverging_stage` (the reference solution) must name the stage
 # that owns the weight: the first stage whose module name is a prefix of the weight's dotted name (the
-# classifier `output_conv` belongs to the logits). The heat map shows $\log_{10}\rho$ of every stage for every perturbation.
+# classifier `output_conv` belongs to the logits). The heat map shows $\log_{10}\rho$ of every stage for every
+# perturbation.
 
 # %%
 stage_list = list(keras_acts)
