@@ -265,8 +265,8 @@ plt.show()
 # absent from both has $\mathrm{IoU} = 0/0$, undefined: it says nothing about the model, and counting it as 0 (or
 # 1) would make the score depend on how many unused classes the label set declares. A class that is predicted
 # but never labelled stays in $P$ with IoU 0: its pixels are all false positives. This is what
-# `ConfusionMatrix.miou` (and so `evaluate`) computes; it is also the usual convention (the VOC and Cityscapes
-# scripts average over the classes that occur in the evaluated set).
+# `ConfusionMatrix.miou` (and so `evaluate`) computes. Other evaluation scripts differ on exactly this point
+# (some average over all $K$ declared classes), so a reported mIoU should say which mean it is.
 #
 # ### Exercise 1: the confusion matrix
 #
