@@ -295,38 +295,38 @@ for ax in axes:
 plt.show()
 
 # %% [markdown]
-# **Exactly the same features, on a denser grid?** Almost. Take the stride-2 $3\times3$ of the first block of
-# stack 3: at stride 1 and rate 1 it computes, at the even positions, exactly what it computed with stride 2;
-# the later filters at rate 2 on the dense map then read exactly the inputs they read at rate 1 on the coarse
-# map. So if the block that loses its stride keeps the *previous* rate (torchvision's `replace_stride_with_dilation`
-# does this), the dense P5 sampled at even positions *is* the strided network's P5: the "algorithme à trous".
-# tinydeeplab (like the exercise) puts the new rate in that block too, which computes a slightly different
-# function from the same weights (its field is wider, as measured above): fine when training from scratch or
-# fine-tuning, not a free lunch for frozen ImageNet weights.
+# **Exactly the same features, on a denser grid?** Yes, with the right schedule. Take the stride-2 $3\times3$ of
+# the first block of stack 3: at stride 1 and rate 1 it computes, at the even positions, exactly what it computed
+# with stride 2; the later filters at rate 2 on the dense map then read exactly the inputs they read at rate 1 on
+# the coarse map. So the block that loses its stride keeps the *previous* rate, and only the blocks after it get
+# the new one (DeepLab's and torchvision's `replace_stride_with_dilation` convention, and tinydeeplab's): then the
+# dense P5 sampled at even positions *is* the strided network's P5 — the "algorithme à trous" — and pretrained
+# weights keep their meaning. Putting the new rate in that first block too computes a different function from the
+# same weights (with a wider field), shown here for contrast.
 
 # %%
 p5_strided = encoders[None].forward(image)["P5"]                      # (1, 16, 16, 256)
 p5_dense = encoders[16].forward(image)["P5"]                          # (1, 32, 32, 256)
-trous = ResNetBackbone(**CONFIG, output_stride=16, seed=1)
-trous.load_state_dict(encoders[None].state_dict())
-trous.blocks(3)[0].conv2.conv.dilation_rate = (1, 1)                  # the block that lost its stride: rate 1
-p5_trous = trous.forward(image)["P5"]
+naive = ResNetBackbone(**CONFIG, output_stride=16, seed=1)
+naive.load_state_dict(encoders[None].state_dict())
+naive.blocks(3)[0].conv2.conv.dilation_rate = (2, 2)                  # the new rate in the de-strided block too
+p5_naive = naive.forward(image)["P5"]
 scale = np.abs(p5_strided).max()
-err_trous = np.abs(p5_trous[:, ::2, ::2] - p5_strided).max() / scale
 err_package = np.abs(p5_dense[:, ::2, ::2] - p5_strided).max() / scale
-print(f"max |dense[::2, ::2] - strided| / max |strided|: previous rate in block 0 {err_trous:.1e}, "
-      f"tinydeeplab's schedule {err_package:.2f}")
-assert err_trous < 1e-5 < err_package
-fields = [rf_reference(widening_layers(e))[0] for e in (encoders[None], trous, encoders[16])]
-print("receptive fields: OS 32 {}, a trous OS 16 {}, tinydeeplab OS 16 {}".format(*fields))
+err_naive = np.abs(p5_naive[:, ::2, ::2] - p5_strided).max() / scale
+print(f"max |dense[::2, ::2] - strided| / max |strided|: tinydeeplab (previous rate in block 0) {err_package:.1e}, "
+      f"new rate in block 0 {err_naive:.2f}")
+assert err_package < 1e-5 < err_naive
+fields = [rf_reference(widening_layers(e))[0] for e in (encoders[None], encoders[16], naive)]
+print("receptive fields: OS 32 {}, tinydeeplab OS 16 {}, new rate in block 0 {}".format(*fields))
 assert fields[0] == fields[1] < fields[2]
 
 ch = int(np.argmax(p5_strided[0].std(axis=(0, 1))))                # the channel that varies most
 fig, axes = plt.subplots(1, 4, figsize=(13, 3), layout="constrained")
 for ax, (title, m) in zip(axes, ((f"OS 32: P5 (16x16), channel {ch}", p5_strided[0, :, :, ch]),
-                                 ("OS 16 a trous: P5 (32x32)", p5_trous[0, :, :, ch]),
-                                 ("a trous, even positions", p5_trous[0, ::2, ::2, ch]),
-                                 ("tinydeeplab OS 16, even positions", p5_dense[0, ::2, ::2, ch]))):
+                                 ("tinydeeplab OS 16: P5 (32x32)", p5_dense[0, :, :, ch]),
+                                 ("tinydeeplab OS 16, even positions", p5_dense[0, ::2, ::2, ch]),
+                                 ("new rate in block 0, even positions", p5_naive[0, ::2, ::2, ch]))):
     ax.imshow(m, cmap="viridis", vmin=p5_strided[0, :, :, ch].min(), vmax=p5_strided[0, :, :, ch].max())
     ax.set_title(title)
     ax.axis("off")
