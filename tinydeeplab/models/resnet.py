@@ -300,10 +300,15 @@ class ResNetBackbone(Encoder):
         bottleneck = cfg["block_type"] == "bottleneck_block"
         for s in range(self.num_stacks):
             f, blocks = cfg["stackwise_num_filters"][s], self.blocks(s)
-            conv = blocks[0].conv2.conv if bottleneck else blocks[0].conv1.conv
-            st, dil = conv.strides[0], conv.dilation_rate[0]
+            first = lambda blk: blk.conv2.conv if bottleneck else blk.conv1.conv   # noqa: E731  the 3x3 that strides
+            st, dil = first(blocks[0]).strides[0], first(blocks[-1]).dilation_rate[0]   # the stack's stride, rate
             for b, block in enumerate(blocks):
-                what = (f"bottleneck 1x1 {f} -> 3x3 {f}" if bottleneck else f"basic 3x3 {f}") +                     (f" /{st}" if b == 0 and st > 1 else "") + (f" rate {dil}" if dil > 1 else "") +                     (f" -> 1x1 {4 * f}" if bottleneck else f" -> 3x3 {f}") +                     (", projection shortcut" if block.shortcut is not None else "")
+                rate = first(block).dilation_rate[0]
+                rate2 = block.conv2.conv.dilation_rate[0] if not bottleneck else rate
+                what = (f"bottleneck 1x1 {f} -> 3x3 {f}" if bottleneck else f"basic 3x3 {f}") + \
+                    (f" /{st}" if b == 0 and st > 1 else "") + (f" rate {rate}" if rate > 1 else "") + \
+                    (f" -> 1x1 {4 * f}" if bottleneck else f" -> 3x3 {f}" + (f" rate {rate2}" if rate2 > 1 else "")) + \
+                    (", projection shortcut" if block.shortcut is not None else "")
                 level = f"P{s + 2}" if b == len(blocks) - 1 else None
                 how = (f"{len(blocks)} {'bottlenecks' if bottleneck else 'basic blocks'} "
                        f"{f}→{block.out_channels}" + (f", /{st}" if st > 1 else "") + (f", rate {dil}" if dil > 1 else ""))
