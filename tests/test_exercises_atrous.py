@@ -74,11 +74,14 @@ def test_receptive_field_wants_a_pair():
 @pytest.mark.parametrize("output_stride, expected", [(None, [4, 8, 16, 32]), (16, [4, 8, 16, 16]),
                                                       (8, [4, 8, 8, 8])])
 def test_reference_schedule_gives_the_encoders_strides(output_stride, expected):
-    enc = ResNetBackbone([4], [3], [2, 2, 2, 2], [1, 1, 1, 1], [1, 2, 2, 2], output_stride=output_stride, seed=0)
+    enc = ResNetBackbone([4], [3], [2, 2, 2, 2], [2, 2, 2, 2], [1, 2, 2, 2], output_stride=output_stride, seed=0)
     pairs = schedule_pairs([1, 2, 2, 2], output_stride)
     assert list(enc.pyramid_strides.values()) == expected
     assert [4 * int(np.prod([s for s, _ in pairs[:i + 1]])) for i in range(4)] == expected
-    assert [enc.blocks(i)[0].conv2.conv.dilation_rate[0] for i in range(4)] == [d for _, d in pairs]
+    rates = [d for _, d in pairs]
+    assert [enc.blocks(i)[-1].conv2.conv.dilation_rate[0] for i in range(4)] == rates
+    # the first block of a stage that gave up its stride keeps the stage before's rate (exact "a trous")
+    assert [enc.blocks(i)[0].conv2.conv.dilation_rate[0] for i in range(4)] == [1] + rates[:-1]
 
 
 def schedule_student(strides, output_stride, mistake=None):

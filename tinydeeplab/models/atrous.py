@@ -81,12 +81,15 @@ def atrous_convs(model, size) -> list[AtrousConv]:
     convolution recording the shape of what it reads.
 
     >>> from tinydeeplab.models.recipes import build_model
-    >>> for c in atrous_convs(build_model("small", 4), (96, 96)):
+    >>> for c in atrous_convs(build_model("small", 4, output_stride=8), (96, 96)):
     ...     print(c.name, c.rate[0], c.map_size, c.live, c.aspp)
-    backbone.image_encoder.stack3.block0.conv2.conv 2 (6, 6) 9 False
-    backbone.aspp.branch1.conv 1 (6, 6) 9 True
-    backbone.aspp.branch2.conv 2 (6, 6) 9 True
-    backbone.aspp.branch3.conv 3 (6, 6) 9 True
+    backbone.image_encoder.stack3.block0.conv2.conv 2 (12, 12) 9 False
+    backbone.aspp.branch1.conv 1 (12, 12) 9 True
+    backbone.aspp.branch2.conv 2 (12, 12) 9 True
+    backbone.aspp.branch3.conv 3 (12, 12) 9 True
+
+    (At OS8 the last stack's block keeps rate 2, the rate of the stack before it, which gave up its stride
+    too; at the recipe's OS16 no encoder conv is dilated: the one block of the last stack keeps rate 1.)
     """
     h, w = _pair(size)
     aspp_names = {f"{name}.{child}.conv" for name, module in model.modules() if isinstance(module, ASPP)

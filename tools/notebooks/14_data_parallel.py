@@ -81,7 +81,21 @@ def run_ranks(fn, comm):
 
 
 demo = SimulatedAllreduce(3)
-print(run_ranks(lambda r: demo.for_rank(r)(np.array([r, 10.0 * r])).tolist(), demo))   # every rank: the sum
+local = [np.array([1.0 + r, 4.0 - r]) for r in range(3)]                 # each rank's own numbers
+summed = run_ranks(lambda r: demo.for_rank(r)(local[r]), demo)
+print([v.tolist() for v in summed])                                       # every rank: the same sum
+assert all(np.array_equal(v, sum(local)) for v in summed)
+
+fig, axes = plt.subplots(1, 2, figsize=(8, 2.6), layout="constrained")
+for r, v in enumerate(local):
+    axes[0].bar(np.arange(2) + 0.25 * r, v, width=0.25, label=f"rank {r}")
+axes[0].set(title="before: each rank's array", xticks=[0.25, 1.25], xticklabels=["entry 0", "entry 1"])
+axes[0].legend(fontsize=8)
+for r, v in enumerate(summed):
+    axes[1].bar(np.arange(2) + 0.25 * r, v, width=0.25)
+axes[1].set(title="after allreduce (sum): identical on every rank", xticks=[0.25, 1.25],
+            xticklabels=["entry 0", "entry 1"])
+plt.show()
 
 # %% [markdown]
 # ## 1. The averaged gradient is the big-batch gradient, if each rank is weighted
