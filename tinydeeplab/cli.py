@@ -192,10 +192,6 @@ CONFIG_EXCLUDE = ("restart", "override")
 """``train`` options left out of the run's config.toml: what to do with the run directory, not the run."""
 
 
-def _show(value) -> str:
-    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
-
-
 def _eval_size(args, val_set):
     """The size the model will be evaluated at: --eval-size, CamVid's 360x480, the val split's first image."""
     if args.eval_size:
@@ -223,10 +219,10 @@ def cmd_train(args) -> int:
     from .models.recipes import build_model, recipe_output_stride
     from .train.builder import build_trainer, median_frequency_weights
     from .train.distributed import sync_batchnorm
-    from .train.rundir import RunLock
+    from .train.rundir import RunLock, show_value
 
     if args.init_preset:
-        given = [f"--{k} {_show(getattr(args, k.replace('-', '_')))}" for k in ("model", "atrous-rates", "decoder")
+        given = [f"--{k} {show_value(getattr(args, k.replace('-', '_')))}" for k in ("model", "atrous-rates", "decoder")
                  if getattr(args, k.replace("-", "_")) is not None]
         if given:
             raise OptionError(f"{given[0]} conflicts with --init-preset {args.init_preset}: the preset defines "

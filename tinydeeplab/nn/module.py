@@ -22,18 +22,14 @@ from typing import Iterator
 
 import numpy as np
 
+from ..backend import zeros_like
+
 
 def _place_like(new, old):
     """``new`` (a host array) in the memory where ``old`` lives (:mod:`tinydeeplab.backend`)."""
     from ..backend import ops_for
 
     return ops_for(old).to_device(new)
-
-
-def _zeros_like(a):
-    from ..backend import zeros_like
-
-    return zeros_like(a)
 
 
 def first_non_finite(named_arrays) -> str | None:
@@ -123,7 +119,7 @@ class Module:
         for path, mod in self.modules():
             for key, value in mod.params.items():
                 g = mod.grads.get(key)
-                yield (f"{path}.{key}" if path else key), _zeros_like(value) if g is None else g
+                yield (f"{path}.{key}" if path else key), zeros_like(value) if g is None else g
 
     def named_buffers(self) -> Iterator[tuple[str, np.ndarray]]:
         for path, mod in self.modules():
@@ -225,7 +221,7 @@ class Module:
 
     def zero_grad(self) -> None:
         for _, mod in self.modules():
-            mod.grads = {k: _zeros_like(v) for k, v in mod.params.items()}
+            mod.grads = {k: zeros_like(v) for k, v in mod.params.items()}
 
     # -- computation --------------------------------------------------------------------------
     def forward(self, x, training: bool = False):

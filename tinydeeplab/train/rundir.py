@@ -128,7 +128,7 @@ def check_same_run(recorded: dict | None, current: dict, *, allowed=(), source="
     changed = [k for k in current if k in recorded and _norm(recorded[k]) != _norm(current[k])]
     refused = [k for k in changed if k not in allowed]
     if refused:
-        what = ", ".join(f"{k} {_show(recorded[k])}, now {_show(current[k])}" for k in refused)
+        what = ", ".join(f"{k} {show_value(recorded[k])}, now {show_value(current[k])}" for k in refused)
         raise TrainingError(f"{source}: this run was started with {what}; resume with the same settings, pass "
                             f"--override {' '.join(refused)} to change them, or --restart")
     return changed
@@ -138,6 +138,11 @@ def _norm(v):
     return list(v) if isinstance(v, tuple) else v
 
 
-def _show(v) -> str:
+def show_value(v) -> str:
+    """An option value as typed on the command line: ``[256, 352]`` -> ``"256 352"``.
+
+    >>> show_value((256, 352)), show_value(0.05)
+    ('256 352', '0.05')
+    """
     v = _norm(v)
     return " ".join(str(x) for x in v) if isinstance(v, list) else str(v)

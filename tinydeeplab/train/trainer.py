@@ -146,6 +146,7 @@ class Trainer:
         self.world = World.single() if world is None else world
         self.buckets = GradientBuckets(model, self.world) if self.world.size > 1 else None
         self._bar = Progress(self.progress, stream)
+        self.loss_monitor = LossMonitor()     # divergence: the recent losses of this run
         self.epoch = 0            # completed epochs
         self.global_step = 0      # optimizer steps taken
         self.history: list[dict] = []
@@ -216,7 +217,7 @@ class Trainer:
         except TypeError:
             n_steps = None
         loss_sum, n_batches, n_images, lr = 0.0, 0, 0, float("nan")
-        monitor = self._monitor = getattr(self, "_monitor", None) or LossMonitor()
+        monitor = self.loss_monitor
         t0 = time.perf_counter()
         with self.bar:
             for i, (x, y) in enumerate(loader):
