@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import OptionError
 from ..models import DeepLabV3Backbone, DeepLabV3ImageSegmenter, encoder_class
+from ..models.input_channels import adapt_input_kernel, check_in_channels, tile_channels
 from ..models.preprocessor import ImageConverter, converter_config
 from .errors import PresetError
 from .keras_layout import TASK_FILE, keras_weight_paths
@@ -61,8 +62,10 @@ def _require(cfg: dict, keys, where: str):
 
 
 def build_from_configs(backbone_cfg: dict, task_cfg: dict | None, *, source: str = "config.json",
-                       output_stride=None) -> DeepLabV3ImageSegmenter:
-    """Build a segmenter from the ``config`` dicts of config.json and task.json (no weights)."""
+                       output_stride=None, in_channels=None) -> DeepLabV3ImageSegmenter:
+    """Build a segmenter from the ``config`` dicts of config.json and task.json (no weights).
+
+    ``in_channels`` replaces the channel count of the encoder's ``image_shape`` (KerasHub's key for it)."""
     name = _class_name(backbone_cfg, source)
     if name != SUPPORTED["backbone"]:
         raise PresetError(f"{source}: unsupported backbone class {name!r} (tinydeeplab supports "
@@ -75,8 +78,12 @@ def build_from_configs(backbone_cfg: dict, task_cfg: dict | None, *, source: str
         encoder_cls = encoder_class(enc_name)
     except ValueError as err:
         raise PresetError(f"{source}: {err}") from None
+    enc_cfg = enc["config"] if in_channels is None else {**enc["config"], "image_shape": [None, None, in_channels]}
     try:
-        encoder = encoder_cls.from_config(enc["config"], output_stride=output_stride)
+        encoder = encoder_cls.from_config(enc_cfg, output_stride=output_stride)
+        if in_channels is not None and encoder.in_channels != in_channels:
+            raise PresetError(f"{source}: the {enc_name} encoder does not read image_shape, so it cannot be "
+                              f"built for {in_channels} input channels")
         up = cfg["upsampling_size"]
         backbone = DeepLabV3Backbone(
             encoder, cfg["spatial_pyramid_pooling_key"], up[0] if isinstance(up, (list, tuple)) else up,
@@ -122,13 +129,17 @@ def _datasets(f) -> dict[str, object]:
     return found
 
 
-def load_weights(model: DeepLabV3ImageSegmenter, directory: Path, *, task_weights: bool = True) -> None:
+def load_weights(model: DeepLabV3ImageSegmenter, directory: Path, *, task_weights: bool = True,
+                 adapt=None) -> None:
     """Read every parameter and buffer from the preset's HDF5 files into ``model``.
 
     Raises PresetError naming the file and the parameter for a missing dataset, a dataset whose
     shape differs from the model's, or datasets in the file that no parameter explains.
-    Optimizer variables (``optimizer/...``) in task.weights.h5 are skipped.
+    Optimizer variables (``optimizer/...``) in task.weights.h5 are skipped. ``adapt`` maps parameter
+    names to functions applied to the stored array before its shape is checked (the input kernel of a
+    model built for another channel count).
     """
+    adapt = adapt or {}
     paths = keras_weight_paths(model)
     slots = model.slots()
     wanted: dict[str, dict[str, str]] = {}
@@ -154,7 +165,7 @@ def load_weights(model: DeepLabV3ImageSegmenter, directory: Path, *, task_weight
             for h5path, name in table.items():
                 dset = present[h5path]
                 store, key = slots[name]
-                if tuple(dset.shape) != store[key].shape:
+                if tuple(dset.shape) != store[key].shape and name not in adapt:
                     raise PresetError(f"{path}: {h5path} ({name}) has shape {tuple(dset.shape)}, "
                                       f"the model expects {store[key].shape}")
                 try:
@@ -166,6 +177,8 @@ def load_weights(model: DeepLabV3ImageSegmenter, directory: Path, *, task_weight
                 if not np.isfinite(value).all():
                     raise PresetError(f"{path}: {h5path} ({name}) holds NaN or infinite values; this preset "
                                       f"cannot be used (written by a diverged run or damaged)")
+                if name in adapt:
+                    value = adapt[name](value)
                 store[key] = value.astype(np.float32)
 
 
@@ -190,11 +203,16 @@ def resolve_preset(path) -> Path:
     return p
 
 
-def load_keras_preset(path, *, output_stride=None) -> DeepLabV3ImageSegmenter:
+def load_keras_preset(path, *, output_stride=None, in_channels=None, adapt=None) -> DeepLabV3ImageSegmenter:
     """Build a :class:`DeepLabV3ImageSegmenter` from a KerasHub preset and load its weights.
 
     ``output_stride`` (8/16) optionally turns the encoder's last strides into dilation; the
     weights are the same arrays (results then differ from Keras, by design).
+    ``in_channels`` = C builds the encoder for C-channel images; when C differs from the preset's own
+    channel count S, the first kernel (kh, kw, S, F) is re-made as (kh, kw, C, F) by ``adapt``, one of
+    "repeat", "mean", "zero" (:mod:`tinydeeplab.models.input_channels` gives the equations), and S
+    per-channel ``scale``/``offset`` values of the converter are repeated cyclically (channel c takes
+    c mod S). When C equals S the preset loads as stored and ``adapt`` is not used.
     The returned model has ``model.preprocessor`` (an :class:`ImageConverter`) used by
     ``segment``, and ``model.preset_dir``.
     """
@@ -202,9 +220,24 @@ def load_keras_preset(path, *, output_stride=None) -> DeepLabV3ImageSegmenter:
     config = read_json(directory / "config.json")
     task_path = directory / "task.json"
     task = read_json(task_path) if task_path.exists() else None
-    model = build_from_configs(config, task, source=str(directory / "config.json"), output_stride=output_stride)
-    load_weights(model, directory, task_weights=task is not None)
+    source = str(directory / "config.json")
+    kernels = {}
+    if in_channels is not None:
+        try:
+            in_channels = check_in_channels(in_channels)
+        except OptionError as err:
+            raise PresetError(f"{directory}: {err}") from None
+    model = build_from_configs(config, task, source=source, output_stride=output_stride, in_channels=in_channels)
+    if in_channels is not None:
+        kernels = {model.input_kernel_name(): lambda w: adapt_input_kernel(w, in_channels, adapt)}
+    try:
+        load_weights(model, directory, task_weights=task is not None, adapt=kernels)
+    except OptionError as err:
+        raise PresetError(f"{directory}: {err}") from None
     model.preprocessor = read_image_converter(directory)
+    if in_channels is not None:
+        model.preprocessor.scale = tile_channels(model.preprocessor.scale, in_channels)
+        model.preprocessor.offset = tile_channels(model.preprocessor.offset, in_channels)
     model.preset_dir = directory
     return model
 
@@ -248,7 +281,7 @@ def backbone_config(model: DeepLabV3ImageSegmenter) -> dict:
                         "projection_filters": c["projection_filters"], "dilation_rates": c["dilation_rates"],
                         "upsampling_size": c["upsampling_size"], "low_level_feature_key": c["low_level_feature_key"],
                         "spatial_pyramid_pooling_key": c["spatial_pyramid_pooling_key"],
-                        "image_shape": [None, None, 3],
+                        "image_shape": [None, None, encoder.in_channels],
                         **({} if bb.out_channels == 256 else {"num_channels": bb.out_channels})},
                        "keras_hub>DeepLabV3Backbone")
 

@@ -137,8 +137,18 @@ class DeepLabV3ImageSegmenter(Module):
         self.classify_before_upsample = classify_before_upsample
         self.preprocessor = ImageConverter()  # identity; presets bring their own
 
+    @property
+    def in_channels(self) -> int:
+        """Channels of the images the model reads (3 for RGB)."""
+        return self.backbone.image_encoder.in_channels
+
+    def input_kernel_name(self) -> str:
+        """The parameter name of the kernel that reads the image (``...stem.conv1.conv.kernel`` for ResNet)."""
+        conv = self.backbone.image_encoder.input_conv()
+        return next(f"{name}.kernel" for name, module in self.modules() if module is conv)
+
     def forward(self, x, training=False):
-        """``x`` (N, H, W, 3) model-ready float32 -> logits (N, H, W, num_classes).
+        """``x`` (N, H, W, C) model-ready float32 -> logits (N, H, W, num_classes).
 
         On a device backend a host (NumPy) ``x`` goes to the device and the logits come back: host in, host
         out, which is what ``predict``, ``segment`` and evaluation use; device in, device out for training.
@@ -165,8 +175,10 @@ class DeepLabV3ImageSegmenter(Module):
         images = np.asarray(images)
         if images.ndim == 3:
             images = images[None]
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"images must be (N, H, W, 3) or (H, W, 3), got shape {images.shape}")
+        c = self.in_channels
+        if images.ndim != 4 or images.shape[-1] != c:
+            raise ValueError(f"images must be (N, H, W, {c}) or (H, W, {c}) for this {c}-channel model, "
+                             f"got shape {images.shape}")
         images = images.astype(np.float32, copy=False)
         with inference_mode():                         # keeps no caches: activations freed as they are used
             out = np.concatenate([self.forward(images[i:i + batch_size])

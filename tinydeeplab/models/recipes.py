@@ -57,6 +57,7 @@ from __future__ import annotations
 
 from .deeplab import DeepLabV3Backbone, DeepLabV3ImageSegmenter
 from .encoder import encoder_class
+from .input_channels import check_in_channels
 from .preprocessor import ImageConverter
 
 DECODERS = ("v3plus", "v3")
@@ -101,9 +102,12 @@ def _known(name: str) -> str:
 
 
 def build_model(name: str, num_classes: int, *, seed: int = 0, scale=1 / 127.5, offset=-1.0,
-                image_size=None, output_stride=None, atrous_rates=None, decoder="v3plus") -> DeepLabV3ImageSegmenter:
+                image_size=None, output_stride=None, atrous_rates=None, decoder="v3plus",
+                in_channels: int = 3) -> DeepLabV3ImageSegmenter:
     """A randomly initialised DeepLabV3+ of recipe ``name`` with an image converter
-    (``pixel * scale + offset``, optional resize to ``image_size``).
+    (``pixel * scale + offset``, optional resize to ``image_size``), for ``in_channels``-channel images
+    (the encoder's KerasHub ``image_shape`` is ``[None, None, in_channels]``; scale/offset may then
+    have one value per channel).
 
     ``output_stride`` (8, 16, 32) and ``atrous_rates`` replace the recipe's (None keeps them);
     ``decoder="v3"`` drops the V3+ low-level branch: the head runs on the ASPP map and the logits are
@@ -117,6 +121,7 @@ def build_model(name: str, num_classes: int, *, seed: int = 0, scale=1 / 127.5, 
         raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
     class_name, config = r["encoder"]
     stride = r["output_stride"] if output_stride is None else output_stride
+    config = {**config, "image_shape": [None, None, check_in_channels(in_channels)]}
     enc = encoder_class(class_name).from_config(config, output_stride=stride, seed=seed)
     rates = list(r["atrous_rates"] if atrous_rates is None else atrous_rates)
     if not rates or any(not isinstance(d, int) or d < 1 for d in rates):
