@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import OptionError
 from ..models import DeepLabV3Backbone, DeepLabV3ImageSegmenter, encoder_class
 from ..models.input_channels import adapt_input_kernel, check_in_channels, tile_channels
-from ..models.preprocessor import ImageConverter, converter_config
+from ..models.preprocessor import ImageConverter, check_channel_values, converter_config
 from .errors import PresetError
 from .keras_layout import TASK_FILE, keras_weight_paths
 
@@ -221,7 +221,7 @@ def load_keras_preset(path, *, output_stride=None, in_channels=None, adapt=None)
     task_path = directory / "task.json"
     task = read_json(task_path) if task_path.exists() else None
     source = str(directory / "config.json")
-    kernels = {}
+    kernels, saved_for = {}, {}
     if in_channels is not None:
         try:
             in_channels = check_in_channels(in_channels)
@@ -229,12 +229,15 @@ def load_keras_preset(path, *, output_stride=None, in_channels=None, adapt=None)
             raise PresetError(f"{directory}: {err}") from None
     model = build_from_configs(config, task, source=source, output_stride=output_stride, in_channels=in_channels)
     if in_channels is not None:
-        kernels = {model.input_kernel_name(): lambda w: adapt_input_kernel(w, in_channels, adapt)}
+        def adapt_kernel(w):                                         # (kh, kw, S, F) -> (kh, kw, C, F)
+            saved_for["channels"] = w.shape[2]
+            return adapt_input_kernel(w, in_channels, adapt)
+        kernels = {model.input_kernel_name(): adapt_kernel}
     try:
         load_weights(model, directory, task_weights=task is not None, adapt=kernels)
     except OptionError as err:
         raise PresetError(f"{directory}: {err}") from None
-    model.preprocessor = read_image_converter(directory)
+    model.preprocessor = read_image_converter(directory, channels=saved_for.get("channels", model.in_channels))
     if in_channels is not None:
         model.preprocessor.scale = tile_channels(model.preprocessor.scale, in_channels)
         model.preprocessor.offset = tile_channels(model.preprocessor.offset, in_channels)
@@ -242,14 +245,17 @@ def load_keras_preset(path, *, output_stride=None, in_channels=None, adapt=None)
     return model
 
 
-def read_image_converter(directory: Path) -> ImageConverter:
+def read_image_converter(directory: Path, channels: int | None = None) -> ImageConverter:
     """The preset's :class:`ImageConverter` from preprocessor.json (or image_converter.json); an identity
-    converter when neither exists."""
+    converter when neither exists. With ``channels``, per-channel scale/offset must have that many values."""
     for name in ("preprocessor.json", "image_converter.json"):
         path = Path(directory) / name
         if path.exists():
             try:
-                return ImageConverter.from_config(converter_config(read_json(path)))
+                converter = ImageConverter.from_config(converter_config(read_json(path)))
+                if channels is not None:
+                    check_channel_values(converter, channels)
+                return converter
             except OptionError as err:
                 raise PresetError(f"{path}: {err}") from None
     return ImageConverter()
@@ -322,7 +328,8 @@ def model_from_configs(configs: dict, *, source: str) -> DeepLabV3ImageSegmenter
     prep = configs.get("preprocessor")
     if prep:
         try:
-            model.preprocessor = ImageConverter.from_config(converter_config(prep))
+            model.preprocessor = check_channel_values(ImageConverter.from_config(converter_config(prep)),
+                                                      model.in_channels)
         except OptionError as err:
             raise PresetError(f"{source}: preprocessor: {err}") from None
     return model

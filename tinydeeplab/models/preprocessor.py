@@ -161,6 +161,23 @@ def _per_channel(value, key: str):
     return arr.astype(np.float32)
 
 
+def check_channel_values(converter: ImageConverter, channels: int) -> ImageConverter:
+    """``converter`` if its per-channel ``scale``/``offset`` (when not one number) have ``channels`` values,
+    else OptionError naming the key.
+
+    >>> check_channel_values(ImageConverter(scale=[1, 2]), 3)
+    Traceback (most recent call last):
+    ...
+    tinydeeplab.errors.OptionError: scale has 2 values; a 3-channel model needs one number or 3
+    """
+    for key in ("scale", "offset"):
+        values = getattr(converter, key)
+        if values is not None and values.size not in (1, channels):
+            raise OptionError(f"{key} has {values.size} values; a {channels}-channel model needs one number or "
+                              f"{channels}")
+    return converter
+
+
 def _array(value) -> np.ndarray:
     """``value`` as an array; an object array (refused by the callers) for ragged or odd content."""
     try:
