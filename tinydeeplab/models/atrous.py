@@ -77,7 +77,7 @@ def atrous_convs(model, size) -> list[AtrousConv]:
     """Every convolution of ``model`` with dilation > 1 or inside an ASPP branch, for an input of
     ``size`` (H, W), in forward order.
 
-    The map sizes come from one forward pass of a zero image (1, H, W, 3) in inference mode, each
+    The map sizes come from one forward pass of a zero image (1, H, W, C) in inference mode, each
     convolution recording the shape of what it reads.
 
     >>> from tinydeeplab.models.recipes import build_model
@@ -111,7 +111,7 @@ def atrous_convs(model, size) -> list[AtrousConv]:
         object.__setattr__(conv, "forward", recording(name, conv))
     try:
         with inference_mode():
-            model.forward(np.zeros((1, h, w, 3), np.float32))
+            model.forward(np.zeros((1, h, w, model.in_channels), np.float32))
     finally:
         for _, conv in convs:
             conv.__dict__.pop("forward", None)

@@ -51,7 +51,7 @@ def check_scheme(scheme, source: int, in_channels: int) -> str:
     """``scheme`` if it is known and can map ``source`` channels to ``in_channels``, else a one-line OptionError."""
     if scheme is None:
         raise OptionError(f"the first kernel reads {source} channels, the model {in_channels}: choose how to adapt it "
-                          f"({', '.join(ADAPT_SCHEMES)})")
+                          f"(adapt= or --adapt-channels: {', '.join(ADAPT_SCHEMES)})")
     if scheme not in ADAPT_SCHEMES:
         raise OptionError(f"channel adaptation {scheme!r} is unknown; choose one of {', '.join(ADAPT_SCHEMES)}")
     if scheme in ("repeat", "zero") and in_channels < source:

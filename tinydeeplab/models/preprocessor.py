@@ -60,6 +60,10 @@ class ImageConverter:
         return cls(cfg.get("image_size"), cfg.get("scale"), cfg.get("offset"),
                    cfg.get("interpolation", "bilinear"), cfg.get("crop_to_aspect_ratio", True))
 
+    def with_values(self, scale, offset) -> "ImageConverter":
+        """The same crop and resize with other ``scale`` and ``offset``."""
+        return ImageConverter(self.image_size, scale, offset, self.interpolation, self.crop_to_aspect_ratio)
+
     def get_config(self) -> dict:
         tolist = lambda a: None if a is None else a.tolist()  # noqa: E731
         return {"image_size": None if self.image_size is None else list(self.image_size),
