@@ -1,6 +1,7 @@
 """Inputs that are not RGB: C-channel encoders, RGB presets adapted to C channels, C-channel presets."""
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ from tinydeeplab.models.preprocessor import ImageConverter
 
 from model_factories import randomize_batchnorm
 from test_model import _check_every_entry
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def _segmenter(in_channels=3, seed=0, blocks=(1, 2)):
@@ -134,6 +137,17 @@ def test_a_four_channel_preset_saves_and_reloads_exactly(tmp_path):
     six = load_keras_preset(path, in_channels=6, adapt="zero")            # a 4-channel preset adapts too
     y = np.random.default_rng(6).normal(size=(1, 16, 16, 6)).astype(np.float32)
     _close(six.forward(y), again.forward(y[..., :4].copy()))
+
+
+def test_a_four_channel_export_runs_in_keras_with_the_same_logits(tmp_path):
+    """KerasHub read the 4-channel preset that tinydeeplab exported (tools/make_multichannel_fixture.py):
+    its ResNetBackbone took the 4 of image_shape, and its logits are stored; the same model here agrees."""
+    fixture = FIXTURES / "v3plus_tiny"
+    cases = np.load(fixture / "cases_4ch.npz")
+    model = load_keras_preset(fixture / "preset", in_channels=4, adapt="repeat")
+    again = load_keras_preset(_save(model, tmp_path / "four"))              # the exported files, reloaded
+    logits = again.forward(cases["input"])
+    assert np.abs(logits - cases["logits"]).max() <= 1e-5 * np.abs(cases["logits"]).max()
 
 
 # -- bad input: one line, naming what is wrong -----------------------------------------------------------
