@@ -24,7 +24,8 @@ epoch 1.
 :class:`VOCSegmentation`   PASCAL VOC 2012 (palette PNG labels), 21 classes
 :class:`SBDSegmentation`   Semantic Boundaries Dataset (``cls/*.mat``), the same 21 classes
 :class:`CamVid`            CamVid in the SegNet layout, 11 classes (void 11 -> 255)
-:class:`FolderDataset`     any ``images/`` + ``masks/`` folder pair, paired by file stem
+:class:`FolderDataset`     any ``images/`` + ``masks/`` folder pair, paired by file stem; with
+                           ``channels``, (H, W, C) stacks (``.npy``, TIFF pages: :mod:`.stacks`)
 :class:`SyntheticShapes`   circles, squares and triangles generated on the fly (no files)
 =========================  ==========================================================================
 
