@@ -170,6 +170,15 @@ def test_tiff_pillow_cannot_read_is_refused_with_what_to_do(tmp_path):
     _one_line(info, "rgb_pages.tif", "2-page TIFF of RGB pages")
 
 
+def test_tiff_pages_of_different_sizes_or_modes_are_refused(tmp_path):
+    for name, second in (("size.tif", Image.fromarray(np.zeros((5, 6), np.uint8))),
+                         ("mode.tif", Image.fromarray(np.zeros((4, 6), np.float32)))):
+        Image.fromarray(np.zeros((4, 6), np.uint8)).save(tmp_path / name, save_all=True, append_images=[second])
+        with pytest.raises(DatasetError) as info:
+            read_stack(tmp_path / name)
+        _one_line(info, name, "page 1 is", "one size and mode")
+
+
 def test_a_bad_channels_argument(tmp_path):
     folders = _folder(tmp_path, {"a.npy": _npy(np.zeros((12, 10, 2), np.uint8))})
     with pytest.raises(DatasetError, match="channels must be a count >= 1 or 'auto', got 0"):

@@ -125,9 +125,10 @@ def read_stack(path) -> np.ndarray:
             for k in range(getattr(im, "n_frames", 1)):
                 im.seek(k)
                 page = _band_array(im, path)                            # (H, W, bands)
-                if pages and page.shape[:2] != pages[0].shape[:2]:
-                    raise DatasetError(f"{path}: page {k} is {page.shape[0]}x{page.shape[1]}, page 0 "
-                                       f"{pages[0].shape[0]}x{pages[0].shape[1]}; all pages must have one size")
+                if pages and (page.shape[:2], page.dtype) != (pages[0].shape[:2], pages[0].dtype):
+                    raise DatasetError(f"{path}: page {k} is {page.shape[0]}x{page.shape[1]} {page.dtype}, page 0 "
+                                       f"{pages[0].shape[0]}x{pages[0].shape[1]} {pages[0].dtype}; all pages must "
+                                       f"have one size and mode")
                 pages.append(page)
             arr = np.concatenate(pages, axis=2) if len(pages) > 1 else pages[0]      # (H, W, C)
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
