@@ -541,7 +541,7 @@ folded64 = F.conv2d_forward(x64, wb * s64, beta - mu.astype(np.float64) * s64)[0
 assert np.allclose(folded64, plain64, rtol=1e-12, atol=1e-12)         # exact up to float64 round-off
 saving["BN folded"] = (best_time(conv_then_bn), best_time(folded_conv))
 print(f"folded == conv then BN (float64 max diff {np.abs(folded64 - plain64).max():.1e}); one "
-      f"{xb.nbytes / 2**20:.0f} MiB pass fewer")
+      f"{xb.nbytes / 2**20:.1f} MiB pass fewer")
 
 # %%
 fig, ax = plt.subplots(figsize=(8, 2.8), layout="constrained")
@@ -559,15 +559,17 @@ for k in labels:
           f"ratio {saving[k][0] / saving[k][1]:.1f}x")
 
 # %% [markdown]
-# **Inline question 1.** The 1x1 convolution and the folded BN save a copy or a pass over the activations, yet
-# the measured gain of a 1x1 conv is often small next to its GEMM, while the rate-18 branch gains several times.
-# Why? And why can't BN be folded into the convolution during *training*?
+# **Inline question 1.** The 1x1 convolution and the folded BN save a copy or a pass over the activations; the
+# rate-18 branch saves 8 of its 9 products. Which kind of saving should show the larger gain in the timings above,
+# and why? And why can't BN be folded into the convolution during *training*?
 #
 # <!-- BEGIN ANSWER -->
 # **Answer.** The 1x1 saving removes one memory-bound copy of $x$ ($2 \times$ its bytes moved) next to a GEMM that
-# does $2 \cdot 256 \cdot 64$ flops per pixel: the GEMM dominates, so skipping the copy gains a fraction. The rate-18
-# branch skips 8 of the 9 products themselves, the compute-bound part: its work falls by 9x, and the time with it
-# (less the fixed costs). Folding needs fixed coefficients $s, t$; in training BN normalises with the *batch*
+# does $2 \cdot 256 \cdot 64$ flops per pixel: the GEMM dominates, so skipping the copy gains a fraction (folding BN
+# likewise saves one pass next to a 3x3 GEMM). The rate-18 branch skips 8 of the 9 products themselves, the
+# compute-bound part: its work falls by 9x, and the time with it, less the fixed costs per call. (Classifying
+# before upsampling gains the most of all: it moves both the GEMM and the resize to 16x fewer pixels or 12x fewer
+# channels.) Folding needs fixed coefficients $s, t$; in training BN normalises with the *batch*
 # statistics $\mu_B, \sigma_B^2$, which depend on the convolution's output itself (they are computed from it, and the
 # backward pass goes through them), and the moving statistics change every step. So folding is an inference-time
 # transformation of trained weights, and training keeps the two passes (or fuses them another way: see the next
@@ -813,11 +815,12 @@ plt.show()
 print(f"notebook ran in {time.perf_counter() - T_START:.0f} s")
 
 # %% [markdown]
-# At this toy size the picture differs from the ResNet-50 step of [docs/performance.md](../docs/performance.md)
-# (convolutions 62 %, batch norm 20 %, everything else memory-bound passes): with 64×64 inputs and 16 channels the
-# GEMMs are tiny, so the fixed cost per call (Python, checks, starting a parallel loop) and the memory-bound ops
-# weigh more, and "outside the ops" (the layers' Python, zeroing the gradients, SGD) is a visible share. Profile at
-# the size you care about: the ranking of the ops, and therefore what to optimise next, depends on it.
+# Compare with the ResNet-50 step of [docs/performance.md](../docs/performance.md) (convolutions 62 %, batch norm
+# 20 %, the rest memory-bound passes and 2 % outside the ops): with 64×64 inputs and 16 channels the GEMMs are tiny,
+# so the fixed costs per call (Python, argument checks, starting a parallel loop) and the memory-bound ops weigh
+# more, as does the time outside the ops (the layers' Python, zeroing the gradients, the SGD update), all printed
+# above for this machine. Profile at the size you care about: the ranking of the ops, and therefore what to
+# optimise next, depends on it.
 #
 # **Where to go next.** The GPU backend (`tinydeeplab/kernels/cuda`) runs the same plan with CUDA kernels; the
 # benchmarks and their history (what each change gained, and the test that proves it exact) are in
