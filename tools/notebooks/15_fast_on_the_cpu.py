@@ -25,6 +25,7 @@
 # of it compiling the kernels once (later runs load them from Numba's cache).
 
 # %%
+import inspect
 import os
 import subprocess
 import sys
@@ -149,8 +150,8 @@ except TypeError as err:
 #
 # The project's batch norm (`tinydeeplab/kernels/cpu/batchnorm.py`) avoids both: the rows are cut into a **fixed**
 # number of chunks (`N_CHUNKS = 64`), each chunk writes its own row of a partial-sum table, and the table is added
-# up serially. The result is then the same bit for bit with 1 thread or 64. The cell checks it on the project's
-# own `channel_mean_var` kernel.
+# up serially. The result is then the same bit for bit with any number of threads. The cell checks it on the
+# project's own `channel_mean_var` kernel, with 1 thread against all of this process's threads.
 
 # %%
 x2 = rng.normal(3.0, 2.0, (4096, 16)).astype(np.float32)      # (M, C): M pixels, C channels
@@ -166,7 +167,8 @@ print(f"channel_mean_var: identical with 1 and {threads} threads; equal to NumPy
 print("chunks:", cpu_bn.N_CHUNKS, "| float64 partial sums of float32 data:", mean_n.dtype)
 
 # %% [markdown]
-# **Caching.** Compiling costs seconds per kernel (the whole CPU backend takes about 20 s on 2 cores). With
+# **Caching.** Compiling costs seconds per kernel (the kernels of one training step took about 20 s on the 2-core
+# development machine). With
 # `@njit(cache=True)`, which every kernel of the project uses, Numba writes the machine code next to the source,
 # in `__pycache__/` (an index `.nbi` and the code `.nbc`), and a later *process* loads it instead of compiling,
 # as long as the source file and the argument types are unchanged. The cell writes a tiny module, imports it in
@@ -368,8 +370,9 @@ plt.show()
 # the plain path.
 #
 # **1. A 1x1 convolution is one GEMM.** With a 1x1 kernel, stride 1 and no padding, `col` *is* the input:
-# `y = x.reshape(N H W, C) @ w.reshape(C, F)`, no copy at all. Most convolutions of a ResNet bottleneck are 1x1.
-# The plan says so (`gemm_only`), and the kernel calls exactly that product.
+# `y = x.reshape(N H W, C) @ w.reshape(C, F)`, no copy at all. Most convolutions of a ResNet-50 are 1x1 (two of
+# the three in every bottleneck block, and the projection shortcuts: counted below on a narrow ResNet-50 with the
+# same blocks). The plan says so (`gemm_only`), and the kernel calls exactly that product.
 
 # %%
 x1 = rng.standard_normal((2, 32, 32, 256)).astype(np.float32)          # (N, H, W, C)
@@ -390,6 +393,11 @@ def im2col_1x1():
 
 assert np.allclose(im2col_1x1().reshape(y1.shape), y1, rtol=1e-6, atol=1e-6)
 saving = {"1x1 conv": (best_time(im2col_1x1), best_time(lambda: cpu.conv2d_forward(x1, w1)))}
+narrow_r50 = ResNetBackbone([8], [7], [8, 8, 8, 8], [3, 4, 6, 3], [1, 2, 2, 2], seed=0)   # R50's blocks, 1/8 wide
+kernels = [m.params["kernel"].shape[:2] for _, m in narrow_r50.modules() if isinstance(m, Conv2D)]
+ones = sum(k == (1, 1) for k in kernels)
+assert ones == 2 * 16 + 4 and len(kernels) == 3 * 16 + 4 + 1      # 16 blocks, 4 shortcuts, the stem
+print(f"ResNet-50 blocks: {ones} of {len(kernels)} convolutions are 1x1")
 print(f"1x1 conv 256 -> 64 on {x1.shape}: plan gemm_only = {plan1.gemm_only}; im2col + GEMM "
       f"{saving['1x1 conv'][0] * 1e3:.2f} ms, one GEMM {saving['1x1 conv'][1] * 1e3:.2f} ms; "
       f"{x1.nbytes / 2**20:.0f} MiB not copied")
@@ -485,7 +493,8 @@ assert plan12.taps[0] == (0, 0, (12, 16), (12, 16)) and plan12.dead_fraction == 
 
 # %% [markdown]
 # **3. Classify before upsampling.** DeepLab's head ends with a bilinear resize (×4 in V3+) and a $1\times1$
-# classifier. Both are linear, and every row of the resize matrix sums to 1, so the bias passes through too:
+# classifier. Both are linear, and every row of the resize matrix sums to 1 (asserted below), so the bias passes
+# through too:
 #
 # $$\mathrm{resize}(x)\ @\ W + b \;=\; \mathrm{resize}(x\ @\ W + b)$$
 #
@@ -498,6 +507,9 @@ wk, bk = rng.standard_normal((1, 1, 256, 21)) * 0.05, rng.standard_normal(21)
 after = F.conv2d_forward(F.bilinear_resize_forward(f64, (128, 128))[0], wk, bk)[0]      # upsample, classify
 before = F.bilinear_resize_forward(F.conv2d_forward(f64, wk, bk)[0], (128, 128))[0]     # classify, upsample
 assert np.allclose(after, before, rtol=1e-12, atol=1e-12)
+rows_sum = F.bilinear_resize_forward(np.ones((1, 32, 32, 1)), (128, 128))[0]            # resize of ones = row sums
+assert np.allclose(rows_sum, 1.0, rtol=0, atol=1e-14)
+assert inspect.signature(DeepLabV3ImageSegmenter).parameters["classify_before_upsample"].default is True
 macs = {"upsample, classify": 128 * 128 * 256 * 21 + 128 * 128 * 256 * 4,   # GEMM + 4 taps per output, 256 ch
         "classify, upsample": 32 * 32 * 256 * 21 + 128 * 128 * 21 * 4}
 print(f"max |difference| {np.abs(after - before).max():.1e}; multiply-adds "
@@ -692,7 +704,7 @@ def fused_bn_relu(x, gamma, beta, mean, var, eps):
     # END SOLUTION
 
 
-@njit(parallel=True, cache=False)
+@njit(parallel=True)
 def _bn_relu_rows(x2, scale, shift, y2):
     """y2 = max(x2 * scale + shift, 0), rows in parallel: the kernel of the fused pass."""
     # BEGIN SOLUTION
