@@ -42,6 +42,7 @@ NON_NEGATIVE_INT = _number(int, low=0, what="an integer >= 0")
 POSITIVE = _number(float, low=0, low_open=True, what="a finite number > 0")
 NON_NEGATIVE = _number(float, low=0, what="a finite number >= 0")
 FRACTION = _number(float, low=0, high=1, high_open=True, what="a number in [0, 1)")
+UNIT = _number(float, low=0, high=1, what="a number in [0, 1]")
 
 
 class UsageError(OptionError):
@@ -310,7 +311,10 @@ def _tta(args) -> dict:
 def cmd_evaluate(args) -> int:
     from .atomic import write_text
     from .train import evaluate
+    from .train.evaluate import miou_check
 
+    if args.tolerance is not None and args.expect_miou is None:
+        raise OptionError(f"--tolerance {args.tolerance:g} needs --expect-miou X (the mIoU to compare with)")
     for path, option in ((args.json, "--json"), (args.figure, "--figure")):
         if path:
             _output_file(path, option)                 # before an hour of evaluation, not after
@@ -349,6 +353,12 @@ def cmd_evaluate(args) -> int:
                                           "class_names": dataset.class_names,
                                           "confusion": r["confusion"].matrix.tolist()}, indent=1, allow_nan=False))
         print(f"wrote {args.json}")
+    if args.expect_miou is not None:
+        ok, line = miou_check(r["miou"], args.expect_miou, 0.005 if args.tolerance is None else args.tolerance)
+        print(line)
+        if not ok:
+            print(f"tinydeeplab evaluate: reference check failed: {line}", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -651,6 +661,11 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--num-classes", type=POSITIVE_INT, help="classes of a folder dataset")
             c.add_argument("--json", help="also write the metrics to this JSON file (undefined values as null)")
             c.add_argument("--figure", help="also draw 4 images with ground truth and prediction to this PNG")
+            c.add_argument("--expect-miou", type=UNIT, metavar="X",
+                           help="the published mIoU: exit with status 1 when the measured one differs by more "
+                                "than --tolerance")
+            c.add_argument("--tolerance", type=NON_NEGATIVE, metavar="T",
+                           help="largest |measured - expected| mIoU accepted by --expect-miou (default: 0.005)")
             _distributed_args(c)
             c.set_defaults(func=cmd_evaluate)
         else:
