@@ -204,22 +204,25 @@ def _is_byte(value) -> bool:
 
 def _parse_json(text: str, path):
     """``{"name": [r, g, b], ...}`` -> (names, colours, where), in file order."""
+    class Pairs(list):                                                     # a JSON object, keys in order
+        pass
+
     def no_duplicates(pairs):
         seen = set()
         for key, _ in pairs:
             if key in seen:
                 raise DatasetError(f"{path}: key {key!r}: class name given twice")
             seen.add(key)
-        return pairs
+        return Pairs(pairs)
     try:
         pairs = json.loads(text, object_pairs_hook=no_duplicates)
     except json.JSONDecodeError as err:
         raise DatasetError(f"{path}: line {err.lineno} column {err.colno}: not valid JSON ({err.msg})") from None
-    if not isinstance(pairs, list) or not pairs:
+    if not isinstance(pairs, Pairs) or not pairs:
         raise DatasetError(f"{path}: expected a JSON object {{\"class name\": [r, g, b], ...}} with at least "
                            f"one class")
     for key, value in pairs:
-        if not isinstance(value, list):
+        if not isinstance(value, list) or isinstance(value, Pairs):
             raise DatasetError(f"{path}: key {key!r}: expected [r, g, b], got {json.dumps(value)}")
     return [k for k, _ in pairs], [v for _, v in pairs], [f"key {k!r}" for k, _ in pairs]
 
