@@ -1,14 +1,18 @@
 """``tinydeeplab evaluate --expect-miou X --tolerance T``: the reference-mIoU check, through the CLI.
 
-No Keras-trained preset small enough for a test is committed (the CamVid one of docs/results.md lives
-outside the repository), so the reference is built from what Keras itself computed: the v3_tiny
-fixture's raw-image case holds two uint8 images and KerasHub's ``seg.predict`` logits for them. The
-expected mIoU is counted here, in plain NumPy, from those Keras logits (resized back to the image, as
-the evaluation protocol does) against labels made for the test; the command line then has to measure
-it from the images alone.
+Two references, both computed by Keras, never by tinydeeplab:
+
+* ``fixtures/keras_trained_tiny``: a tiny DeepLabV3 *trained by KerasHub* on a synthetic 3-class task,
+  its validation images and the mIoU Keras measured on them (``keras_miou.json``), all written by
+  ``tools/make_keras_trained_fixture.py``. The command line must reproduce that number from the preset
+  and the images alone: the one-command answer to "does my import reproduce the reference mIoU?".
+* ``fixtures/v3_tiny``'s raw-image parity case: two uint8 images and KerasHub's ``seg.predict`` logits
+  for them. The expected mIoU is counted here in plain NumPy from those logits (resized back to the
+  image, as the evaluation protocol does) against labels made for the test.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +22,51 @@ from PIL import Image
 from tinydeeplab.cli import main
 from tinydeeplab.functional.resize import bilinear_resize_forward
 
-FIXTURE = Path(__file__).parent / "fixtures" / "v3_tiny"
+FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURE = FIXTURES / "v3_tiny"
+TRAINED = FIXTURES / "keras_trained_tiny"
 K = 5                                                              # classes of the v3_tiny preset
+
+
+@pytest.fixture(scope="module")
+def keras_trained(tmp_path_factory):
+    """The Keras-trained fixture's validation split as a folder dataset, and Keras's record of it."""
+    with np.load(TRAINED / "val.npz", allow_pickle=False) as val:
+        images, labels = val["images"], val["labels"]              # (6, 48, 80, 3), (6, 48, 80) uint8
+    root = tmp_path_factory.mktemp("keras_trained")
+    for sub in ("images", "masks"):
+        (root / "val" / sub).mkdir(parents=True)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        Image.fromarray(image).save(root / "val" / "images" / f"{i}.png")
+        Image.fromarray(label).save(root / "val" / "masks" / f"{i}.png")
+    return root, json.loads((TRAINED / "keras_miou.json").read_text())
+
+
+def _evaluate_trained(root, *extra):
+    return main(["evaluate", "--preset", str(TRAINED / "preset"), "--dataset", "folder", "--data", str(root),
+                 "--num-classes", "3", *extra])
+
+
+def test_expect_miou_reproduces_the_miou_keras_measured_on_its_own_trained_preset(keras_trained, capsys):
+    root, record = keras_trained
+    assert record["miou"] > 0.5                                    # a trained model, not a random one
+    # 1 of the 22,552 labelled pixels gets another argmax than in Keras (Keras's smallest top-2 logit
+    # margin, recorded, is 4.4e-4: float32 round-off decides it), which moves this small set's mIoU by
+    # 3.2e-4; the tolerance is set just above one such pixel.
+    assert _evaluate_trained(root, "--expect-miou", repr(record["miou"]), "--tolerance", "5e-4") == 0
+    assert "within the tolerance 0.0005" in capsys.readouterr().out
+
+
+def test_expect_miou_fails_when_the_reference_is_not_met(keras_trained, capsys):
+    root, record = keras_trained
+    wrong = record["miou"] - 0.02
+    assert _evaluate_trained(root, "--expect-miou", f"{wrong:.6f}", "--tolerance", "0.01") == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]         # after the progress lines
+    assert err.startswith("tinydeeplab evaluate: reference check failed: mIoU ")
+    measured = float(err.split("mIoU ")[1].split()[0])
+    difference = float(err.split("difference ")[1].split(",")[0])
+    assert abs(measured - record["miou"]) <= 5e-4 and abs(difference - 0.02) <= 5e-4
+    assert f"vs expected {wrong:.6f}" in err and err.endswith("outside the tolerance 0.01")
 
 
 def _numpy_miou(pred, label, k):
