@@ -28,17 +28,22 @@ TRAINED = FIXTURES / "keras_trained_tiny"
 K = 5                                                              # classes of the v3_tiny preset
 
 
-@pytest.fixture(scope="module")
-def keras_trained(tmp_path_factory):
-    """The Keras-trained fixture's validation split as a folder dataset, and Keras's record of it."""
-    with np.load(TRAINED / "val.npz", allow_pickle=False) as val:
-        images, labels = val["images"], val["labels"]              # (6, 48, 80, 3), (6, 48, 80) uint8
-    root = tmp_path_factory.mktemp("keras_trained")
+def _folder(root, images, labels):
+    """``root/val/{images,masks}/{i}.png``: a folder dataset's val split of these arrays; returns ``root``."""
     for sub in ("images", "masks"):
         (root / "val" / sub).mkdir(parents=True)
     for i, (image, label) in enumerate(zip(images, labels)):
         Image.fromarray(image).save(root / "val" / "images" / f"{i}.png")
         Image.fromarray(label).save(root / "val" / "masks" / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def keras_trained(tmp_path_factory):
+    """The Keras-trained fixture's validation split as a folder dataset, and Keras's record of it."""
+    with np.load(TRAINED / "val.npz", allow_pickle=False) as val:
+        images, labels = val["images"], val["labels"]              # (6, 48, 80, 3), (6, 48, 80) uint8
+    root = _folder(tmp_path_factory.mktemp("keras_trained"), images, labels)
     return root, json.loads((TRAINED / "keras_miou.json").read_text())
 
 
@@ -91,12 +96,7 @@ def keras_reference(tmp_path_factory):
     labels[changed] = rng.integers(0, K, int(changed.sum()))
     labels[rng.random(labels.shape) < 0.05] = 255                  # some void
     labels = labels.astype(np.uint8)
-    root = tmp_path_factory.mktemp("reference")
-    for sub in ("images", "masks"):
-        (root / "val" / sub).mkdir(parents=True)
-    for i, (image, label) in enumerate(zip(raw, labels)):
-        Image.fromarray(image).save(root / "val" / "images" / f"{i}.png")
-        Image.fromarray(label).save(root / "val" / "masks" / f"{i}.png")
+    root = _folder(tmp_path_factory.mktemp("reference"), raw, labels)
     expected = _numpy_miou(keras_pred, labels, K)
     assert 0.05 < expected < 0.95                                  # a reference that can be missed either way
     return root, expected
