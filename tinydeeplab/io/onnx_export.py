@@ -357,7 +357,7 @@ def export_onnx(model, path, *, size=None, overwrite: bool = False) -> Path:
 
     path = Path(path)
     if path.exists() and not overwrite:
-        raise OptionError(f"{path}: exists; give --force to replace it")
+        raise OptionError(f"{path}: exists (overwrite=True replaces it)")
     onnx = require_onnx()
     proto = onnx_model(model, size=size)
     onnx.checker.check_model(proto)
