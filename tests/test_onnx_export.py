@@ -21,7 +21,7 @@ from tinydeeplab.cli import main  # noqa: E402
 from tinydeeplab.errors import OptionError  # noqa: E402
 from tinydeeplab.io.onnx_export import export_onnx, onnx_model, require_onnx  # noqa: E402
 from tinydeeplab.models.recipes import build_model  # noqa: E402
-from tinydeeplab.nn import BatchNorm, Conv2D, Module, OpLayer, ReLU, Sequential  # noqa: E402
+from tinydeeplab.nn import BatchNorm, Conv2D, MaxPool2D, Module, OpLayer, ReLU, Sequential, ZeroPadding2D  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REL_TOL = 1e-5                    # max|onnx - tinydeeplab| / max|tinydeeplab|, as tinydeeplab.parity defines it
@@ -118,6 +118,16 @@ def test_a_fixed_size_graph(tmp_path):
 def test_other_model_trees(build, rng, tmp_path):
     model = randomize_batchnorm(build(rng), rng)
     _export_and_compare(model, tmp_path, [(2, 64, 96, 3), (1, 37, 51, 3)])
+
+
+@pytest.mark.parametrize("size", [None, (47, 64)], ids=["dynamic", "fixed"])
+def test_asymmetric_padding_any_module(size, tmp_path):
+    """Any module tree exports, not only segmenters. Pads that differ on all four sides: an explicit
+    ZeroPadding2D, and Keras "same" at stride 2 (odd H: (1, 1), even W: (0, 1); with a fixed size these
+    are explicit pads, with dynamic sizes SAME_UPPER), also in a max pool."""
+    model = Sequential(ZeroPadding2D(((0, 1), (2, 3))), Conv2D(3, 4, 3, strides=2, padding="same", seed=0),
+                       MaxPool2D(3, 2, "same"), Conv2D(4, 5, 3, strides=2, dilation_rate=1, padding="same", seed=1))
+    _export_and_compare(model, tmp_path, [(2, 47, 64, 3)] if size else [(2, 47, 64, 3), (1, 64, 47, 3)], size=size)
 
 
 def test_the_classifier_stays_where_the_model_computes_it(rng, tmp_path):

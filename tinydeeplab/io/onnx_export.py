@@ -38,15 +38,15 @@ always dynamic; H and W are dynamic unless ``size`` fixes them.
 
 **Padding.** Keras "same" pads ``total = max((ceil(H/s) - 1) * s + (k - 1) * d + 1 - H, 0)``, ``before =
 total // 2`` (:func:`~tinydeeplab.functional.geometry.same_padding_1d`): the extra pixel of an odd total
-goes after. Every padding tinydeeplab resolves is written as explicit ``pads``. Only a strided "same"
-convolution in a graph with dynamic H/W has pads that depend on the input size; it is written as
+goes after. Every padding is written as explicit ``pads``, except a strided "same" convolution or max
+pool in a graph with dynamic H/W, whose pads depend on the input size: it is written as
 ``auto_pad="SAME_UPPER"``, ONNX's name for that same rule. (KerasHub's ResNet pads strided convolutions
 with an explicit ``ZeroPadding2D`` and uses "valid", which exports as a ``Pad``.)
 
 **Dynamic sizes.** To find where a resize's target size comes from (the input for the last upsampling,
-the ASPP input for its pooling branch, the low-level map for V3+), the model is traced at two sizes
-(:data:`TRACE_SIZES`) and the target is matched with an earlier tensor whose spatial size it equals (or
-is an integer multiple of) in both traces: the graph then reads it with ``Shape``. With ``size`` given,
+the ASPP input for its pooling branch, the low-level map for V3+), the model is traced at three sizes
+(:data:`TRACE_SIZES`) and the target is matched with the latest earlier tensor whose spatial size it
+equals (or is an integer multiple of) in every trace: the graph then reads it with ``Shape``. With ``size`` given,
 one trace at that size and constant targets.
 
 >>> from tinydeeplab.models.recipes import build_model
@@ -65,9 +65,9 @@ from ..errors import OptionError
 OPSET = 17
 IR_VERSION = 8                  # the IR of opset 17 (onnx 1.12): readable by every ONNX Runtime since 1.12
 INPUT, OUTPUT = "images", "logits"
-TRACE_SIZES = ((70, 90), (131, 107))
-"""The two (H, W) at which a graph with dynamic H/W is traced: odd and even, no common small factors,
-large enough that a 1/32 map has more than one pixel."""
+TRACE_SIZES = ((70, 90), (131, 107), (97, 161))
+"""The (H, W) at which a graph with dynamic H/W is traced: odd and even sides, and every side of a 1/32
+map larger than 1 (so that maps at different strides never have the same size)."""
 
 
 def require_onnx():
@@ -186,19 +186,14 @@ class _Graph:
 
 
 def _pads(graph, call, kernel, stride, dilation, padding):
-    """Conv/MaxPool padding attributes: explicit ``pads`` [top, left, bottom, right], or ``auto_pad``
-    SAME_UPPER for a strided "same" whose pads change with the input size (dynamic H/W only)."""
+    """Conv/MaxPool padding attributes: explicit ``pads`` [top, left, bottom, right], or, for a strided
+    "same" in a graph with dynamic H/W (its pads depend on the input size), ``auto_pad`` SAME_UPPER."""
     from ..functional.geometry import resolve_padding
 
-    src = call.inputs[0]
-    pads = graph.same_in_every_trace(lambda s: resolve_padding(padding, s[src][1:3], kernel, stride, dilation))
-    if pads is not None:
-        (t, b), (l, r) = pads
-        return {"pads": [t, l, b, r]}
-    if isinstance(padding, str) and padding.lower() == "same":
-        return {"auto_pad": "SAME_UPPER"}                # ONNX's rule: before = total // 2, the rest after
-    raise OptionError(f"ONNX export: {call.path}: padding {padding!r} changes with the input size; "
-                      "export with a fixed --size H W")
+    if not graph.static and isinstance(padding, str) and padding.lower() == "same" and max(stride) > 1:
+        return {"auto_pad": "SAME_UPPER"}                # ONNX's name for the rule: before = total // 2
+    (t, b), (l, r) = resolve_padding(padding, graph.shapes[0][call.inputs[0]][1:3], kernel, stride, dilation)
+    return {"pads": [t, l, b, r]}                         # any other padding is the same at every size
 
 
 def _conv(graph, call, layer, params):
@@ -296,6 +291,14 @@ def _converter(table, call):
                       f"(supported: {', '.join(sorted(c.__name__ for c in table))})")
 
 
+def _out_dim(graph, output, axis, input_dim):
+    """The output's size along ``axis``: the input's (a segmenter), the traced value, or unknown (None)."""
+    if graph.static:
+        return int(graph.shapes[0][output][axis])
+    same = graph.same_in_every_trace(lambda s: s[output][axis] == s[INPUT][axis])
+    return input_dim if same else None
+
+
 def onnx_model(model, *, size=None, seed: int = 0):
     """The ONNX ``ModelProto`` of ``model``'s inference graph (see the module docstring).
 
@@ -333,17 +336,18 @@ def onnx_model(model, *, size=None, seed: int = 0):
         order.append(call.output)
     graph.node("Transpose", [renamed.get(output, output)], OUTPUT, "to_nhwc", perm=[0, 2, 3, 1])
 
-    n, h, w = "batch", *(size if size is not None else ("height", "width"))
-    classes = int(graph.shapes[0][output][-1])
+    in_dims = ["batch", *(size if size is not None else ("height", "width")), channels]
+    out_dims = ["batch", *[_out_dim(graph, output, axis, in_dims[axis]) for axis in (1, 2)],
+                int(graph.shapes[0][output][-1])]
     g = helper.make_graph(graph.nodes, type(model).__name__, [
-        helper.make_tensor_value_info(INPUT, onnx.TensorProto.FLOAT, [n, h, w, channels])], [
-        helper.make_tensor_value_info(OUTPUT, onnx.TensorProto.FLOAT, [n, h, w, classes])], graph.initializers)
+        helper.make_tensor_value_info(INPUT, onnx.TensorProto.FLOAT, in_dims)], [
+        helper.make_tensor_value_info(OUTPUT, onnx.TensorProto.FLOAT, out_dims)], graph.initializers)
     proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION,
                               producer_name="tinydeeplab", doc_string="NHWC float32 model-ready images -> logits")
     from .. import __version__
 
     proto.producer_version = __version__
-    meta = {"layout": "NHWC", "num_classes": str(classes),
+    meta = {"layout": "NHWC", "num_classes": str(out_dims[-1]),
             "activation": str(getattr(model, "activation", None) or "none")}
     helper.set_model_props(proto, meta)
     return proto
