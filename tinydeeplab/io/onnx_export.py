@@ -49,10 +49,7 @@ the ASPP input for its pooling branch, the low-level map for V3+), the model is 
 equals (or is an integer multiple of) in every trace: the graph then reads it with ``Shape``. With ``size`` given,
 one trace at that size and constant targets.
 
->>> from tinydeeplab.models.recipes import build_model
->>> graph = onnx_model(build_model("tiny", 3))                       # doctest: +SKIP
->>> [i.name for i in graph.graph.input], [o.name for o in graph.graph.output]   # doctest: +SKIP
-(['images'], ['logits'])
+Guide: docs/guides/onnx.md; tests (in ONNX Runtime): tests/test_onnx_export.py.
 """
 from __future__ import annotations
 
