@@ -21,7 +21,8 @@ from tinydeeplab.cli import main  # noqa: E402
 from tinydeeplab.errors import OptionError  # noqa: E402
 from tinydeeplab.io.onnx_export import export_onnx, onnx_model, require_onnx  # noqa: E402
 from tinydeeplab.models.recipes import build_model  # noqa: E402
-from tinydeeplab.nn import BatchNorm, Conv2D, MaxPool2D, Module, OpLayer, ReLU, Sequential, ZeroPadding2D  # noqa: E402
+from tinydeeplab.nn import (BatchNorm, Conv2D, MaxPool2D, Module, OpLayer, ReLU, Resize, Sequential,  # noqa: E402
+                            ZeroPadding2D)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REL_TOL = 1e-5                    # max|onnx - tinydeeplab| / max|tinydeeplab|, as tinydeeplab.parity defines it
@@ -128,6 +129,27 @@ def test_asymmetric_padding_any_module(size, tmp_path):
     model = Sequential(ZeroPadding2D(((0, 1), (2, 3))), Conv2D(3, 4, 3, strides=2, padding="same", seed=0),
                        MaxPool2D(3, 2, "same"), Conv2D(4, 5, 3, strides=2, dilation_rate=1, padding="same", seed=1))
     _export_and_compare(model, tmp_path, [(2, 47, 64, 3)] if size else [(2, 47, 64, 3), (1, 64, 47, 3)], size=size)
+
+
+class _Resampler(Module):
+    """A conv, then bilinear resizes to sizes that are no multiple of anything: shrinking by a non-integer
+    factor, then growing by one."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.down, self.up = Conv2D(3, 4, 1, use_bias=True, seed=0), Resize(), Resize()
+
+    def forward(self, x, training=False):
+        h, w = x.shape[1:3]
+        y = self.down.forward(self.conv.forward(x), size=(h * 2 // 5 + 1, w * 3 // 7 + 1))
+        return self.up.forward(y, size=(h * 3 // 2 + 1, w + 3))
+
+
+def test_bilinear_resize_matches_when_shrinking_and_at_odd_factors(tmp_path):
+    model = _Resampler()
+    _export_and_compare(model, tmp_path, [(2, 47, 64, 3)], size=(47, 64))
+    with pytest.raises(OptionError, match=r"^ONNX export: down: the resize target is not a multiple"):
+        onnx_model(model)                                   # dynamic H/W: the target has no source tensor
 
 
 def test_the_classifier_stays_where_the_model_computes_it(rng, tmp_path):
