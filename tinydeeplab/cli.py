@@ -1,4 +1,4 @@
-"""Command line: ``tinydeeplab demo | train | evaluate | predict | summary | parity``.
+"""Command line: ``tinydeeplab demo | train | evaluate | predict | summary | parity | export-onnx``.
 
 Errors in what the user typed (bad paths, bad presets) are printed as one line and exit with
 status 2; a traceback means a bug in tinydeeplab.
@@ -498,14 +498,18 @@ def _read_large_image(path) -> np.ndarray:
             raise OptionError(f"{path}: {err}") from None
 
 
-def cmd_summary(args) -> int:
+def _preset_or_recipe(args):
+    """The model of ``args.preset``: a preset directory, or a recipe name (randomly initialised)."""
     from .io.keras_preset import load_keras_preset
     from .models.recipes import RECIPES, build_model
 
     if args.preset in RECIPES and not Path(args.preset).exists():
-        model = build_model(args.preset, args.num_classes)                  # a recipe, randomly initialised
-    else:
-        model = load_keras_preset(args.preset)
+        return build_model(args.preset, args.num_classes)
+    return load_keras_preset(args.preset)
+
+
+def cmd_summary(args) -> int:
+    model = _preset_or_recipe(args)
     n_stats = sum(b.size for _, b in model.named_buffers())
     print(f"{args.preset}: {model.num_parameters():,} trainable parameters "
           f"(backbone {model.backbone.num_parameters():,}) + {n_stats:,} batch-norm statistics "
@@ -516,6 +520,21 @@ def cmd_summary(args) -> int:
         from .models.atrous import atrous_convs, format_atrous_table
 
         print(format_atrous_table(atrous_convs(model, args.size), args.size))
+    return 0
+
+
+def cmd_export_onnx(args) -> int:
+    from .io.onnx_export import export_onnx, require_onnx
+
+    out = _output_file(args.out, "OUT")
+    if out.exists() and not args.force:
+        raise OptionError(f"OUT {out}: exists; give --force to replace it")
+    require_onnx()                                     # before loading the model: fail fast, in one line
+    model = _preset_or_recipe(args)
+    export_onnx(model, out, size=args.size, overwrite=True)
+    h, w = args.size or ("H", "W")
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): NHWC float32 images (N, {h}, {w}, 3) -> logits "
+          f"(N, {h}, {w}, {model.num_classes}); N{'' if args.size else ', H and W'} dynamic")
     return 0
 
 
@@ -751,6 +770,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--cases", help="an .npz with input_<case> and logits_<case> arrays written by Keras")
     q.add_argument("--tolerance", type=POSITIVE, default=1e-4, help="relative tolerance")
     q.set_defaults(func=cmd_parity)
+    o = sub.add_parser("export-onnx", help="write a preset's inference graph as an ONNX file (needs the onnx extra)",
+                       description="Writes the inference graph (NHWC float32 model-ready images in, logits out, "
+                       "batch-norm in inference mode, the classifier before the last upsampling) with the onnx "
+                       "package, for ONNX Runtime: pip install 'tinydeeplab[onnx]'. See docs/guides/onnx.md.",
+                       **common)
+    o.add_argument("preset", help="preset directory, or a recipe name (randomly initialised, for benchmarks)")
+    o.add_argument("out", help="the .onnx file to write (atomically)")
+    o.add_argument("--size", type=POSITIVE_INT, nargs=2, metavar=("H", "W"),
+                   help="fix the input's height and width (default: dynamic; the batch is always dynamic)")
+    o.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    o.add_argument("--num-classes", type=POSITIVE_INT, default=21, help="classes of a recipe (not of a preset)")
+    o.set_defaults(func=cmd_export_onnx)
     return p
 
 
