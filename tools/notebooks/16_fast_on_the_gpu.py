@@ -32,6 +32,7 @@ if not glob.glob("/dev/nvidia[0-9]*"):                  # no NVIDIA GPU: run the
 
 import math
 import re
+import textwrap
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -795,7 +796,7 @@ per_launch = (time.perf_counter() - start) / 50
 step_launches = int(re.search(r"launches about ([\d,]+) kernels", PERFORMANCE).group(1).replace(",", ""))
 states = markdown_table(PERFORMANCE, "| state of the CUDA backend |")
 train8 = [float(re.match(r"[\d.]+", row[1]).group()) for row in states]
-labels = [re.split(r"[:(,]", row[0])[0].strip()[:34] for row in states]
+labels = [textwrap.fill(re.split(r"[:(,`]", row[0])[0].strip(), 30) for row in states]
 assert step_launches > 1000 and train8[-1] < train8[0] and len(states) >= 4
 assert "forward 12 → 6 launches, backward 8 → 6" in PERFORMANCE                 # the batch-norm fusion
 print(f"host time per launch here ({'simulator' if SIMULATED else 'GPU'}): {per_launch * 1e6:.0f} us; "
