@@ -64,18 +64,15 @@ def make_channel_sums(threads, mistake=None):
     """A student's one-block-per-channel ``[sum x, sum x^2]`` with a shared-memory tree, optional mistake."""
     one_row_per_thread = mistake == "one row per thread"
     whole_blocks_only = mistake == "whole blocks only"
-    last_level = 1 if mistake == "tree stops early" else 0
+    levels = int(np.log2(threads)) - (1 if mistake == "tree stops early" else 0)
     idle_threads_store = mistake != "idle threads store nothing"
     square_of_sum = mistake == "square of the sum"
     in_float32 = mistake == "float32 accumulation"
 
     @cuda.jit
     def kernel(x, sums):
-        s_cache = cuda.shared.array(threads, float64)
-        q_cache = cuda.shared.array(threads, float64)
-        c = cuda.blockIdx.x
-        t = cuda.threadIdx.x
-        m_rows = x.shape[0]
+        cache = cuda.shared.array((2, threads), float64)    # [partial sums of x, of x^2]
+        c, t, m_rows = cuda.blockIdx.x, cuda.threadIdx.x, x.shape[0]
         stop = m_rows - m_rows % threads if whole_blocks_only else m_rows
         if one_row_per_thread:
             stop = min(m_rows, threads)
@@ -86,19 +83,18 @@ def make_channel_sums(threads, mistake=None):
             s += v
             q += v * v
         if t < m_rows or idle_threads_store:
-            s_cache[t] = s
-            q_cache[t] = q
+            cache[0, t] = s
+            cache[1, t] = q
         cuda.syncthreads()
-        step = threads // 2
-        while step > last_level:
-            if t < step:
-                s_cache[t] += s_cache[t + step]
-                q_cache[t] += q_cache[t + step]
+        for level in range(levels):                     # partner at distance threads/2, threads/4, ..., 1
+            half = threads >> (level + 1)
+            if t < half:
+                for j in range(2):
+                    cache[j, t] = cache[j, t] + cache[j, t + half]
             cuda.syncthreads()
-            step //= 2
         if t == 0:
-            sums[0, c] = s_cache[0]
-            sums[1, c] = s_cache[0] * s_cache[0] if square_of_sum else q_cache[0]
+            sums[0, c] = cache[0, 0]
+            sums[1, c] = cache[0, 0] * cache[0, 0] if square_of_sum else cache[1, 0]
 
     return kernel
 
@@ -108,35 +104,31 @@ def test_reference_kernels_pass():
     assert check("block_channel_sums", make_channel_sums).startswith("block_channel_sums: passed")
 
 
-@pytest.mark.skipif(not SIMULATED, reason="the NaN poisoning of shared memory is the simulator's")
-@pytest.mark.parametrize("mistake, message", [
-    ("no sync before the multiply", r"read shared memory that no thread had written yet.*syncthreads\(\) after "
-                                    r"loading the tiles"),
-    ("no sync after the multiply", r"right when K fits in one tile but wrong with 3 tiles.*syncthreads\(\) at "
-                                   r"the end of each step"),
-    ("no zeros outside the matrices", r"only when the matrices do not fill the tiles.*store 0 there"),
-    ("whole tiles only", r"misses the last partial tile along K \(the last 6 of K = 6 terms\)"),
-    ("first tile only", r"only the first tile along K"),
-    ("transposed store", r"stored transposed"),
-    ("no store guard", r"IndexError.*guard every global load and store"),
-])
-def test_tile_gemm_mistakes_are_named(mistake, message):
-    with pytest.raises(ExerciseFailure, match=message):
-        check("shared_tile_gemm", lambda tile: make_tile_gemm(tile, mistake))
+GEMM, SUMS = ("shared_tile_gemm", make_tile_gemm), ("block_channel_sums", make_channel_sums)
 
 
 @pytest.mark.skipif(not SIMULATED, reason="the NaN poisoning of shared memory is the simulator's")
-@pytest.mark.parametrize("mistake, message", [
-    ("one row per thread", r"only the first 8 rows.*loop over the rows"),
-    ("whole blocks only", r"misses the last partial block of rows \(the last 5 of M = 29\)"),
-    ("tree stops early", r"the tree stops one level early"),
-    ("idle threads store nothing", r"0\.0 if it has no rows.*threads 16, M 5"),
-    ("square of the sum", r"\(sum x\)\^2"),
-    ("float32 accumulation", r"close but not exact.*accumulate in float64"),
-])
-def test_channel_sum_mistakes_are_named(mistake, message):
+@pytest.mark.parametrize("exercise, mistake, message", [
+    (GEMM, "no sync before the multiply", r"read shared memory that no thread had written yet.*syncthreads\(\) "
+                                          r"after loading the tiles"),
+    (GEMM, "no sync after the multiply", r"right when K fits in one tile but wrong with 3 tiles.*syncthreads\(\) "
+                                         r"at the end of each step"),
+    (GEMM, "no zeros outside the matrices", r"only when the matrices do not fill the tiles.*store 0 there"),
+    (GEMM, "whole tiles only", r"misses the last partial tile along K \(the last 6 of K = 6 terms\)"),
+    (GEMM, "first tile only", r"only the first tile along K"),
+    (GEMM, "transposed store", r"stored transposed"),
+    (GEMM, "no store guard", r"IndexError.*guard every global load and store"),
+    (SUMS, "one row per thread", r"only the first 8 rows.*loop over the rows"),
+    (SUMS, "whole blocks only", r"misses the last partial block of rows \(the last 5 of M = 29\)"),
+    (SUMS, "tree stops early", r"the tree stops one level early"),
+    (SUMS, "idle threads store nothing", r"0\.0 if it has no rows.*threads 16, M 5"),
+    (SUMS, "square of the sum", r"\(sum x\)\^2"),
+    (SUMS, "float32 accumulation", r"close but not exact.*accumulate in float64"),
+], ids=lambda v: v[0] if isinstance(v, tuple) else None)
+def test_mistakes_are_named(exercise, mistake, message):
+    name, make = exercise
     with pytest.raises(ExerciseFailure, match=message):
-        check("block_channel_sums", lambda threads: make_channel_sums(threads, mistake))
+        check(name, lambda size: make(size, mistake))
 
 
 def test_a_factory_that_returns_no_kernel_is_told_so():
