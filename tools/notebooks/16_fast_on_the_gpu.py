@@ -65,12 +65,13 @@ print("running on", "the CUDA simulator (CPU)" if SIMULATED else cuda.get_curren
 #
 # * a block runs on one **streaming multiprocessor** (SM; an H200 has 132) from start to end, and its threads can
 #   share a small, fast **shared memory** (`cuda.shared.array`, up to ~228 KB per SM) and wait for each other at a
-#   barrier, `cuda.syncthreads()`; threads of different blocks can do neither within one launch (the next launch
-#   is the only grid-wide barrier);
+#   barrier, `cuda.syncthreads()`; threads of different blocks can do neither within one (ordinary) launch: the
+#   next launch is the grid-wide barrier;
 # * the threads of a block are executed in **warps** of 32 consecutive threads, numbered with x fastest
 #   ($t = \text{threadIdx.x} + \text{blockDim.x}\cdot\text{threadIdx.y}$); a warp issues one instruction for its 32
 #   threads, and its 32 memory accesses are served together, in as few 32-byte *sectors* as their addresses allow;
-# * each thread has its own registers (`cuda.local.array` of a fixed small size lives there too).
+# * each thread has its own registers; a small `cuda.local.array` whose indices are known once the loops are
+#   unrolled lives there too (otherwise it spills to slow "local" memory: tinydeeplab's GEMM has no spills).
 #
 # The kernel below writes, for every entry of a 12x20 array, which block, which thread of the block and which warp
 # computed it. The grid has more threads than entries (blocks are 8x8 and 20 is not a multiple of 8), so the
@@ -96,11 +97,13 @@ maps[3] = cuda.to_device(np.zeros((H, W), np.int32))
 where_am_i[grid, BLOCK](*maps)
 block_of, thread_of, warp_of, hits = (m.copy_to_host() for m in maps)
 rows, cols = np.mgrid[:H, :W]
-assert np.array_equal(block_of, cols // 8 + grid[0] * (rows // 8))
-assert np.array_equal(thread_of, cols % 8 + 8 * (rows % 8)) and np.array_equal(warp_of, thread_of // 32)
+bx, by = BLOCK
+assert np.array_equal(block_of, cols // bx + grid[0] * (rows // by))
+assert np.array_equal(thread_of, cols % bx + bx * (rows % by)) and np.array_equal(warp_of, thread_of // 32)
 assert np.all(hits == 1)                                   # every entry written once, nothing outside
-print(f"grid {grid} x block {BLOCK}: {grid[0] * grid[1] * 64} threads for {H * W} entries; "
-      f"{grid[0] * grid[1] * 64 - H * W} threads did nothing")
+threads_launched = grid[0] * grid[1] * bx * by
+print(f"grid {grid} x block {BLOCK}: {threads_launched} threads for {H * W} entries; "
+      f"{threads_launched - H * W} threads did nothing")
 
 fig, axes = plt.subplots(1, 3, figsize=(12, 2.8), layout="constrained")
 for ax, data, title in zip(axes, (block_of, thread_of, warp_of), ("block (linear index)", "thread in its block",
@@ -117,7 +120,8 @@ plt.show()
 # comes out right by luck, which is worse). The simulator runs a block's threads one after the other up to each
 # barrier, so the race always shows there; `simulator.poisoned_shared_memory()` (tinydeeplab's, for teaching and
 # for the exercise checkers) fills fresh shared memory with NaN, so the unwritten slot shows as NaN instead of
-# whatever was in memory.
+# whatever was in memory. (The simulator keeps one shared array per launch, so the second block below reads the
+# first block's leftovers instead: wrong, but not NaN.)
 
 # %%
 def make_neighbour_read(threads, sync):
@@ -212,13 +216,15 @@ def warp_sectors(rows, cols, shape, itemsize=4, sector=32):
     return len(set((np.asarray(rows) * shape[1] + np.asarray(cols)) * itemsize // sector))
 
 
-t = np.arange(32)                                          # the first warp: threadIdx.x = 0..31, threadIdx.y = 0
 SHAPE = 4096                                               # a large square product, as on a GPU
+lane, zero = np.arange(32), np.zeros(32, int)              # the first warp: threadIdx.x = 0..31, threadIdx.y = 0
+owners = {"rung 1 (x along rows)": (lane, zero),           # (row, col) of C per thread: row, col = cuda.grid(2)
+          "rung 2 (x along columns)": (zero, lane)}        # col, row = cuda.grid(2)
 sectors = {}
-for name, (r, c) in {"rung 1 (x along rows)": (t, 0 * t), "rung 2 (x along columns)": (0 * t, t)}.items():
-    k0 = 0
-    sectors[name] = [warp_sectors(r, k0 + 0 * t, (SHAPE, SHAPE)), warp_sectors(k0 + 0 * t, c, (SHAPE, SHAPE)),
-                     warp_sectors(r, c, (SHAPE, SHAPE))]
+for name, (r, c) in owners.items():
+    sectors[name] = [warp_sectors(r, zero, (SHAPE, SHAPE)),     # a[row, k] at k = 0
+                     warp_sectors(zero, c, (SHAPE, SHAPE)),     # b[k, col]
+                     warp_sectors(r, c, (SHAPE, SHAPE))]        # c[row, col]
     print(f"{name:26s} sectors per warp access: load a {sectors[name][0]:2d}, load b {sectors[name][1]:2d}, "
           f"store c {sectors[name][2]:2d}")
 assert sectors["rung 1 (x along rows)"] == [32, 1, 32] and sectors["rung 2 (x along columns)"] == [1, 4, 4]
@@ -373,7 +379,8 @@ print(check("shared_tile_gemm", make_tile_gemm))
 # are now larger than the block, so each thread copies several entries (`for idx in range(tid, size, threads)`),
 # and thread $(t_x, t_y)$ owns rows $t_y + i\,B_T/R$ and columns $t_x + j\,B_T/R$, so that neighbouring threads
 # still store neighbouring columns. With $R = 1$ this is rung 3. The kernel also takes `k_chunk`, the length of K
-# a block sums (all of it here; rung 5 splits it), and counts global loads of $A$ as before.
+# a block sums (all of it here; rung 5 splits it), and counts global loads of $A$ as before, and its shared loads
+# and multiply-adds.
 #
 # tinydeeplab ships $B_T = 64$, $K$ steps of 16 and $R = 4$ (256 threads, 16 outputs each;
 # `gemm.GPU_TILES`), plus one padding column in the shared tiles against bank conflicts and transposed operands
@@ -381,13 +388,13 @@ print(check("shared_tile_gemm", make_tile_gemm))
 
 # %%
 def make_register_gemm(bt, r):
-    """Kernel ``(a, b, c3, loads, k_chunk)``: block ``(bx, by, z)`` adds ``a[rows, K_z] @ b[K_z, cols]`` into
+    """Kernel ``(a, b, c3, loads, traffic, k_chunk)``: block ``(bx, by, z)`` adds ``a[rows, K_z] @ b[K_z, cols]`` into
     ``c3[z]`` (``K_z`` = the z-th chunk of ``k_chunk`` along K); a ``bt x bt`` tile per block, ``r x r`` per
     thread. Launch: grid ``(ceil(N / bt), ceil(M / bt), splits)``, block ``(bt // r, bt // r)``."""
     nt = bt // r                                               # threads along each side of the block
 
     @cuda.jit
-    def register_gemm(a, b, c3, loads, k_chunk):
+    def register_gemm(a, b, c3, loads, traffic, k_chunk):
         a_tile = cuda.shared.array((bt, bt), float32)          # a_tile[m, kk]
         b_tile = cuda.shared.array((bt, bt), float32)          # b_tile[kk, n]
         acc = cuda.local.array((r, r), float32)                # this thread's r x r outputs, in registers
@@ -400,6 +407,8 @@ def make_register_gemm(bt, r):
         row0, col0 = cuda.blockIdx.y * bt, cuda.blockIdx.x * bt
         k_lo = cuda.blockIdx.z * k_chunk
         k_hi = min(k_len, k_lo + k_chunk)
+        n_shared = 0                                           # bookkeeping: shared loads, multiply-adds
+        n_mac = 0
         for i in range(r):
             for j in range(r):
                 acc[i, j] = 0.0
@@ -422,10 +431,14 @@ def make_register_gemm(bt, r):
                     a_reg[i] = a_tile[ty + i * nt, kk]         # r shared loads ...
                 for j in range(r):
                     b_reg[j] = b_tile[kk, tx + j * nt]         # ... and r more ...
+                n_shared += 2 * r
                 for i in range(r):
                     for j in range(r):
                         acc[i, j] += a_reg[i] * b_reg[j]       # ... for r * r multiply-adds
+                n_mac += r * r
             cuda.syncthreads()
+        cuda.atomic.add(traffic, 0, n_shared)
+        cuda.atomic.add(traffic, 1, n_mac)
         c = c3[cuda.blockIdx.z]
         for i in range(r):
             for j in range(r):
@@ -436,23 +449,28 @@ def make_register_gemm(bt, r):
 
 
 def run_register_gemm(a, b, bt, r, splits=1):
-    """``(c3 (splits, M, N), loads of a)`` from the register-tiled kernel, K cut into ``splits`` chunks."""
+    """``(c3 (splits, M, N), loads of a, shared loads per multiply-add)`` from the register-tiled kernel, K cut
+    into ``splits`` chunks."""
     m, k = a.shape
     k_chunk = math.ceil(math.ceil(k / splits) / bt) * bt       # a whole number of steps per chunk
     d_c3 = cuda.to_device(np.full((splits, m, b.shape[1]), np.nan, np.float32))
     d_loads = cuda.to_device(np.zeros(a.shape, np.int32))
+    d_traffic = cuda.to_device(np.zeros(2, np.int64))
     grid3 = (math.ceil(b.shape[1] / bt), math.ceil(m / bt), splits)
-    make_register_gemm(bt, r)[grid3, (bt // r, bt // r)](cuda.to_device(a), cuda.to_device(b), d_c3, d_loads, k_chunk)
-    return d_c3.copy_to_host(), d_loads.copy_to_host()
+    make_register_gemm(bt, r)[grid3, (bt // r, bt // r)](cuda.to_device(a), cuda.to_device(b), d_c3, d_loads,
+                                                          d_traffic, k_chunk)
+    shared_loads, macs = d_traffic.copy_to_host()
+    return d_c3.copy_to_host(), d_loads.copy_to_host(), shared_loads / macs
 
 
 start = time.perf_counter()
-rung3, loads3 = run_register_gemm(a, b, bt=16, r=1)           # R = 1: rung 3, 256 threads per block
-rung4, loads4 = run_register_gemm(a, b, bt=32, r=4)           # 8 x 8 = 64 threads, 16 outputs each
+rung3, loads3, shared3 = run_register_gemm(a, b, bt=16, r=1)  # R = 1: rung 3, 256 threads per block
+rung4, loads4, shared4 = run_register_gemm(a, b, bt=32, r=4)  # 8 x 8 = 64 threads, 16 outputs each
 print(f"rungs 3 and 4 in {time.perf_counter() - start:.1f} s; max |error| {np.abs(rung3[0] - ref).max():.1e}, "
-      f"{np.abs(rung4[0] - ref).max():.1e}")
+      f"{np.abs(rung4[0] - ref).max():.1e}; shared-memory loads per multiply-add {shared3:g} and {shared4:g}")
 assert np.allclose(rung3[0], ref, rtol=1e-5, atol=1e-4) and np.allclose(rung4[0], ref, rtol=1e-5, atol=1e-4)
 assert np.all(loads3 == math.ceil(N / 16)) and np.all(loads4 == math.ceil(N / 32))   # one load per block column
+assert shared3 == 2 and shared4 == 2 / 4                       # 2 / R shared loads per multiply-add
 
 # tinydeeplab's GEMM on the same matrices: its simulator and its GPU tiling, and a transposed operand
 d_a, d_b = cuda.to_device(a), cuda.to_device(b)
@@ -563,7 +581,7 @@ col = rng.standard_normal((P, TC)).astype(np.float32)
 dy = rng.standard_normal((P, FO)).astype(np.float32)
 dw_ref = col.T.astype(np.float64) @ dy
 S = 4
-partial, _ = run_register_gemm(np.ascontiguousarray(col.T), dy, bt=16, r=4, splits=S)   # (S, TC, FO)
+partial, _, _ = run_register_gemm(np.ascontiguousarray(col.T), dy, bt=16, r=4, splits=S)   # (S, TC, FO)
 chunk = P // S
 for z in range(S):                                             # each slice is the product over its chunk of K
     assert np.allclose(partial[z], col[z * chunk:(z + 1) * chunk].T @ dy[z * chunk:(z + 1) * chunk], atol=1e-4)
@@ -759,7 +777,8 @@ with backend.use_backend("cuda"):
             model.forward(image, training=training)
         launches[(size, training)] = counts
     model.to("numpy")
-print(f"three forward passes in {time.perf_counter() - start:.1f} s; layers: {dict(layer_types)}")
+print(f"three forward passes in {time.perf_counter() - start:.1f} s; layers: "
+      f"{ {k: layer_types[k] for k in ('Conv2D', 'BatchNorm', 'ReLU', 'Add', 'Resize')} }")
 infer, train = launches[(16, False)], launches[(16, True)]
 for key, counts in launches.items():
     print(f"{key[0]:2d}x{key[0]} {'training ' if key[1] else 'inference'}: {sum(counts.values()):3d} launches")
