@@ -318,7 +318,18 @@ plt.show()
 # Complete `make_tile_gemm(tile)`: it returns a `@cuda.jit` kernel `(a, b, c)` that writes `c = a @ b` (float32,
 # any sizes). The checker launches it with grid `(ceil(N / tile), ceil(M / tile))` and block `(tile, tile)`;
 # thread `(tx, ty)` of block `(bx, by)` owns `c[by * tile + ty, bx * tile + tx]`. Shared arrays need their shape
-# at compile time: `cuda.shared.array((tile, tile), float32)` works because `tile` is a constant of the closure.
+# at compile time: `cuda.shared.array((tile, tile), float32)` works because `tile` is a constant of the closure
+# (tinydeeplab's `gemm.gemm_kernel` is such a factory too). The shape of the answer:
+#
+# ```python
+# def make_tile_gemm(tile):
+#     @cuda.jit
+#     def tile_gemm(a, b, c):
+#         a_tile = cuda.shared.array((tile, tile), float32)
+#         ...                                   # your loop over the tiles along K, then the guarded store
+#     return tile_gemm
+# ```
+#
 # The checker runs one block and one step along K first, then several steps, then partial tiles on every side,
 # and says which step broke: a missing `syncthreads` (either one), tile entries outside the matrices left
 # unwritten, the last partial tile along K, an unguarded store, a transposed result.
@@ -631,7 +642,8 @@ plt.show()
 # Complete `make_channel_sums(threads)`: it returns a `@cuda.jit` kernel `(x, sums)` with `x` $(M, C)$ float32 and
 # `sums` $(2, C)$ float64, writing `sums[0, c]` $= \sum_m x_{mc}$ and `sums[1, c]` $= \sum_m x_{mc}^2$. It is launched
 # with one block per channel, grid `(C,)`, and `threads` threads per block (a power of two); $M$ may be smaller than
-# `threads`, or not a multiple of it. Accumulate in float64 (`float64(x[m, c])`). The checker names the classic
+# `threads`, or not a multiple of it. It is a factory like `make_tile_gemm` (the shared arrays have `threads`
+# entries). Accumulate in float64 (`float64(x[m, c])`). The checker names the classic
 # mistakes: the last partial block of rows missed, one row per thread only, threads with no rows that store nothing,
 # a tree that stops one level early, $(\sum x)^2$, float32 sums.
 
