@@ -169,7 +169,7 @@ def _rules(dataset) -> str:
     """What, besides the files, decides whether an item passes: the reader and its label rules."""
     return (f"{CACHE_FORMAT}|{type(dataset).__module__}.{type(dataset).__qualname__}|"
             f"{dataset.num_classes}|{getattr(dataset, 'ignore_label', 255)}|"
-            f"{getattr(dataset, 'file_ignore_label', '')}"
+            f"{getattr(dataset, 'file_ignore_label', '')}|{getattr(dataset, 'label_rules', '')}"
             + (f"|{dataset.channels} channels" if getattr(dataset, "multichannel", False) else ""))
 
 
