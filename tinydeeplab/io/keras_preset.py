@@ -265,7 +265,8 @@ def keras_incompatibilities(model: DeepLabV3ImageSegmenter) -> list[str]:
     """What in ``model`` KerasHub's ``DeepLabV3Backbone`` cannot build (empty: a KerasHub-loadable preset).
 
     >>> from tinydeeplab.models.recipes import build_model
-    >>> print(*keras_incompatibilities(build_model("small", 3, separable=True)), sep="\n")
+    >>> for problem in keras_incompatibilities(build_model("small", 3, separable=True)):
+    ...     print(problem)
     it has 64-channel ASPP/head (KerasHub only builds 256)
     it has separable ASPP/decoder convs (the DeepLabV3+ paper's head; KerasHub has no such option)
     """
