@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..nn import Conv2D, DepthwiseConv2D, inference_mode
+from ..nn.hooks import record_shapes
 from .aspp import ASPP
 
 
@@ -106,25 +107,9 @@ def atrous_convs(model, size) -> list[AtrousConv]:
                   if isinstance(conv, spatial) and conv.params["kernel"].shape[0] > 1}       # not the 1x1s
     convs = [(name, m) for name, m in model.modules()
              if isinstance(m, spatial) and (max(m.dilation_rate) > 1 or name in aspp_names)]
-    seen: dict[str, tuple[int, int]] = {}
-
-    def recording(name, conv):
-        plain = conv.forward
-
-        def forward(x, *args, **kwargs):
-            seen[name] = tuple(int(s) for s in x.shape[1:3])
-            return plain(x, *args, **kwargs)
-        return forward
-
-    for name, conv in convs:
-        object.__setattr__(conv, "forward", recording(name, conv))
-    try:
-        with inference_mode():
-            model.forward(np.zeros((1, h, w, 3), np.float32))
-    finally:
-        for _, conv in convs:
-            conv.__dict__.pop("forward", None)
-    return [AtrousConv(name, _pair(conv.dilation_rate), tuple(conv.params["kernel"].shape[:2]), seen[name],
+    with record_shapes(model, [name for name, _ in convs]) as seen, inference_mode():
+        model.forward(np.zeros((1, h, w, 3), np.float32))
+    return [AtrousConv(name, _pair(conv.dilation_rate), tuple(conv.params["kernel"].shape[:2]), seen[name][0][1:3],
                        name in aspp_names) for name, conv in convs if name in seen]
 
 
