@@ -118,13 +118,18 @@ def make(out: Path) -> None:
         arrays[f"{name}/y"], arrays[f"{name}/dy"] = np.asarray(y), dy
         stored = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in options.items()}
         arrays[f"{name}/options"] = np.array(json.dumps({"op": op, **stored}))
+    save_npz(out, arrays)
+    print(f"wrote {out} ({len(arrays)} arrays, jax {jax.__version__})")
+
+
+def save_npz(out: Path, arrays: dict) -> None:
+    """``np.savez_compressed`` into a temporary sibling, renamed into place: never a half-written fixture."""
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".npz")
     os.close(fd)
     np.savez_compressed(tmp, **arrays)
     os.chmod(tmp, 0o644)                                         # mkstemp makes it private
-    os.replace(tmp, out)                                         # atomic: never a half-written fixture
-    print(f"wrote {out} ({len(arrays)} arrays, jax {jax.__version__})")
+    os.replace(tmp, out)
 
 
 def main(argv=None) -> None:
