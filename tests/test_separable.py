@@ -244,6 +244,7 @@ def test_summary_of_a_separable_recipe_and_preset_shows_the_new_layers(tmp_path,
     assert len(err.splitlines()) == 1 and "--separable is an option of a recipe" in err
 
 
+@pytest.mark.slow
 def test_train_separable_records_it_and_writes_a_separable_preset(tmp_path):
     out = tmp_path / "run"
     assert main(["train", "--dataset", "shapes", "--model", "tiny", "--separable", "--epochs", "1",
