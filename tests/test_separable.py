@@ -166,7 +166,7 @@ def test_separable_model_structure():
     assert model.backbone.config["separable"] and not tiny_segmenter().backbone.config["separable"]
 
 
-def test_separable_preset_round_trip_in_tinydeeplab_and_refused_by_name_for_keras(tmp_path):
+def test_separable_preset_round_trip_in_tinydeeplab(tmp_path):
     rng = np.random.default_rng(4)
     model = randomize_batchnorm(tiny_segmenter(separable=True), rng)
     with pytest.warns(UserWarning, match="separable.*only tinydeeplab can load this preset"):
@@ -180,6 +180,22 @@ def test_separable_preset_round_trip_in_tinydeeplab_and_refused_by_name_for_kera
     assert [n for n, _ in again.named_parameters()] == [n for n, _ in model.named_parameters()]
     assert keras_incompatibilities(tiny_segmenter())[0].startswith("it has 4-channel")
     assert not any("separable" in p for p in keras_incompatibilities(tiny_segmenter()))
+
+
+def test_a_reader_that_ignores_the_separable_key_fails_on_the_weights(tmp_path):
+    """KerasHub ignores config.json's unknown ``separable`` key and builds its standard head (checked with
+    keras-hub 0.32: "objects could not be loaded", a shape mismatch). The same happens to tinydeeplab's loader
+    without the key: the weights never fit the standard head, so no reader gets a wrong model silently."""
+    from tinydeeplab.io.errors import PresetError
+    from tinydeeplab.io.keras_preset import build_from_configs, load_weights, read_json
+
+    with pytest.warns(UserWarning):
+        save_keras_preset(tiny_segmenter(separable=True), tmp_path / "p")
+    config = read_json(tmp_path / "p" / "config.json")
+    del config["config"]["separable"]
+    standard = build_from_configs(config, read_json(tmp_path / "p" / "task.json"))
+    with pytest.raises(PresetError, match=r"model.weights.h5: .*(has shape|missing weights|no place for)"):
+        load_weights(standard, tmp_path / "p")
 
 
 def test_a_bad_separable_value_in_config_json_is_one_line(tmp_path):

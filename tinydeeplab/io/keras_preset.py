@@ -335,7 +335,9 @@ def save_keras_preset(model: DeepLabV3ImageSegmenter, directory, *, overwrite: b
     infinity is never written. A model that KerasHub cannot build (:func:`keras_incompatibilities`:
     an ASPP and head narrower than KerasHub's fixed 256 channels, ``num_channels``; the separable head of
     the DeepLabV3+ paper, ``separable``) is written with those extra config.json keys: tinydeeplab loads
-    it, KerasHub refuses the unknown keyword (a warning says so on export).
+    it; KerasHub (0.32) ignores the keys, builds its standard head and then fails on the weights (their
+    shapes differ: e.g. a separable branch's 1x1 pointwise kernel where it expects a 3x3 kernel), so such a
+    preset never loads there as a wrong model. A warning says so on export.
     """
     import h5py
 
