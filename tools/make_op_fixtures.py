@@ -132,11 +132,16 @@ def save_npz(out: Path, arrays: dict) -> None:
     os.replace(tmp, out)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("tests/fixtures/ops_jax.npz"),
+def run_tool(doc: str, make, default_out: str, argv=None) -> None:
+    """The command line of a fixture tool: ``--out`` (default ``default_out``), then ``make(out)``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(default_out),
                         help="where to write the fixture (default: %(default)s)")
     make(parser.parse_args(argv).out)
+
+
+def main(argv=None) -> None:
+    run_tool(__doc__, make, "tests/fixtures/ops_jax.npz", argv)
 
 
 if __name__ == "__main__":

@@ -28,12 +28,11 @@ output ``y``, a random cotangent ``dy``, the vector-Jacobian products ``grad/hig
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
-from make_op_fixtures import save_npz          # tools/ is on sys.path when this script runs
+from make_op_fixtures import run_tool, save_npz          # tools/ is on sys.path when this script runs
 
 N, HIGH, LOW = 2, (5, 6, 12), (20, 24, 6)       # batch; (h, w, C) of the ASPP input and of the low-level map
 RATES, CHANNELS, PROJECTION = (1, 2, 6), 8, 4   # ASPP rates, ASPP / head width, low-level projection width
@@ -142,10 +141,7 @@ def make(out: Path) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("tests/fixtures/separable_jax.npz"),
-                        help="where to write the fixture (default: %(default)s)")
-    make(parser.parse_args(argv).out)
+    run_tool(__doc__, make, "tests/fixtures/separable_jax.npz", argv)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,25 @@ class OpLayer(Module):
         return self._cache
 
 
-class Conv2D(OpLayer):
+class _Convolution(OpLayer):
+    """The forward / backward shared by :class:`Conv2D` and :class:`DepthwiseConv2D`: op ``self.op`` with
+    ``params["kernel"]`` (and ``params["bias"]`` if any), ``strides``, ``dilation_rate``, ``padding``."""
+
+    op = ""
+
+    def forward(self, x, training=False):
+        return self._run(self.op, x, self.params["kernel"], self.params.get("bias"),
+                         stride=self.strides, dilation=self.dilation_rate, padding=self.padding)
+
+    def backward(self, dout):
+        dx, dw, db = self._back(self.op, dout)
+        self.grads["kernel"] = dw
+        if db is not None:
+            self.grads["bias"] = db
+        return dx
+
+
+class Conv2D(_Convolution):
     """2-D convolution, NHWC input, HWIO ``kernel``: ``y = sum_taps x_window @ kernel[i, j] (+ bias)``.
 
     >>> conv = Conv2D(3, 8, kernel_size=3, strides=2, seed=0)
@@ -67,19 +85,10 @@ class Conv2D(OpLayer):
         if use_bias:
             self.params["bias"] = np.zeros(filters, np.float32)
 
-    def forward(self, x, training=False):
-        return self._run("conv2d", x, self.params["kernel"], self.params.get("bias"),
-                         stride=self.strides, dilation=self.dilation_rate, padding=self.padding)
-
-    def backward(self, dout):
-        dx, dw, db = self._back("conv2d", dout)
-        self.grads["kernel"] = dw
-        if db is not None:
-            self.grads["bias"] = db
-        return dx
+    op = "conv2d"
 
 
-class DepthwiseConv2D(OpLayer):
+class DepthwiseConv2D(_Convolution):
     """Depthwise 2-D convolution (Keras ``DepthwiseConv2D``): every input channel ``c`` gets its own
     ``depth_multiplier`` filters, ``y[..., c*M + m] = sum_taps x_window[..., c] * kernel[i, j, c, m] (+ bias)``,
     with the (KH, KW, C, M) ``kernel`` of Keras. No sum over channels: ``C * M * KH * KW`` weights instead
@@ -107,16 +116,7 @@ class DepthwiseConv2D(OpLayer):
         if use_bias:
             self.params["bias"] = np.zeros(channels * depth_multiplier, np.float32)
 
-    def forward(self, x, training=False):
-        return self._run("depthwise_conv2d", x, self.params["kernel"], self.params.get("bias"),
-                         stride=self.strides, dilation=self.dilation_rate, padding=self.padding)
-
-    def backward(self, dout):
-        dx, dw, db = self._back("depthwise_conv2d", dout)
-        self.grads["kernel"] = dw
-        if db is not None:
-            self.grads["bias"] = db
-        return dx
+    op = "depthwise_conv2d"
 
 
 class BatchNorm(OpLayer):
