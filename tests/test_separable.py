@@ -3,7 +3,8 @@ preset round trip (tinydeeplab only), its recipes and CLI, and its cost.
 
 ``tests/fixtures/separable_jax.npz`` was written by ``tools/make_separable_fixtures.py`` (needs jax, not a
 test dependency): a separable ASPP + V3+ decoder in ``jax.lax`` (depthwise convs through
-``feature_group_count``), float64, batch norm in training mode, with the same weights as the model here.
+``feature_group_count``), float64, batch norm in training mode, with the same weights as the model here;
+the numpy, cpu and (slow, simulator) cuda backends must reproduce it.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from tinydeeplab.models.encoder import Encoder
 from tinydeeplab.models.recipes import build_model
 from tinydeeplab.nn import BatchNorm, Conv2D, DepthwiseConv2D
 
+from backends import NEEDS_CUDA, host, on
 from model_factories import randomize_batchnorm, tiny_segmenter
 
 FIXTURE = Path(__file__).parent / "fixtures" / "separable_jax.npz"
@@ -68,24 +70,25 @@ def rel_err(actual, expected) -> float:
     return float(np.abs(np.asarray(actual, np.float64) - expected).max()) / (scale or 1.0)
 
 
-@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+@pytest.mark.parametrize("backend", ["numpy", "cpu", pytest.param("cuda", marks=[NEEDS_CUDA, pytest.mark.slow])])
 @pytest.mark.parametrize("dtype,tolerance", [(np.float32, 1e-5), (np.float64, 1e-11)], ids=["float32", "float64"])
 def test_separable_head_matches_plain_jax(backend, dtype, tolerance):
-    """Output, input gradients, every weight gradient and the moving statistics after one training step."""
+    """Output, input gradients, every weight gradient and the moving statistics after one training step
+    (cuda: on Numba's simulator unless ``TINYDEEPLAB_REAL_CUDA=1``)."""
     fx = load_fixture()
-    head = fixture_head(fx, dtype)
-    pyramid = {"P4": fx["x/high"].astype(dtype), "P2": fx["x/low"].astype(dtype)}
+    head = fixture_head(fx, dtype).to(backend)
+    pyramid = {"P4": on(backend, fx["x/high"].astype(dtype)), "P2": on(backend, fx["x/low"].astype(dtype))}
     with use_backend(backend):
-        y = head.forward(pyramid, training=True)
-        d_pyramid = head.backward(fx["dy"].astype(dtype))
+        y = host(head.forward(pyramid, training=True))
+        d_pyramid = {k: host(v) for k, v in head.backward(on(backend, fx["dy"].astype(dtype))).items()}
     assert y.dtype == dtype
     errors = {"y": rel_err(y, fx["y"]), "grad/high": rel_err(d_pyramid["P4"], fx["grad/high"]),
               "grad/low": rel_err(d_pyramid["P2"], fx["grad/low"])}
-    grads = dict(head.named_gradients())
+    grads = {k: host(g) for k, g in head.named_gradients()}
     weights = [k[len("grad/"):] for k in fx if k.startswith("grad/") and k not in ("grad/high", "grad/low")]
     assert sorted(weights) == sorted(grads)                      # the fixture has every parameter, no other
     errors.update({f"grad/{k}": rel_err(grads[k], fx[f"grad/{k}"]) for k in weights})
-    buffers = dict(head.named_buffers())
+    buffers = {k: host(b) for k, b in head.named_buffers()}
     moving = [k[len("moving/"):] for k in fx if k.startswith("moving/")]
     assert sorted(moving) == sorted(buffers)
     errors.update({f"moving/{k}": rel_err(buffers[k], fx[f"moving/{k}"]) for k in moving})
@@ -258,6 +261,9 @@ def test_summary_of_a_separable_recipe_and_preset_shows_the_new_layers(tmp_path,
     assert main(["summary", str(tmp_path / "p"), "--separable"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--separable is an option of a recipe" in err
+    assert main(["parity", str(tmp_path / "p")]) == 2                 # no KerasHub model to compare with
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "KerasHub cannot build this model" in err and "separable" in err
 
 
 @pytest.mark.slow

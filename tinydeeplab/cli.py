@@ -518,9 +518,13 @@ def _read_cases(path) -> dict:
 
 def cmd_parity(args) -> int:
     from . import parity
-    from .io.keras_preset import load_keras_preset
+    from .io.keras_preset import keras_incompatibilities, load_keras_preset
 
     model = load_keras_preset(args.preset)
+    unbuildable = keras_incompatibilities(model)
+    if unbuildable and not args.cases:
+        raise OptionError(f"{args.preset}: KerasHub cannot build this model ({'; '.join(unbuildable)}); compare "
+                          "with stored outputs instead (--cases)")
     if args.cases:
         rows = parity.compare_with_cases(model, _read_cases(args.cases))
         print(f"tinydeeplab vs stored Keras logits in {args.cases}")
