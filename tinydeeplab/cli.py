@@ -148,10 +148,9 @@ def _place(model, args):
     return model.to(get_backend())
 
 
-RUN_KEYS = ("model", "init-preset", "output-stride", "atrous-rates", "decoder", "separable", "dataset", "data", "split",
-            "num-classes", "colour-map", "unknown-colour", "class-weights", "batch-size", "crop", "min-scale", "max-scale",
-            "lr", "schedule", "warmup",
-            "momentum", "weight-decay", "clip-norm", "seed")
+RUN_KEYS = ("model", "init-preset", "output-stride", "atrous-rates", "decoder", "separable", "dataset", "data",
+            "split", "num-classes", "colour-map", "unknown-colour", "class-weights", "batch-size", "crop", "min-scale",
+            "max-scale", "lr", "schedule", "warmup", "momentum", "weight-decay", "clip-norm", "seed")
 """The ``train`` options recorded in the checkpoint; a resumed run must repeat them (or ``--override``)."""
 
 

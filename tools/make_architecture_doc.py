@@ -322,13 +322,12 @@ def separable_section(cases=SEPARABLE_CASES) -> str:
                          f"| {_m(c['decoder'].macs)} | {head_p:,} | {_m(head_m)} ({_m(head_live)}) "
                          f"| {c['total'].params:,} | {_m(c['total'].macs)} |")
         std, sep = costs[False], costs[True]
-        ratio = (sep["ASPP"].macs + sep["decoder"].macs) / (std["ASPP"].macs + std["decoder"].macs)
-        lines.append(f"| | separable / standard | {sep['ASPP'].params / std['ASPP'].params:.3f} "
-                     f"| {sep['ASPP'].macs / std['ASPP'].macs:.3f} | {sep['decoder'].params / std['decoder'].params:.2f} "
-                     f"| {sep['decoder'].macs / std['decoder'].macs:.2f} "
-                     f"| {(sep['ASPP'].params + sep['decoder'].params) / (std['ASPP'].params + std['decoder'].params):.3f} "
-                     f"| {ratio:.3f} | {sep['total'].params / std['total'].params:.3f} "
-                     f"| {sep['total'].macs / std['total'].macs:.3f} |")
+        def ratio(field, *parts):
+            return sum(getattr(sep[p], field) for p in parts) / sum(getattr(std[p], field) for p in parts)
+        lines.append(f"| | separable / standard | {ratio('params', 'ASPP'):.3f} | {ratio('macs', 'ASPP'):.3f} "
+                     f"| {ratio('params', 'decoder'):.2f} | {ratio('macs', 'decoder'):.2f} "
+                     f"| {ratio('params', 'ASPP', 'decoder'):.3f} | {ratio('macs', 'ASPP', 'decoder'):.3f} "
+                     f"| {ratio('params', 'total'):.3f} | {ratio('macs', 'total'):.3f} |")
         commands.append(f"tinydeeplab summary {recipe} --num-classes {classes} --size {h} {w} [--separable]")
     table = "\n".join(lines)
     shown = "\n".join(commands)

@@ -75,8 +75,9 @@ def keras_weight_paths(segmenter) -> dict[str, tuple[str, str]]:
 
     # 1. the image encoder's graph, saved as the nested functional model "functional"; a layer's counter
     #    counts the earlier layers of the same Keras class
-    _add_counted(where, "layers/functional/layers",
-                 [(layer.name, layer.module, layer.var_names) for layer in backbone.image_encoder.keras_weight_layers()])
+    encoder_layers = backbone.image_encoder.keras_weight_layers()
+    _add_counted(where, "layers/functional/layers", [(layer.name, layer.module, layer.var_names)
+                                                     for layer in encoder_layers])
 
     # 2. ASPP: a list of Sequentials (branches, pooling last) and a projection Sequential
     aspp = backbone.aspp

@@ -275,7 +275,8 @@ def keras_incompatibilities(model: DeepLabV3ImageSegmenter) -> list[str]:
     if bb.out_channels != 256:
         problems.append(f"it has {bb.out_channels}-channel ASPP/head (KerasHub only builds 256)")
     if bb.config["separable"]:
-        problems.append("it has separable ASPP/decoder convs (the DeepLabV3+ paper's head; KerasHub has no such option)")
+        problems.append("it has separable ASPP/decoder convs (the DeepLabV3+ paper's head; "
+                        "KerasHub has no such option)")
     return problems
 
 

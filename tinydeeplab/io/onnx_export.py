@@ -281,7 +281,8 @@ def _converters():
     """``{layer class: convert(graph, call, layer, params)}``; looked up along the layer's MRO."""
     from .. import nn
 
-    return {nn.Conv2D: _conv, nn.DepthwiseConv2D: _conv, nn.BatchNorm: _batchnorm, nn.ZeroPadding2D: _pad, nn.MaxPool2D: _max_pool,
+    return {nn.Conv2D: _conv, nn.DepthwiseConv2D: _conv, nn.BatchNorm: _batchnorm, nn.ZeroPadding2D: _pad,
+            nn.MaxPool2D: _max_pool,
             nn.ReLU: _simple("Relu"), nn.Add: _simple("Add"), nn.Concatenate: _simple("Concat", axis=1),
             nn.GlobalAveragePooling2D: _simple("GlobalAveragePool"), nn.Dropout: _simple("Identity"),
             nn.Resize: _resize, nn.UpSampling2D: _resize}

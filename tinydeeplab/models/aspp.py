@@ -9,16 +9,18 @@ Five parallel branches look at the same feature map ``x`` (N, h, w, C) with grow
 
 All convolutions have no bias; BNs use Keras defaults (epsilon 1e-3, momentum 0.99).
 
+A 3x3 tap at dilation r reads ``x[i + r*a, j + r*b]`` for a, b in {-1, 0, 1}: when r >= h and
+r >= w only the centre tap ever lands inside the map, and the branch degenerates to a 1x1 conv
+(the DeepLabV3 paper's reason for adding the image-pooling branch).
+
 ``separable=True`` (a tinydeeplab extension, no KerasHub preset has it) is the DeepLabV3+ paper's
 *atrous separable convolution* (Chen et al. 2018, sec. 3.1): each 3x3 branch becomes::
 
     branch r   depthwise 3x3, dilation r, "same" -> BN -> ReLU -> pointwise 1x1 -> BN -> ReLU
 
 which factors the ``9 C F`` weights of a 3x3 conv into ``9 C + C F`` (C = in_channels, F = num_channels).
-The 1x1 branch, the pooling branch and the projection stay as they are.
-A 3x3 tap at dilation r reads ``x[i + r*a, j + r*b]`` for a, b in {-1, 0, 1}: when r >= h and
-r >= w only the centre tap ever lands inside the map, and the branch degenerates to a 1x1 conv
-(the DeepLabV3 paper's reason for adding the image-pooling branch).
+The 1x1 branch, the pooling branch and the projection stay as they are (the depthwise conv
+skips dead taps as the 3x3 conv does).
 """
 from __future__ import annotations
 
