@@ -273,3 +273,11 @@ def test_train_separable_records_it_and_writes_a_separable_preset(tmp_path):
                  "--batch-size", "2", "--crop", "32", "32", "--out", str(out), "--warmup", "1"]) == 0
     assert "separable = true" in (out / "config.toml").read_text()
     assert load_keras_preset(out / "preset").backbone.config["separable"]
+
+
+def test_separable_conflicts_with_an_init_preset_in_one_line(tmp_path, capsys):
+    preset = Path(__file__).parent / "fixtures" / "v3_tiny" / "preset"
+    assert main(["train", "--dataset", "shapes", "--init-preset", str(preset), "--separable",
+                 "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--separable conflicts with --init-preset" in err

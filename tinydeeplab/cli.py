@@ -234,9 +234,9 @@ def cmd_train(args) -> int:
     from .train.rundir import RunLock, show_value
 
     if args.init_preset:
-        given = [f"--{k} {show_value(getattr(args, k.replace('-', '_')))}"
+        given = [f"--{k}" if isinstance(v, bool) else f"--{k} {show_value(v)}"
                  for k in ("model", "atrous-rates", "decoder", "separable")
-                 if getattr(args, k.replace("-", "_")) is not None]
+                 if (v := getattr(args, k.replace("-", "_"))) is not None]
         if given:
             raise OptionError(f"{given[0]} conflicts with --init-preset {args.init_preset}: the preset defines "
                               "the architecture; give one of them")
