@@ -122,7 +122,9 @@ def test_a_fixed_size_graph(tmp_path):
     lambda rng: tiny_segmenter(block_type="basic_block", output_stride=8, seed=4),
     lambda rng: build_model("tiny", 4, decoder="v3"),                              # DeepLabV3, OS16 recipe
     lambda rng: _toy_segmenter(rng),                                               # strided "same" convs, biases
-], ids=["resnet_v2", "basic_os8", "recipe_v3", "toy_encoder"])
+    lambda rng: tiny_segmenter(separable=True, seed=5),                            # depthwise convs (group = C)
+    lambda rng: build_model("tiny", 4, separable=True),                            # the paper's head, OS16
+], ids=["resnet_v2", "basic_os8", "recipe_v3", "toy_encoder", "separable", "recipe_separable"])
 def test_other_model_trees(build, rng, tmp_path):
     model = randomize_batchnorm(build(rng), rng)
     _export_and_compare(model, tmp_path, [(2, 64, 96, 3), (1, 37, 51, 3)])

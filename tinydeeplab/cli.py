@@ -177,9 +177,9 @@ def _place(model, args):
 
 
 RUN_KEYS = ("model", "init-preset", "in-channels", "adapt-channels", "mean", "std", "output-stride",
-            "atrous-rates", "decoder", "dataset", "data", "split",
-            "num-classes", "colour-map", "unknown-colour", "class-weights", "batch-size", "crop", "min-scale", "max-scale", "lr", "schedule", "warmup",
-            "momentum", "weight-decay", "clip-norm", "seed")
+            "atrous-rates", "decoder", "separable", "dataset", "data", "split",
+            "num-classes", "colour-map", "unknown-colour", "class-weights", "batch-size", "crop", "min-scale",
+            "max-scale", "lr", "schedule", "warmup", "momentum", "weight-decay", "clip-norm", "seed")
 """The ``train`` options recorded in the checkpoint; a resumed run must repeat them (or ``--override``)."""
 
 
@@ -228,6 +228,10 @@ def _world(args):
     return World.from_environment(True if args.distributed else None)
 
 
+SEPARABLE_HELP = ("the DeepLabV3+ paper's head: atrous separable convs (depthwise 3x3 + BN + ReLU + pointwise 1x1 + "
+                  "BN + ReLU) in the ASPP branches and a two-conv separable V3+ decoder; a tinydeeplab extension, "
+                  "its presets load in tinydeeplab only")
+
 CONFIG_EXCLUDE = ("restart", "override")
 """``train`` options left out of the run's config.toml: what to do with the run directory, not the run."""
 
@@ -262,8 +266,9 @@ def cmd_train(args) -> int:
     from .train.rundir import RunLock, show_value
 
     if args.init_preset:
-        given = [f"--{k} {show_value(getattr(args, k.replace('-', '_')))}" for k in ("model", "atrous-rates", "decoder")
-                 if getattr(args, k.replace("-", "_")) is not None]
+        given = [f"--{k}" if isinstance(v, bool) else f"--{k} {show_value(v)}"
+                 for k in ("model", "atrous-rates", "decoder", "separable")
+                 if (v := getattr(args, k.replace("-", "_"))) is not None]
         if given:
             raise OptionError(f"{given[0]} conflicts with --init-preset {args.init_preset}: the preset defines "
                               "the architecture; give one of them")
@@ -299,10 +304,12 @@ def cmd_train(args) -> int:
         else:
             model = build_model(args.model, k, seed=args.seed, output_stride=args.output_stride,
                                 atrous_rates=args.atrous_rates, decoder=args.decoder or "v3plus",
-                                in_channels=channels, **dict(zip(("scale", "offset"), normalise or ())))
+                                in_channels=channels, separable=bool(args.separable),
+                                **dict(zip(("scale", "offset"), normalise or ())))
             args.output_stride = args.output_stride or recipe_output_stride(args.model)   # recorded as built
             args.atrous_rates = list(model.backbone.config["dilation_rates"])
             args.decoder = args.decoder or "v3plus"
+            args.separable = bool(args.separable)
         if world.is_root:
             _warn_dead_taps(model, args, val_set)
         weights = median_frequency_weights(train_set) if args.class_weights == "median-frequency" else None
@@ -557,8 +564,11 @@ def _preset_or_recipe(args):
     from .io.keras_preset import load_keras_preset
     from .models.recipes import RECIPES, build_model
 
+    separable = getattr(args, "separable", False)
     if args.preset in RECIPES and not Path(args.preset).exists():
-        return build_model(args.preset, args.num_classes)
+        return build_model(args.preset, args.num_classes, separable=separable)
+    if separable:
+        raise OptionError(f"--separable is an option of a recipe; the preset {args.preset} defines its architecture")
     return load_keras_preset(args.preset)
 
 
@@ -572,8 +582,10 @@ def cmd_summary(args) -> int:
         print(f"  {name:70s} {str(p.shape):>22s}")
     if args.size:
         from .models.atrous import atrous_convs, format_atrous_table
+        from .models.cost import format_cost_table
 
         print(format_atrous_table(atrous_convs(model, args.size), args.size))
+        print(format_cost_table(model, args.size))
     return 0
 
 
@@ -625,9 +637,13 @@ def _read_cases(path) -> dict:
 
 def cmd_parity(args) -> int:
     from . import parity
-    from .io.keras_preset import load_keras_preset
+    from .io.keras_preset import keras_incompatibilities, load_keras_preset
 
     model = load_keras_preset(args.preset)
+    unbuildable = keras_incompatibilities(model)
+    if unbuildable and not args.cases:
+        raise OptionError(f"{args.preset}: KerasHub cannot build this model ({'; '.join(unbuildable)}); compare "
+                          "with stored outputs instead (--cases)")
     if args.cases:
         rows = parity.compare_with_cases(model, _read_cases(args.cases))
         print(f"tinydeeplab vs stored Keras logits in {args.cases}")
@@ -737,6 +753,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ASPP dilation rates (default: the recipe's, chosen for its design crop)")
     t.add_argument("--decoder", choices=("v3plus", "v3"),
                    help="v3plus: the low-level P2 decoder; v3: head on the ASPP map (default: v3plus)")
+    t.add_argument("--separable", action="store_true", default=None, help=SEPARABLE_HELP)
     t.add_argument("--class-weights", choices=("none", "median-frequency"), default="none",
                    help="loss weight per class; median-frequency: w_c = median(f) / f_c, f_c = pixels of c / pixels "
                         "of the training images that contain c")
@@ -819,8 +836,10 @@ def build_parser() -> argparse.ArgumentParser:
                                   "(tiny, small, medium, resnet18, resnet50)")
     s.add_argument("--size", type=POSITIVE_INT, nargs=2, metavar=("H", "W"),
                    help="also list every atrous conv (ASPP branches, dilated encoder convs) with its rate, the map "
-                        "it sees for an H x W input and its fraction of live taps")
+                        "it sees for an H x W input and its fraction of live taps, and the parameters and "
+                        "multiply-adds of each part of the model at that size")
     s.add_argument("--num-classes", type=POSITIVE_INT, default=21, help="classes of a recipe (not of a preset)")
+    s.add_argument("--separable", action="store_true", help=SEPARABLE_HELP + " (of a recipe, not of a preset)")
     s.set_defaults(func=cmd_summary)
     q = sub.add_parser("parity", help="compare a preset's outputs in tinydeeplab and KerasHub, layer by layer",
                        description="Runs the preset in tinydeeplab and in KerasHub (needs keras-hub) on the same "

@@ -61,6 +61,12 @@ def _require(cfg: dict, keys, where: str):
         raise PresetError(f"{where}: missing keys {missing}")
 
 
+def _flag(value, key: str, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise PresetError(f"{where}: {key} must be true or false, got {value!r}")
+    return value
+
+
 def build_from_configs(backbone_cfg: dict, task_cfg: dict | None, *, source: str = "config.json",
                        output_stride=None, in_channels=None) -> DeepLabV3ImageSegmenter:
     """Build a segmenter from the ``config`` dicts of config.json and task.json (no weights).
@@ -88,7 +94,8 @@ def build_from_configs(backbone_cfg: dict, task_cfg: dict | None, *, source: str
         backbone = DeepLabV3Backbone(
             encoder, cfg["spatial_pyramid_pooling_key"], up[0] if isinstance(up, (list, tuple)) else up,
             cfg["dilation_rates"], cfg.get("low_level_feature_key"), cfg.get("projection_filters", 48),
-            num_channels=int(cfg.get("num_channels", 256)))   # num_channels: a tinydeeplab extension
+            num_channels=int(cfg.get("num_channels", 256)),   # num_channels, separable: tinydeeplab extensions
+            separable=_flag(cfg.get("separable", False), "separable", source))
         num_classes, activation = 1, None
         if task_cfg is not None:
             task_name = _class_name(task_cfg, "task.json")
@@ -288,8 +295,28 @@ def backbone_config(model: DeepLabV3ImageSegmenter) -> dict:
                         "upsampling_size": c["upsampling_size"], "low_level_feature_key": c["low_level_feature_key"],
                         "spatial_pyramid_pooling_key": c["spatial_pyramid_pooling_key"],
                         "image_shape": [None, None, encoder.in_channels],
-                        **({} if bb.out_channels == 256 else {"num_channels": bb.out_channels})},
+                        **({} if bb.out_channels == 256 else {"num_channels": bb.out_channels}),
+                        **({"separable": True} if c["separable"] else {})},
                        "keras_hub>DeepLabV3Backbone")
+
+
+def keras_incompatibilities(model: DeepLabV3ImageSegmenter) -> list[str]:
+    """What in ``model`` KerasHub's ``DeepLabV3Backbone`` cannot build (empty: a KerasHub-loadable preset).
+
+    >>> from tinydeeplab.models.recipes import build_model
+    >>> for problem in keras_incompatibilities(build_model("small", 3, separable=True)):
+    ...     print(problem)
+    it has 64-channel ASPP/head (KerasHub only builds 256)
+    it has separable ASPP/decoder convs (the DeepLabV3+ paper's head; KerasHub has no such option)
+    """
+    bb = model.backbone
+    problems = []
+    if bb.out_channels != 256:
+        problems.append(f"it has {bb.out_channels}-channel ASPP/head (KerasHub only builds 256)")
+    if bb.config["separable"]:
+        problems.append("it has separable ASPP/decoder convs (the DeepLabV3+ paper's head; "
+                        "KerasHub has no such option)")
+    return problems
 
 
 def preprocessor_config(converter: ImageConverter) -> dict:
@@ -346,9 +373,12 @@ def save_keras_preset(model: DeepLabV3ImageSegmenter, directory, *, overwrite: b
     so an interrupted export never leaves a half-written preset behind. An existing non-empty
     ``directory`` is an error unless ``overwrite``: then the new preset is complete before the old
     one moves aside (:func:`tinydeeplab.atomic.replace_directory`). A model holding a NaN or an
-    infinity is never written. A model whose ASPP and head
-    are narrower than KerasHub's fixed 256 channels (``num_channels``) is written with an extra
-    ``num_channels`` config key: tinydeeplab loads it, KerasHub cannot (a warning says so).
+    infinity is never written. A model that KerasHub cannot build (:func:`keras_incompatibilities`:
+    an ASPP and head narrower than KerasHub's fixed 256 channels, ``num_channels``; the separable head of
+    the DeepLabV3+ paper, ``separable``) is written with those extra config.json keys: tinydeeplab loads
+    it; KerasHub (0.32) ignores the keys, builds its standard head and then fails on the weights (their
+    shapes differ: e.g. a separable branch's 1x1 pointwise kernel where it expects a 3x3 kernel), so such a
+    preset never loads there as a wrong model. A warning says so on export.
     """
     import h5py
 
@@ -361,10 +391,9 @@ def save_keras_preset(model: DeepLabV3ImageSegmenter, directory, *, overwrite: b
     bad = model.first_non_finite()
     if bad is not None:
         raise PresetError(f"{directory}: not written: {bad} holds NaN or infinite values (a diverged model)")
-    if model.backbone.out_channels != 256:
+    for problem in keras_incompatibilities(model):
         import warnings
-        warnings.warn(f"{directory}: this model has {model.backbone.out_channels}-channel ASPP/head; "
-                      "KerasHub only builds 256, so only tinydeeplab can load this preset", stacklevel=2)
+        warnings.warn(f"{directory}: {problem}, so only tinydeeplab can load this preset", stacklevel=2)
     if directory.exists() and any(directory.iterdir()):
         raise PresetError(f"{directory}: exists and is not empty; choose a new directory")
     with build_directory(directory) as tmp:
