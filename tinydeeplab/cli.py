@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import OptionError, TinyDeepLabError
+from .models.head import is_binary, label_classes
+from .train.losses import LOSSES
 
 
 # -- option values: checked where they are parsed, so the error names the option ------------------
@@ -93,7 +95,16 @@ def cmd_demo(args) -> int:
 DATASETS = ("voc", "sbd", "camvid", "folder", "shapes")
 
 
-def open_dataset(name, root, split, num_classes=None):
+def open_dataset(name, root, split, num_classes=None, binary_class=None):
+    """The ``split`` of dataset ``name``; ``binary_class``: that class (label 1) against the rest (label 0).
+    A folder dataset with ``num_classes=1`` holds binary masks: labels 0 and 1 (and 255, ignored)."""
+    from . import data
+
+    dataset = _open_dataset(name, root, split, 2 if num_classes == 1 else num_classes)
+    return dataset if binary_class is None else data.OneVsRest(dataset, binary_class)
+
+
+def _open_dataset(name, root, split, num_classes):
     from . import data
 
     if name == "shapes":
@@ -141,7 +152,7 @@ def _place(model, args):
 
 
 RUN_KEYS = ("model", "init-preset", "output-stride", "atrous-rates", "decoder", "dataset", "data", "split",
-            "num-classes", "class-weights", "batch-size", "crop", "min-scale", "max-scale", "lr", "schedule", "warmup",
+            "num-classes", "binary-class", "loss", "class-weights", "batch-size", "crop", "min-scale", "max-scale", "lr", "schedule", "warmup",
             "momentum", "weight-decay", "clip-norm", "seed")
 """The ``train`` options recorded in the checkpoint; a resumed run must repeat them (or ``--override``)."""
 
@@ -156,6 +167,21 @@ def _run_config(args, num_classes: int) -> dict:
     if values["atrous-rates"] is not None:
         values["atrous-rates"] = list(values["atrous-rates"])
     return values
+
+
+BINARY_METRICS = ("foreground_iou", "foreground_dice", "background_iou")
+
+
+def _head_channels(args, train_set) -> int:
+    """The model's output channels: the dataset's classes, or 1 (a sigmoid head) for a binary task
+    (``--binary``, ``--binary-class NAME``, or a folder dataset with ``--num-classes 1``)."""
+    k = train_set.num_classes
+    if not (args.binary or args.binary_class is not None or args.num_classes == 1):
+        return k
+    if k != 2:
+        raise OptionError(f"--binary needs two classes (0 rest, 1 foreground), --dataset {args.dataset} has {k} "
+                          f"({', '.join(train_set.class_names)}): choose the foreground with --binary-class NAME")
+    return 1
 
 
 def _output_dir(path, option: str) -> Path:
@@ -233,15 +259,15 @@ def cmd_train(args) -> int:
     world = _world(args)
     out = _output_dir(args.out, "--out")
     with RunLock(out) if world.is_root else nullcontext():   # one writer per run directory, first file to preset
-        train_set = open_dataset(args.dataset, args.data, args.split, args.num_classes)
-        val_set = (open_dataset(args.dataset, args.data, args.val_split, args.num_classes)
+        train_set = open_dataset(args.dataset, args.data, args.split, args.num_classes, args.binary_class)
+        val_set = (open_dataset(args.dataset, args.data, args.val_split, args.num_classes, args.binary_class)
                    if args.val_split else None)
         for split, dataset in ((args.split, train_set), (args.val_split, val_set)):
             if dataset is not None and world.is_root:  # every item read once now: a bad one fails here
                 validate_dataset(dataset, out / ".dataset-check.json", name=f"{args.dataset} {split}",
                                  progress=sys.stderr)
         world.barrier("waiting for rank 0 to check the dataset", timeout=math.inf)
-        k = train_set.num_classes
+        k = _head_channels(args, train_set)            # 1: a binary head (the foreground logit)
         if args.init_preset:
             model = load_keras_preset(args.init_preset, output_stride=args.output_stride)
             if model.num_classes != k:
@@ -263,7 +289,7 @@ def cmd_train(args) -> int:
                                 schedule=args.schedule, warmup=args.warmup, momentum=args.momentum,
                                 weight_decay=args.weight_decay, clip_norm=args.clip_norm or None, seed=args.seed,
                                 val_set=val_set, run_config=_run_config(args, k), allow_changes=args.override,
-                                world=world, class_weights=weights)
+                                world=world, class_weights=weights, loss=args.loss)
         sync = world.size > 1 if args.sync_bn is None else args.sync_bn
         sync_batchnorm(model, world, sync)
         loader = trainer.train_loader
@@ -316,10 +342,12 @@ def cmd_evaluate(args) -> int:
             _output_file(path, option)                 # before an hour of evaluation, not after
     world = _world(args)
     model = load_model(args)
-    dataset = open_dataset(args.dataset, args.data, args.split, args.num_classes)
-    if dataset.num_classes != model.num_classes:
-        raise OptionError(f"the model predicts {model.num_classes} classes, --dataset {args.dataset} has "
-                          f"{dataset.num_classes}")
+    dataset = open_dataset(args.dataset, args.data, args.split, args.num_classes, args.binary_class)
+    if dataset.num_classes != label_classes(model.num_classes):
+        binary = (" (a binary model: labels 0 rest, 1 foreground; pick the foreground with --binary-class NAME)"
+                  if is_binary(model.num_classes) else "")
+        raise OptionError(f"the model predicts {label_classes(model.num_classes)} classes{binary}, --dataset "
+                          f"{args.dataset} has {dataset.num_classes}")
     t0 = time.perf_counter()
     r = evaluate(model, dataset, world=world, **_tta(args))
     if not world.is_root:                              # rank 0 prints and writes the results
@@ -332,6 +360,9 @@ def cmd_evaluate(args) -> int:
     else:
         print(f"{args.dataset} {args.split}: {len(dataset)} images, mIoU {r['miou']:.4f}, "
               f"pixel accuracy {r['pixel_accuracy']:.4f} ({time.perf_counter() - t0:.0f} s)")
+        if is_binary(model.num_classes):
+            print(f"foreground {dataset.class_names[1]}: IoU {r['foreground_iou']:.4f}, Dice "
+                  f"{r['foreground_dice']:.4f}; background IoU {r['background_iou']:.4f}")
     if args.figure:
         from .viz import prediction_figure
 
@@ -346,6 +377,7 @@ def cmd_evaluate(args) -> int:
         finite = lambda v: v if isinstance(v, (int, float)) and math.isfinite(v) else None  # noqa: E731
         write_text(args.json, json.dumps({"miou": finite(r["miou"]), "pixel_accuracy": finite(r["pixel_accuracy"]),
                                           "iou": [finite(v) for v in r["iou"]], "labelled_pixels": counted,
+                                          **{k: finite(r[k]) for k in BINARY_METRICS if k in r},
                                           "class_names": dataset.class_names,
                                           "confusion": r["confusion"].matrix.tolist()}, indent=1, allow_nan=False))
         print(f"wrote {args.json}")
@@ -361,7 +393,7 @@ def cmd_predict(args) -> int:
     names = _output_names(args.images)
     model = load_model(args)
     out = Path(args.out)
-    palette = default_palette(model.num_classes)
+    palette = default_palette(label_classes(model.num_classes))
     for path, name in zip(args.images, names):
         image = _read_large_image(path)
         tiles = window
@@ -550,6 +582,12 @@ PREDICT_DESCRIPTION = (
     "averages over, so tiled labels can differ from whole-image ones.")
 
 
+def _binary_class_arg(parser) -> None:
+    parser.add_argument("--binary-class", metavar="NAME",
+                        help="binary task from a multi-class dataset: class NAME (e.g. camvid's Road) is the "
+                             "foreground, every other class the rest; void stays ignored")
+
+
 def _distributed_args(parser) -> None:
     parser.add_argument("--distributed", action="store_true",
                         help="run data parallel over MPI (needs mpi4py: pip install 'tinydeeplab[mpi]'); "
@@ -588,7 +626,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", help="dataset root directory (not needed for shapes)")
     t.add_argument("--split", default="train", help="training split")
     t.add_argument("--val-split", help="split to evaluate after every epoch (e.g. val; default: none)")
-    t.add_argument("--num-classes", type=POSITIVE_INT, help="classes of a folder dataset")
+    t.add_argument("--num-classes", type=POSITIVE_INT, help="classes of a folder dataset (1: binary masks, labels "
+                                                            "0 and 1, and a sigmoid head)")
+    t.add_argument("--binary", action="store_true",
+                   help="one-class segmentation: a sigmoid head (one logit, foreground where it is > 0) on a "
+                        "two-class dataset (0 rest, 1 foreground); implied by --binary-class and by --num-classes 1")
+    _binary_class_arg(t)
+    t.add_argument("--loss", choices=LOSSES,
+                   help="training loss: ce (softmax cross-entropy); for a binary head bce (sigmoid cross-entropy), "
+                        "dice (soft Dice, smoothing 1), focal (gamma 2, alpha 0.25) or bce+dice (default: ce, or "
+                        "bce for a binary head)")
     t.add_argument("--model", help="architecture recipe: tiny, small, medium, resnet18, resnet50 (default: small, "
                                    "or the --init-preset's architecture)")
     t.add_argument("--init-preset", help="start from the weights (and architecture) of this preset directory")
@@ -649,6 +696,7 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--data", help="dataset root directory (not needed for shapes)")
             c.add_argument("--split", default="val", help="split to evaluate")
             c.add_argument("--num-classes", type=POSITIVE_INT, help="classes of a folder dataset")
+            _binary_class_arg(c)
             c.add_argument("--json", help="also write the metrics to this JSON file (undefined values as null)")
             c.add_argument("--figure", help="also draw 4 images with ground truth and prediction to this PNG")
             _distributed_args(c)
