@@ -628,14 +628,6 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-split", help="split to evaluate after every epoch (e.g. val; default: none)")
     t.add_argument("--num-classes", type=POSITIVE_INT, help="classes of a folder dataset (1: binary masks, labels "
                                                             "0 and 1, and a sigmoid head)")
-    t.add_argument("--binary", action="store_true",
-                   help="one-class segmentation: a sigmoid head (one logit, foreground where it is > 0) on a "
-                        "two-class dataset (0 rest, 1 foreground); implied by --binary-class and by --num-classes 1")
-    _binary_class_arg(t)
-    t.add_argument("--loss", choices=LOSSES,
-                   help="training loss: ce (softmax cross-entropy); for a binary head bce (sigmoid cross-entropy), "
-                        "dice (soft Dice, smoothing 1), focal (gamma 2, alpha 0.25) or bce+dice (default: ce, or "
-                        "bce for a binary head)")
     t.add_argument("--model", help="architecture recipe: tiny, small, medium, resnet18, resnet50 (default: small, "
                                    "or the --init-preset's architecture)")
     t.add_argument("--init-preset", help="start from the weights (and architecture) of this preset directory")
@@ -666,6 +658,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--clip-norm", type=NON_NEGATIVE, default=5.0,
                    help="clip the global gradient L2 norm to this value (0: no clipping)")
     t.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="seed of the weights, data order and augmentation")
+    t.add_argument("--binary", action="store_true",
+                   help="one-class segmentation: a sigmoid head (one logit, foreground where it is > 0) on a "
+                        "two-class dataset (0 rest, 1 foreground); implied by --binary-class and by --num-classes 1")
+    _binary_class_arg(t)
+    t.add_argument("--loss", choices=LOSSES,
+                   help="training loss: ce (softmax cross-entropy); for a binary head bce (sigmoid cross-entropy), "
+                        "dice (soft Dice, smoothing 1), focal (gamma 2, alpha 0.25) or bce+dice (default: ce, or "
+                        "bce for a binary head)")
     t.add_argument("--out", required=True, help="output directory (the run directory); gets config.toml, the "
                                                 "run's effective options")
     t.add_argument("--config", metavar="FILE.toml",

@@ -77,7 +77,7 @@ class SegmentationLoss:
         return total, {"terms": caches, "total": caches[0]["total"]}
 
     def backward(self, dloss, cache):
-        """``dlogits`` (N, H, W, K) of ``dloss * loss``, where the logits are (on the device, on cuda)."""
+        """``dlogits`` (N, H, W, K) of ``dloss * loss``, in the backend's arrays (where the logits are)."""
         backend, grad = ops(), None
         for op, term in zip(_OPS[self.name], cache["terms"]):
             g = getattr(backend, op + "_backward")(dloss, term)
