@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import tempfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from model_factories import randomize_batchnorm, tiny_segmenter
+from test_cli import _folder_dataset      # masks 0 / 1 with an ignored column: a binary folder dataset
 from tinydeeplab import functional as F
 from tinydeeplab import use_backend
 from tinydeeplab.cli import main
@@ -198,26 +198,8 @@ def test_one_vs_rest_maps_labels_and_keeps_void():
 
 
 # -- the command line -------------------------------------------------------------------------------------
-def _binary_folder(root: Path, n=4, size=48) -> Path:
-    """Binary masks 0/1 (255 on one column): bright right part = foreground."""
-    for split in ("train", "val"):
-        (root / split / "images").mkdir(parents=True)
-        (root / split / "masks").mkdir(parents=True)
-        rng = np.random.default_rng(0 if split == "train" else 1)
-        for i in range(n):
-            image = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)
-            label = np.zeros((size, size), np.uint8)
-            cut = int(rng.integers(size // 4, 3 * size // 4))
-            image[:, cut:] += 150
-            label[:, cut:] = 1
-            label[:, cut] = 255
-            Image.fromarray(image).save(root / split / "images" / f"im{i}.png")
-            Image.fromarray(label).save(root / split / "masks" / f"im{i}.png")
-    return root
-
-
 def test_cli_trains_and_evaluates_a_binary_folder_dataset(tmp_path, capsys):
-    data = _binary_folder(tmp_path / "data")
+    data = _folder_dataset(tmp_path / "data", size=48)
     out = tmp_path / "run"
     common = ["--dataset", "folder", "--data", str(data), "--num-classes", "1"]
     assert main(["train", *common, "--model", "tiny", "--epochs", "1", "--batch-size", "2", "--crop", "32", "32",
@@ -245,7 +227,7 @@ def test_cli_trains_and_evaluates_a_binary_folder_dataset(tmp_path, capsys):
     (["--num-classes", "2", "--binary-class", "car"], "class 'car' is not one of the dataset's classes"),
 ])
 def test_cli_binary_mistakes_are_one_line(tmp_path, capsys, argv, expected):
-    data = _binary_folder(tmp_path / "data", n=2, size=32)
+    data = _folder_dataset(tmp_path / "data", n=2, size=32)
     code = main(["train", "--dataset", "folder", "--data", str(data), "--model", "tiny", "--epochs", "1",
                  "--batch-size", "2", "--crop", "32", "32", "--out", str(tmp_path / "run"), *argv])
     err = capsys.readouterr().err.strip().splitlines()

@@ -12,19 +12,13 @@ import numpy as np
 import pytest
 
 from backends import BACKENDS, host, on, ops
+from test_ops_jax import load_cases
 from tinydeeplab import functional as R
 
 FIXTURE = Path(__file__).parent / "fixtures" / "binary_losses_jax.npz"
 
 
-def load_cases():
-    with np.load(FIXTURE, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
-    names = sorted({k.split("/")[0] for k in arrays})
-    return {name: {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith(name + "/")} for name in names}
-
-
-CASES = load_cases()
+CASES = load_cases(FIXTURE)
 
 
 def test_fixture_covers_every_binary_loss_and_ignores_pixels():

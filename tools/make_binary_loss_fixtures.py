@@ -23,13 +23,11 @@ string (``<case>/options``, with ``"op"``), the loss (``<case>/loss``) and ``jax
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+from make_op_fixtures import fixture_main, save_fixture      # tools/ is the script's first path entry
 
 IGNORE = 255
 
@@ -95,20 +93,11 @@ def make(out: Path) -> None:
         arrays[f"{name}/logits"], arrays[f"{name}/labels"] = logits, labels.astype(np.int64)
         arrays[f"{name}/loss"], arrays[f"{name}/grad"] = np.asarray(loss), np.asarray(grad)
         arrays[f"{name}/options"] = np.array(json.dumps({"op": op, **options}))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".npz")
-    os.close(fd)
-    np.savez_compressed(tmp, **arrays)
-    os.chmod(tmp, 0o644)                                         # mkstemp makes it private
-    os.replace(tmp, out)                                         # atomic: never a half-written fixture
-    print(f"wrote {out} ({len(arrays)} arrays, jax {jax.__version__})")
+    save_fixture(out, arrays, f"jax {jax.__version__}")
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("tests/fixtures/binary_losses_jax.npz"),
-                        help="where to write the fixture (default: %(default)s)")
-    make(parser.parse_args(argv).out)
+    fixture_main(make, "tests/fixtures/binary_losses_jax.npz", __doc__, argv)
 
 
 if __name__ == "__main__":
