@@ -1,4 +1,4 @@
-"""Command line: ``tinydeeplab demo | train | evaluate | predict | summary | parity``.
+"""Command line: ``tinydeeplab demo | train | evaluate | predict | summary | parity | export-onnx``.
 
 Errors in what the user typed (bad paths, bad presets) are printed as one line and exit with
 status 2; a traceback means a bug in tinydeeplab.
@@ -44,6 +44,7 @@ NON_NEGATIVE_INT = _number(int, low=0, what="an integer >= 0")
 POSITIVE = _number(float, low=0, low_open=True, what="a finite number > 0")
 NON_NEGATIVE = _number(float, low=0, what="a finite number >= 0")
 FRACTION = _number(float, low=0, high=1, high_open=True, what="a number in [0, 1)")
+UNIT = _number(float, low=0, high=1, what="a number in [0, 1]")
 
 
 class UsageError(OptionError):
@@ -95,17 +96,23 @@ def cmd_demo(args) -> int:
 DATASETS = ("voc", "sbd", "camvid", "folder", "shapes")
 
 
-def open_dataset(name, root, split, num_classes=None, binary_class=None):
+def open_dataset(name, root, split, num_classes=None, colour_map=None, unknown_colour="error", binary_class=None):
     """The ``split`` of dataset ``name``; ``binary_class``: that class (label 1) against the rest (label 0).
     A folder dataset with ``num_classes=1`` holds binary masks: labels 0 and 1 (and 255, ignored)."""
     from . import data
 
-    dataset = _open_dataset(name, root, split, 2 if num_classes == 1 else num_classes)
+    dataset = _open_dataset(name, root, split, 2 if num_classes == 1 else num_classes, colour_map, unknown_colour)
     return dataset if binary_class is None else data.OneVsRest(dataset, binary_class)
 
 
-def _open_dataset(name, root, split, num_classes):
+def _open_dataset(name, root, split, num_classes, colour_map, unknown_colour):
     from . import data
+
+    if colour_map is None and unknown_colour != "error":
+        raise OptionError(f"--unknown-colour {unknown_colour} needs --colour-map FILE (it says what to do with "
+                          f"mask colours the map lacks)")
+    if colour_map is not None and name != "folder":
+        raise OptionError(f"--colour-map is for --dataset folder (RGB masks), not --dataset {name}")
 
     if name == "shapes":
         return data.SyntheticShapes(length=400 if split == "train" else 100, seed=0 if split == "train" else 1000,
@@ -118,10 +125,11 @@ def _open_dataset(name, root, split, num_classes):
         return data.SBDSegmentation(root, split)
     if name == "camvid":
         return data.CamVid(root, split)
-    if num_classes is None:
-        raise OptionError("--dataset folder needs --num-classes")
+    if num_classes is None and colour_map is None:
+        raise OptionError("--dataset folder needs --num-classes (or --colour-map FILE for RGB masks)")
     base = Path(root) / split if (Path(root) / split).is_dir() else Path(root)
-    return data.FolderDataset(base / "images", base / "masks", num_classes)
+    return data.FolderDataset(base / "images", base / "masks", num_classes, colour_map=colour_map,
+                              unknown_colour=unknown_colour)
 
 
 def load_model(args):
@@ -152,7 +160,7 @@ def _place(model, args):
 
 
 RUN_KEYS = ("model", "init-preset", "output-stride", "atrous-rates", "decoder", "dataset", "data", "split",
-            "num-classes", "binary-class", "loss", "class-weights", "batch-size", "crop", "min-scale", "max-scale", "lr", "schedule", "warmup",
+            "num-classes", "binary-class", "loss", "colour-map", "unknown-colour", "class-weights", "batch-size", "crop", "min-scale", "max-scale", "lr", "schedule", "warmup",
             "momentum", "weight-decay", "clip-norm", "seed")
 """The ``train`` options recorded in the checkpoint; a resumed run must repeat them (or ``--override``)."""
 
@@ -160,7 +168,7 @@ RUN_KEYS = ("model", "init-preset", "output-stride", "atrous-rates", "decoder", 
 def _run_config(args, num_classes: int) -> dict:
     values = {key: getattr(args, key.replace("-", "_")) for key in RUN_KEYS}
     values["num-classes"] = num_classes
-    for key in ("data", "init-preset"):
+    for key in ("data", "init-preset", "colour-map"):
         if values[key] is not None:
             values[key] = str(Path(values[key]).resolve())
     values["crop"] = list(values["crop"])
@@ -259,8 +267,9 @@ def cmd_train(args) -> int:
     world = _world(args)
     out = _output_dir(args.out, "--out")
     with RunLock(out) if world.is_root else nullcontext():   # one writer per run directory, first file to preset
-        train_set = open_dataset(args.dataset, args.data, args.split, args.num_classes, args.binary_class)
-        val_set = (open_dataset(args.dataset, args.data, args.val_split, args.num_classes, args.binary_class)
+        labels = dict(colour_map=args.colour_map, unknown_colour=args.unknown_colour, binary_class=args.binary_class)
+        train_set = open_dataset(args.dataset, args.data, args.split, args.num_classes, **labels)
+        val_set = (open_dataset(args.dataset, args.data, args.val_split, args.num_classes, **labels)
                    if args.val_split else None)
         for split, dataset in ((args.split, train_set), (args.val_split, val_set)):
             if dataset is not None and world.is_root:  # every item read once now: a bad one fails here
@@ -336,13 +345,17 @@ def _tta(args) -> dict:
 def cmd_evaluate(args) -> int:
     from .atomic import write_text
     from .train import evaluate
+    from .train.evaluate import miou_check
 
+    if args.tolerance is not None and args.expect_miou is None:
+        raise OptionError(f"--tolerance {args.tolerance:g} needs --expect-miou X (the mIoU to compare with)")
     for path, option in ((args.json, "--json"), (args.figure, "--figure")):
         if path:
             _output_file(path, option)                 # before an hour of evaluation, not after
     world = _world(args)
     model = load_model(args)
-    dataset = open_dataset(args.dataset, args.data, args.split, args.num_classes, args.binary_class)
+    dataset = open_dataset(args.dataset, args.data, args.split, args.num_classes, colour_map=args.colour_map,
+                           unknown_colour=args.unknown_colour, binary_class=args.binary_class)
     if dataset.num_classes != label_classes(model.num_classes):
         binary = (" (a binary model: labels 0 rest, 1 foreground; pick the foreground with --binary-class NAME)"
                   if is_binary(model.num_classes) else "")
@@ -381,6 +394,12 @@ def cmd_evaluate(args) -> int:
                                           "class_names": dataset.class_names,
                                           "confusion": r["confusion"].matrix.tolist()}, indent=1, allow_nan=False))
         print(f"wrote {args.json}")
+    if args.expect_miou is not None:
+        ok, line = miou_check(r["miou"], args.expect_miou, 0.005 if args.tolerance is None else args.tolerance)
+        print(line)
+        if not ok:
+            print(f"tinydeeplab evaluate: reference check failed: {line}", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -391,9 +410,14 @@ def cmd_predict(args) -> int:
 
     window, overlap = _predict_tiling(args)
     names = _output_names(args.images)
+    colour_map = _predict_colour_map(args)
     model = load_model(args)
     out = Path(args.out)
-    palette = default_palette(label_classes(model.num_classes))
+    labelled = label_classes(model.num_classes)           # a binary head predicts 2 labels
+    if colour_map is not None and len(colour_map) != labelled:
+        raise OptionError(f"--colour-map {args.colour_map} has {len(colour_map)} classes, the model predicts "
+                          f"{labelled}")
+    palette = default_palette(labelled) if colour_map is None else colour_map.palette
     for path, name in zip(args.images, names):
         image = _read_large_image(path)
         tiles = window
@@ -414,8 +438,30 @@ def cmd_predict(args) -> int:
         labels_png, overlay_png = out / f"{name}_labels.png", out / f"{name}_overlay.png"
         save_png(labels_png, labels)
         save_png(overlay_png, colours)
-        print(f"{path}: {image.shape[1]}x{image.shape[0]} -> {labels_png}, {overlay_png}")
+        written = f"{labels_png}, {overlay_png}"
+        if colour_map is not None:
+            colours_png = save_png(out / f"{name}_colours.png", colour_map.colours(labels))    # (H, W, 3)
+            written += f", {colours_png} ({_class_shares(labels, colour_map.names)})"
+        print(f"{path}: {image.shape[1]}x{image.shape[0]} -> {written}")
     return 0
+
+
+def _predict_colour_map(args):
+    """The ``--colour-map`` of ``predict``, read before the model (a bad file fails first), or None."""
+    from .data.colour_map import ColourMap
+
+    return None if args.colour_map is None else ColourMap.read(args.colour_map)
+
+
+def _class_shares(labels, names) -> str:
+    """The classes of a label map by share of its pixels, largest first (``255``: not labelled).
+
+    >>> _class_shares(np.array([[0, 1, 1, 255]]), ["sky", "road"])
+    'road 50 %, sky 25 %, not labelled 25 %'
+    """
+    counts = np.bincount(np.asarray(labels, np.int64).ravel(), minlength=256)
+    shown = [(int(counts[k]), names[k] if k < len(names) else "not labelled") for k in np.flatnonzero(counts)]
+    return ", ".join(f"{name} {100 * n / labels.size:.0f} %" for n, name in sorted(shown, key=lambda t: -t[0]))
 
 
 def _predict_tiling(args):
@@ -485,14 +531,18 @@ def _read_large_image(path) -> np.ndarray:
             raise OptionError(f"{path}: {err}") from None
 
 
-def cmd_summary(args) -> int:
+def _preset_or_recipe(args):
+    """The model of ``args.preset``: a preset directory, or a recipe name (randomly initialised)."""
     from .io.keras_preset import load_keras_preset
     from .models.recipes import RECIPES, build_model
 
     if args.preset in RECIPES and not Path(args.preset).exists():
-        model = build_model(args.preset, args.num_classes)                  # a recipe, randomly initialised
-    else:
-        model = load_keras_preset(args.preset)
+        return build_model(args.preset, args.num_classes)
+    return load_keras_preset(args.preset)
+
+
+def cmd_summary(args) -> int:
+    model = _preset_or_recipe(args)
     n_stats = sum(b.size for _, b in model.named_buffers())
     print(f"{args.preset}: {model.num_parameters():,} trainable parameters "
           f"(backbone {model.backbone.num_parameters():,}) + {n_stats:,} batch-norm statistics "
@@ -503,6 +553,21 @@ def cmd_summary(args) -> int:
         from .models.atrous import atrous_convs, format_atrous_table
 
         print(format_atrous_table(atrous_convs(model, args.size), args.size))
+    return 0
+
+
+def cmd_export_onnx(args) -> int:
+    from .io.onnx_export import export_onnx, require_onnx
+
+    out = _output_file(args.out, "OUT")
+    if out.exists() and not args.force:
+        raise OptionError(f"OUT {out}: exists; give --force to replace it")
+    require_onnx()                                     # before loading the model: fail fast, in one line
+    model = _preset_or_recipe(args)
+    export_onnx(model, out, size=args.size, overwrite=True)
+    h, w = args.size or ("H", "W")
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): NHWC float32 images (N, {h}, {w}, 3) -> logits "
+          f"(N, {h}, {w}, {model.num_classes}); N{'' if args.size else ', H and W'} dynamic")
     return 0
 
 
@@ -582,6 +647,15 @@ PREDICT_DESCRIPTION = (
     "averages over, so tiled labels can differ from whole-image ones.")
 
 
+def _colour_map_args(parser) -> None:
+    parser.add_argument("--colour-map", metavar="FILE",
+                        help="a folder dataset with RGB masks: class name -> colour, as JSON {\"name\": [r, g, b], "
+                             "...} or CSV name,r,g,b (class index = order in the file)")
+    parser.add_argument("--unknown-colour", choices=("error", "ignore"), default="error",
+                        help="a mask colour not in --colour-map: refuse the file, or give the pixel the ignore "
+                             "label 255")
+
+
 def _binary_class_arg(parser) -> None:
     parser.add_argument("--binary-class", metavar="NAME",
                         help="binary task from a multi-class dataset: class NAME (e.g. camvid's Road) is the "
@@ -628,6 +702,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-split", help="split to evaluate after every epoch (e.g. val; default: none)")
     t.add_argument("--num-classes", type=POSITIVE_INT, help="classes of a folder dataset (1: binary masks, labels "
                                                             "0 and 1, and a sigmoid head)")
+    _colour_map_args(t)
     t.add_argument("--model", help="architecture recipe: tiny, small, medium, resnet18, resnet50 (default: small, "
                                    "or the --init-preset's architecture)")
     t.add_argument("--init-preset", help="start from the weights (and architecture) of this preset directory")
@@ -696,9 +771,15 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--data", help="dataset root directory (not needed for shapes)")
             c.add_argument("--split", default="val", help="split to evaluate")
             c.add_argument("--num-classes", type=POSITIVE_INT, help="classes of a folder dataset")
+            _colour_map_args(c)
             _binary_class_arg(c)
             c.add_argument("--json", help="also write the metrics to this JSON file (undefined values as null)")
             c.add_argument("--figure", help="also draw 4 images with ground truth and prediction to this PNG")
+            c.add_argument("--expect-miou", type=UNIT, metavar="X",
+                           help="the published mIoU: exit with status 1 when the measured one differs by more "
+                                "than --tolerance")
+            c.add_argument("--tolerance", type=NON_NEGATIVE, metavar="T",
+                           help="largest |measured - expected| mIoU accepted by --expect-miou (default: 0.005)")
             _distributed_args(c)
             c.set_defaults(func=cmd_evaluate)
         else:
@@ -708,6 +789,10 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--out", required=True, help="output directory")
             c.add_argument("--overlap", type=int, metavar="N",
                            help="pixels shared by neighbouring tiles (default: a quarter of the window side)")
+            c.add_argument("--colour-map", metavar="FILE",
+                           help="also write NAME_colours.png, the labels as RGB colours of this table (JSON "
+                                "{\"name\": [r, g, b], ...} or CSV name,r,g,b), and colour the overlay with "
+                                "it; pixels without a label (255) get the darkest grey no class uses")
             c.add_argument("--full-image", action="store_true",
                            help="label every pixel: run the model on the whole image at the preset's scale "
                                 "instead of its centre crop to the aspect ratio of image_size (default: off, "
@@ -734,6 +819,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--cases", help="an .npz with input_<case> and logits_<case> arrays written by Keras")
     q.add_argument("--tolerance", type=POSITIVE, default=1e-4, help="relative tolerance")
     q.set_defaults(func=cmd_parity)
+    o = sub.add_parser("export-onnx", help="write a preset's inference graph as an ONNX file (needs the onnx extra)",
+                       description="Writes the inference graph (NHWC float32 model-ready images in, logits out, "
+                       "batch-norm in inference mode, the classifier before the last upsampling) with the onnx "
+                       "package, for ONNX Runtime: pip install 'tinydeeplab[onnx]'. See docs/guides/onnx.md.",
+                       **common)
+    o.add_argument("preset", help="preset directory, or a recipe name (randomly initialised, for benchmarks)")
+    o.add_argument("out", help="the .onnx file to write (atomically)")
+    o.add_argument("--size", type=POSITIVE_INT, nargs=2, metavar=("H", "W"),
+                   help="fix the input's height and width (default: dynamic; the batch is always dynamic)")
+    o.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    o.add_argument("--num-classes", type=POSITIVE_INT, default=21, help="classes of a recipe (not of a preset)")
+    o.set_defaults(func=cmd_export_onnx)
     return p
 
 

@@ -24,7 +24,8 @@ epoch 1.
 :class:`VOCSegmentation`   PASCAL VOC 2012 (palette PNG labels), 21 classes
 :class:`SBDSegmentation`   Semantic Boundaries Dataset (``cls/*.mat``), the same 21 classes
 :class:`CamVid`            CamVid in the SegNet layout, 11 classes (void 11 -> 255)
-:class:`FolderDataset`     any ``images/`` + ``masks/`` folder pair, paired by file stem
+:class:`FolderDataset`     any ``images/`` + ``masks/`` folder pair, paired by file stem (index masks, or
+                           RGB masks with a :class:`ColourMap`)
 :class:`SyntheticShapes`   circles, squares and triangles generated on the fly (no files)
 :class:`OneVsRest`         one class of another dataset against the rest (labels 0 / 1, void kept)
 =========================  ==========================================================================
@@ -38,6 +39,7 @@ from .base import IGNORE_LABEL, SegmentationDataset, voc_palette
 from .binary import OneVsRest
 from .camvid import CAMVID_CLASSES, CamVid
 from .errors import DatasetError, LoaderError
+from .colour_map import ColourMap
 from .folder import FolderDataset
 from .loader import BatchLoader
 from .sbd import SBDSegmentation
@@ -50,7 +52,7 @@ from .voc import VOC_CLASSES, VOCSegmentation
 
 __all__ = [
     "IGNORE_LABEL", "SegmentationDataset", "voc_palette", "DatasetError", "LoaderError",
-    "VOCSegmentation", "VOC_CLASSES", "SBDSegmentation", "CamVid", "CAMVID_CLASSES", "FolderDataset",
+    "VOCSegmentation", "VOC_CLASSES", "SBDSegmentation", "CamVid", "CAMVID_CLASSES", "FolderDataset", "ColourMap",
     "SyntheticShapes", "SHAPE_CLASSES", "OneVsRest", "Compose", "RandomScale", "RandomCrop", "RandomHorizontalFlip",
     "Resize", "PadTo", "to_model_input", "BatchLoader", "validate_dataset", "DatasetCheck", "read_rgb",
 ]

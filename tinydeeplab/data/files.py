@@ -130,13 +130,15 @@ def read_index_png(path) -> np.ndarray:
 
     Palette PNGs (mode ``"P"``, as VOC ships them) are read as their *indices*, never converted to
     colours; grey (``"L"``) and 16/32-bit integer images are read as values (which must fit in 0..255).
-    Colour (RGB/RGBA) masks are rejected: their colours would first have to be mapped back to classes.
+    Colour (RGB/RGBA) masks are rejected: their colours must be mapped back to classes by a colour map
+    (:mod:`tinydeeplab.data.colour_map`).
     """
     with image_errors(path, "label image"), Image.open(path) as im:
         if im.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LA", "PA", "HSV", "LAB"):
             raise DatasetError(
                 f"label file {path} is a {im.mode} colour image; expected a single-channel label PNG "
-                f"(palette mode 'P' or grey 'L') whose pixel values are the class indices")
+                f"(palette mode 'P' or grey 'L') whose pixel values are the class indices (colour-coded masks: "
+                f"give a folder dataset a colour map, --colour-map FILE)")
         arr = np.asarray(im)
     if arr.ndim != 2:
         raise DatasetError(f"label file {path} has shape {arr.shape}; expected (H, W)")

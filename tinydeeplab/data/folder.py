@@ -1,13 +1,15 @@
-"""Any segmentation data as two folders: images and same-named single-channel label PNGs.
+"""Any segmentation data as two folders: images and same-named label PNGs.
 
 Layout::
 
     images_dir/{name}.png|.jpg|.jpeg|.bmp       RGB (grey / palette images are converted)
-    masks_dir/{name}.png                       class index per pixel (palette or grey PNG)
+    masks_dir/{name}.png                       class index per pixel (palette or grey PNG), or, with
+                                               a colour map, one colour per class (RGB PNG)
 
 Usage::
 
     ds = FolderDataset("my/images", "my/masks", num_classes=3, class_names=["bg", "cat", "dog"])
+    ds = FolderDataset("my/images", "my/masks", colour_map="my/classes.json")     # RGB masks
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .colour_map import UNKNOWN_COLOUR_CHOICES, ColourMap, read_colour_mask
 from .files import IMAGE_SUFFIXES, check_label, read_index_png, require_dir
 from .base import IGNORE_LABEL, SegmentationDataset, check_class_names, voc_palette
 from .errors import DatasetError
@@ -26,9 +29,30 @@ class FolderDataset(SegmentationDataset):
     Mask values ``0..num_classes-1`` are classes.  ``ignore_label`` is the value that marks ignored
     pixels *in the mask files*; it is returned as 255 (the protocol's ignore label), so a folder whose
     masks use e.g. 254 for void still yields 255.  Any other value raises :class:`DatasetError` on read.
+
+    ``colour_map`` (a :class:`~tinydeeplab.data.colour_map.ColourMap` or the path of its ``.json`` /
+    ``.csv`` file): the masks are RGB, one colour per class, converted exactly; the map gives the
+    classes, their names and the overlay palette (``num_classes``, if given, must agree; ``class_names``
+    and ``ignore_label`` do not apply). A colour outside the map raises :class:`DatasetError` naming the
+    file, pixel and colour, or with ``unknown_colour="ignore"`` becomes the ignore label 255.
     """
 
-    def __init__(self, images_dir, masks_dir, num_classes: int, class_names=None, ignore_label: int = 255):
+    def __init__(self, images_dir, masks_dir, num_classes: int | None = None, class_names=None,
+                 ignore_label: int = 255, colour_map=None, unknown_colour: str = "error"):
+        self.colour_map = None
+        if colour_map is not None:
+            self.colour_map = colour_map if isinstance(colour_map, ColourMap) else ColourMap.read(colour_map)
+            if num_classes is not None and int(num_classes) != len(self.colour_map):
+                raise DatasetError(f"num_classes {num_classes} but the colour map {self.colour_map.source} "
+                                   f"has {len(self.colour_map)} classes")
+            if class_names is not None:
+                raise DatasetError("give class_names or a colour_map (which names the classes), not both")
+            num_classes, class_names = len(self.colour_map), self.colour_map.names
+        elif num_classes is None:
+            raise DatasetError("FolderDataset needs num_classes (or a colour_map)")
+        if unknown_colour not in UNKNOWN_COLOUR_CHOICES:
+            raise DatasetError(f"unknown_colour must be one of {UNKNOWN_COLOUR_CHOICES}, got {unknown_colour!r}")
+        self.unknown_colour = unknown_colour
         num_classes = int(num_classes)
         if not 1 <= num_classes <= 255:
             raise DatasetError(f"num_classes must be in 1..255, got {num_classes}")
@@ -39,7 +63,9 @@ class FolderDataset(SegmentationDataset):
         self.file_ignore_label = int(ignore_label)
         self.class_names = (check_class_names(class_names, num_classes) if class_names is not None
                             else [f"class_{c}" for c in range(num_classes)])
-        self.palette = voc_palette(num_classes)
+        self.palette = voc_palette(num_classes) if self.colour_map is None else self.colour_map.palette
+        self.label_rules = ("" if self.colour_map is None else
+                            f"colours {self.colour_map.fingerprint()} unknown {unknown_colour}")
         self.images_dir = require_dir(Path(images_dir).expanduser(), "FolderDataset images")
         self.masks_dir = require_dir(Path(masks_dir).expanduser(), "FolderDataset masks")
 
@@ -72,6 +98,8 @@ class FolderDataset(SegmentationDataset):
 
     def _label(self, i: int) -> np.ndarray:
         mask_path = self._masks[self.names[i]]
+        if self.colour_map is not None:
+            return self.colour_map.labels(read_colour_mask(mask_path), mask_path, self.unknown_colour)  # (H, W)
         label = check_label(read_index_png(mask_path), self.num_classes, self.file_ignore_label, mask_path)
         label[label == self.file_ignore_label] = IGNORE_LABEL
         return label                                                 # (H, W)

@@ -168,7 +168,7 @@ def _rules(dataset) -> str:
     """What, besides the files, decides whether an item passes: the reader and its label rules."""
     return (f"{CACHE_FORMAT}|{type(dataset).__module__}.{type(dataset).__qualname__}|"
             f"{dataset.num_classes}|{getattr(dataset, 'ignore_label', 255)}|"
-            f"{getattr(dataset, 'file_ignore_label', '')}")
+            f"{getattr(dataset, 'file_ignore_label', '')}|{getattr(dataset, 'label_rules', '')}")
 
 
 def _stamps(files) -> list[list[int]]:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..nn import Add, BatchNorm, Conv2D, MaxPool2D, Module, OpLayer, ReLU, Sequential, ZeroPadding2D, sum_gradients
+from ..nn import Add, BatchNorm, Conv2D, MaxPool2D, Module, ReLU, Sequential, ZeroPadding2D, sum_gradients
 from .encoder import Encoder, EncoderStage, keras_layer
 
 BN_EPS, BN_MOMENTUM = 1e-5, 0.9  # KerasHub ResNet batch-norm settings
@@ -119,20 +119,23 @@ class Block(Module):
         return sum_gradients(dx, d_shortcut)                                 # dx is fresh; d_shortcut is not
 
 
-class _NegInfPad(OpLayer):
-    """v2 stem: pad with -inf so padded cells never win the following max pool.
+class _NegInfPad(ZeroPadding2D):
+    """v2 stem: pad by 1 with -inf so padded cells never win the following max pool.
 
-    Implemented as a zero pad plus a -inf border; the gradient of the border is zero.
+    Implemented as a zero pad plus a -inf border; the gradient of the border is zero (the zero pad's
+    backward, inherited).
     """
 
+    pad_value = -np.inf
+
+    def __init__(self):
+        super().__init__(1)
+
     def forward(self, x, training=False):
-        y = self._run("zero_pad2d", x, 1)
+        y = self._run("zero_pad2d", x, self.padding)
         y[:, 0, :, :] = y[:, -1, :, :] = -np.inf
         y[:, :, 0, :] = y[:, :, -1, :] = -np.inf
         return y
-
-    def backward(self, dout):
-        return self._back("zero_pad2d", dout)
 
 
 class ResNetBackbone(Encoder):

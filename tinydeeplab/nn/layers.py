@@ -135,7 +135,13 @@ class ReLU(OpLayer):
 
 
 class ZeroPadding2D(OpLayer):
-    """Pads H and W with zeros: int, ``(ph, pw)`` or ``((top, bottom), (left, right))``."""
+    """Pads H and W with zeros: int, ``(ph, pw)`` or ``((top, bottom), (left, right))``.
+
+    ``pad_value`` is the value of the padded cells: 0 here; a subclass that pads with another constant
+    (ResNet v2's -inf before its max pool) says so there, and exporters (ONNX) read it.
+    """
+
+    pad_value = 0.0
 
     def __init__(self, padding):
         super().__init__()

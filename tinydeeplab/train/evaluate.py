@@ -21,6 +21,7 @@ with zeros at the bottom/right to the window size and the padding is cut from th
 """
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -194,3 +195,21 @@ def evaluate(model, dataset, preprocess=None, num_classes=None, ignore_label=255
         (bg_iou, fg_iou), fg_dice = cm.iou().tolist(), float(cm.dice()[1])
         result.update(foreground_iou=fg_iou, foreground_dice=fg_dice, background_iou=bg_iou)
     return result
+
+
+def miou_check(measured: float, expected: float, tolerance: float) -> tuple[bool, str]:
+    """Compare a measured mIoU with a published one: ``(ok, one line)``, ``ok`` when
+    ``|measured - expected| <= tolerance`` (plus 1e-12 for the decimal inputs' float round-off); an
+    undefined (NaN) measurement is never ok.
+
+    >>> miou_check(0.6312, 0.63, 0.005)
+    (True, 'mIoU 0.631200 vs expected 0.630000: difference +0.001200, within the tolerance 0.005')
+    >>> miou_check(0.61, 0.63, 0.005)[1]
+    'mIoU 0.610000 vs expected 0.630000: difference -0.020000, outside the tolerance 0.005'
+    """
+    if not math.isfinite(measured):
+        return False, f"mIoU undefined (no labelled pixel) vs expected {expected:.6f}"
+    difference = measured - expected
+    ok = abs(difference) <= tolerance + 1e-12
+    return ok, (f"mIoU {measured:.6f} vs expected {expected:.6f}: difference {difference:+.6f}, "
+                f"{'within' if ok else 'outside'} the tolerance {tolerance:g}")

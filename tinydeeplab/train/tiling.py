@@ -10,8 +10,9 @@ Rule (window, overlap, blending). With window ``(wh, ww)`` (clamped to model spa
 last tile is moved to end at the border, so every pixel is covered. Each tile is preprocessed on
 its own (``x * scale + offset``, and the preset's resize computed for that tile's pixels only),
 run through the model (with :func:`~tinydeeplab.train.predict_logits`' test-time options) and
-turned into probabilities ``p_t = softmax(z_t)`` (a sigmoid for a binary head). Overlapping tiles are blended with separable
-ramp weights that fall off linearly inside the overlap, away from the tile's centre::
+turned into probabilities ``p_t = softmax(z_t)`` (a sigmoid for a binary head). Overlapping tiles
+are blended with separable ramp weights that fall off linearly inside the overlap, away from the
+tile's centre::
 
     r(i; n, o) = min(1, (i + 1) / (o + 1), (n - i) / (o + 1))     i = 0 .. n-1 inside a tile
     w_t(y, x)  = r(y - top_t; wh, oh) * r(x - left_t; ww, ow)      (> 0 everywhere; 1 with o = 0)
