@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from backends import BACKENDS, NEEDS_CUDA, host, on
 from model_factories import randomize_batchnorm, tiny_segmenter
 from test_cli import _folder_dataset      # masks 0 / 1 with an ignored column: a binary folder dataset
 from tinydeeplab import functional as F
@@ -61,19 +62,44 @@ def test_default_loss_follows_the_head():
     assert SegmentationLoss(None, 1).name == "bce" and SegmentationLoss(None, 5).name == "ce"
 
 
-@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+@pytest.mark.parametrize("backend", ["numpy", *BACKENDS])
 def test_bce_plus_dice_is_the_sum_of_its_terms(rng, backend):
+    """On every backend (on cuda the logits and the gradient are device arrays): the sum of the two ops."""
     logits = rng.standard_normal((2, 4, 5, 1)).astype(np.float32)
     labels = rng.integers(0, 2, (2, 4, 5))
     labels[0, 0] = 255
     with use_backend(backend):
-        loss, cache = SegmentationLoss("bce+dice", 1).forward(logits, labels)
-        grad = SegmentationLoss("bce+dice", 1).backward(0.5, cache)
+        loss, cache = SegmentationLoss("bce+dice", 1).forward(on(backend, logits), labels)
+        grad = host(SegmentationLoss("bce+dice", 1).backward(0.5, cache))
     bce, c_bce = F.sigmoid_binary_cross_entropy_forward(logits, labels)
     dice, c_dice = F.dice_loss_forward(logits, labels)
     assert loss == pytest.approx(bce + dice, rel=1e-12) and cache["total"] == int((labels != 255).sum())
     np.testing.assert_allclose(grad, F.sigmoid_binary_cross_entropy_backward(0.5, c_bce)
                                + F.dice_loss_backward(0.5, c_dice), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("backend", ["cpu", pytest.param("cuda", marks=[NEEDS_CUDA, pytest.mark.slow])])
+def test_binary_training_step_on_every_backend_matches_numpy(backend):
+    """Forward, bce+dice, backward of a one-logit model as the trainer runs them (on cuda: device arrays
+    throughout, the loss on a host copy of the logits): the same loss and weight gradients as numpy."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(2, 16, 16, 3)).astype(np.float32)
+    y = rng.integers(0, 2, (2, 16, 16))
+    y[1, :3] = 255
+    results = {}
+    for name in ("numpy", backend):
+        model = randomize_batchnorm(tiny_segmenter(num_classes=1), np.random.default_rng(1))
+        loss = SegmentationLoss("bce+dice", 1)
+        with use_backend(name):
+            model.to(name)
+            value, cache = loss.forward(model.forward(on(name, x), training=True), y)
+            model.backward(loss.backward(1.0, cache))
+            results[name] = value, {k: host(g) for k, g in model.named_gradients()}
+            model.to("numpy")
+    (ref, ref_grads), (got, got_grads) = results["numpy"], results[backend]
+    assert got == pytest.approx(ref, rel=1e-5)
+    for k, g in ref_grads.items():
+        np.testing.assert_allclose(got_grads[k], g, rtol=1e-3, atol=1e-4 * max(1.0, np.abs(g).max()), err_msg=k)
 
 
 # -- gradients of a sigmoid head through the whole model ----------------------------------------------
