@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import OptionError, TinyDeepLabError
+from .models.head import is_binary, label_classes
+from .train.losses import LOSSES
 
 
 # -- option values: checked where they are parsed, so the error names the option ------------------
@@ -100,8 +102,19 @@ def cmd_demo(args) -> int:
 DATASETS = ("voc", "sbd", "camvid", "folder", "shapes")
 
 
-def open_dataset(name, root, split, num_classes=None, colour_map=None, unknown_colour="error", channels=None):
-    """The dataset of ``--dataset``; ``channels`` (a count or "auto") reads a folder's multi-channel stacks."""
+def open_dataset(name, root, split, num_classes=None, colour_map=None, unknown_colour="error", channels=None,
+                 binary_class=None):
+    """The ``split`` of dataset ``name``; ``channels`` (a count or "auto") reads a folder's multi-channel
+    stacks; ``binary_class``: that class (label 1) against the rest (label 0). A folder dataset with
+    ``num_classes=1`` holds binary masks: labels 0 and 1 (and 255, ignored)."""
+    from . import data
+
+    dataset = _open_dataset(name, root, split, 2 if num_classes == 1 else num_classes, colour_map, unknown_colour,
+                            channels)
+    return dataset if binary_class is None else data.OneVsRest(dataset, binary_class)
+
+
+def _open_dataset(name, root, split, num_classes, colour_map, unknown_colour, channels):
     from . import data
 
     if colour_map is None and unknown_colour != "error":
@@ -177,8 +190,8 @@ def _place(model, args):
 
 
 RUN_KEYS = ("model", "init-preset", "in-channels", "adapt-channels", "mean", "std", "output-stride",
-            "atrous-rates", "decoder", "separable", "dataset", "data", "split",
-            "num-classes", "colour-map", "unknown-colour", "class-weights", "batch-size", "crop", "min-scale",
+            "atrous-rates", "decoder", "separable", "dataset", "data", "split", "num-classes", "binary-class",
+            "loss", "colour-map", "unknown-colour", "class-weights", "batch-size", "crop", "min-scale",
             "max-scale", "lr", "schedule", "warmup", "momentum", "weight-decay", "clip-norm", "seed")
 """The ``train`` options recorded in the checkpoint; a resumed run must repeat them (or ``--override``)."""
 
@@ -196,6 +209,21 @@ def _run_config(args, num_classes: int) -> dict:
     if values["atrous-rates"] is not None:
         values["atrous-rates"] = list(values["atrous-rates"])
     return values
+
+
+BINARY_METRICS = ("foreground_iou", "foreground_dice", "background_iou")
+
+
+def _head_channels(args, train_set) -> int:
+    """The model's output channels: the dataset's classes, or 1 (a sigmoid head) for a binary task
+    (``--binary``, ``--binary-class NAME``, or a folder dataset with ``--num-classes 1``)."""
+    k = train_set.num_classes
+    if not (args.binary or args.binary_class is not None or args.num_classes == 1):
+        return k
+    if k != 2:
+        raise OptionError(f"--binary needs two classes (0 rest, 1 foreground), --dataset {args.dataset} has {k} "
+                          f"({', '.join(train_set.class_names)}): choose the foreground with --binary-class NAME")
+    return 1
 
 
 def _output_dir(path, option: str) -> Path:
@@ -278,7 +306,7 @@ def cmd_train(args) -> int:
     world = _world(args)
     out = _output_dir(args.out, "--out")
     with RunLock(out) if world.is_root else nullcontext():   # one writer per run directory, first file to preset
-        labels = dict(colour_map=args.colour_map, unknown_colour=args.unknown_colour)
+        labels = dict(colour_map=args.colour_map, unknown_colour=args.unknown_colour, binary_class=args.binary_class)
         train_set = open_dataset(args.dataset, args.data, args.split, args.num_classes, **labels,
                                  channels=args.in_channels)
         channels, dtype = getattr(train_set, "channels", 3), getattr(train_set, "dtype", "uint8")
@@ -293,7 +321,7 @@ def cmd_train(args) -> int:
                 validate_dataset(dataset, out / ".dataset-check.json", name=f"{args.dataset} {split}",
                                  progress=sys.stderr)
         world.barrier("waiting for rank 0 to check the dataset", timeout=math.inf)
-        k = train_set.num_classes
+        k = _head_channels(args, train_set)            # 1: a binary head (the foreground logit)
         if args.init_preset:
             model = load_keras_preset(args.init_preset, output_stride=args.output_stride, in_channels=channels,
                                       adapt=args.adapt_channels)
@@ -321,7 +349,7 @@ def cmd_train(args) -> int:
                                 schedule=args.schedule, warmup=args.warmup, momentum=args.momentum,
                                 weight_decay=args.weight_decay, clip_norm=args.clip_norm or None, seed=args.seed,
                                 val_set=val_set, run_config=_run_config(args, k), allow_changes=args.override,
-                                world=world, class_weights=weights)
+                                world=world, class_weights=weights, loss=args.loss)
         sync = world.size > 1 if args.sync_bn is None else args.sync_bn
         sync_batchnorm(model, world, sync)
         loader = trainer.train_loader
@@ -380,11 +408,13 @@ def cmd_evaluate(args) -> int:
     if args.figure and model.in_channels != 3:
         raise OptionError(f"--figure draws RGB images; this model reads {model.in_channels} channels")
     dataset = open_dataset(args.dataset, args.data, args.split, args.num_classes, colour_map=args.colour_map,
-                           unknown_colour=args.unknown_colour,
+                           unknown_colour=args.unknown_colour, binary_class=args.binary_class,
                            channels=None if model.in_channels == 3 else model.in_channels)   # C channels: stacks
-    if dataset.num_classes != model.num_classes:
-        raise OptionError(f"the model predicts {model.num_classes} classes, --dataset {args.dataset} has "
-                          f"{dataset.num_classes}")
+    if dataset.num_classes != label_classes(model.num_classes):
+        binary = (" (a binary model: labels 0 rest, 1 foreground; pick the foreground with --binary-class NAME)"
+                  if is_binary(model.num_classes) else "")
+        raise OptionError(f"the model predicts {label_classes(model.num_classes)} classes{binary}, --dataset "
+                          f"{args.dataset} has {dataset.num_classes}")
     t0 = time.perf_counter()
     r = evaluate(model, dataset, world=world, **_tta(args))
     if not world.is_root:                              # rank 0 prints and writes the results
@@ -397,6 +427,9 @@ def cmd_evaluate(args) -> int:
     else:
         print(f"{args.dataset} {args.split}: {len(dataset)} images, mIoU {r['miou']:.4f}, "
               f"pixel accuracy {r['pixel_accuracy']:.4f} ({time.perf_counter() - t0:.0f} s)")
+        if is_binary(model.num_classes):
+            print(f"foreground {dataset.class_names[1]}: IoU {r['foreground_iou']:.4f}, Dice "
+                  f"{r['foreground_dice']:.4f}; background IoU {r['background_iou']:.4f}")
     if args.figure:
         from .viz import prediction_figure
 
@@ -411,6 +444,7 @@ def cmd_evaluate(args) -> int:
         finite = lambda v: v if isinstance(v, (int, float)) and math.isfinite(v) else None  # noqa: E731
         write_text(args.json, json.dumps({"miou": finite(r["miou"]), "pixel_accuracy": finite(r["pixel_accuracy"]),
                                           "iou": [finite(v) for v in r["iou"]], "labelled_pixels": counted,
+                                          **{k: finite(r[k]) for k in BINARY_METRICS if k in r},
                                           "class_names": dataset.class_names,
                                           "confusion": r["confusion"].matrix.tolist()}, indent=1, allow_nan=False))
         print(f"wrote {args.json}")
@@ -433,10 +467,11 @@ def cmd_predict(args) -> int:
     colour_map = _predict_colour_map(args)
     model = load_model(args)
     out = Path(args.out)
-    if colour_map is not None and len(colour_map) != model.num_classes:
+    labelled = label_classes(model.num_classes)           # a binary head predicts 2 labels
+    if colour_map is not None and len(colour_map) != labelled:
         raise OptionError(f"--colour-map {args.colour_map} has {len(colour_map)} classes, the model predicts "
-                          f"{model.num_classes}")
-    palette = default_palette(model.num_classes) if colour_map is None else colour_map.palette
+                          f"{labelled}")
+    palette = default_palette(labelled) if colour_map is None else colour_map.palette
     for path, name in zip(args.images, names):
         image = _read_large_image(path, model.in_channels)
         tiles = window
@@ -693,6 +728,12 @@ def _colour_map_args(parser) -> None:
                              "label 255")
 
 
+def _binary_class_arg(parser) -> None:
+    parser.add_argument("--binary-class", metavar="NAME",
+                        help="binary task from a multi-class dataset: class NAME (e.g. camvid's Road) is the "
+                             "foreground, every other class the rest; void stays ignored")
+
+
 def _distributed_args(parser) -> None:
     parser.add_argument("--distributed", action="store_true",
                         help="run data parallel over MPI (needs mpi4py: pip install 'tinydeeplab[mpi]'); "
@@ -731,7 +772,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", help="dataset root directory (not needed for shapes)")
     t.add_argument("--split", default="train", help="training split")
     t.add_argument("--val-split", help="split to evaluate after every epoch (e.g. val; default: none)")
-    t.add_argument("--num-classes", type=POSITIVE_INT, help="classes of a folder dataset")
+    t.add_argument("--num-classes", type=POSITIVE_INT, help="classes of a folder dataset (1: binary masks, labels "
+                                                            "0 and 1, and a sigmoid head)")
     _colour_map_args(t)
     t.add_argument("--model", help="architecture recipe: tiny, small, medium, resnet18, resnet50 (default: small, "
                                    "or the --init-preset's architecture)")
@@ -775,6 +817,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--clip-norm", type=NON_NEGATIVE, default=5.0,
                    help="clip the global gradient L2 norm to this value (0: no clipping)")
     t.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="seed of the weights, data order and augmentation")
+    t.add_argument("--binary", action="store_true",
+                   help="one-class segmentation: a sigmoid head (one logit, foreground where it is > 0) on a "
+                        "two-class dataset (0 rest, 1 foreground); implied by --binary-class and by --num-classes 1")
+    _binary_class_arg(t)
+    t.add_argument("--loss", choices=LOSSES,
+                   help="training loss: ce (softmax cross-entropy); for a binary head bce (sigmoid cross-entropy), "
+                        "dice (soft Dice, smoothing 1), focal (gamma 2, alpha 0.25) or bce+dice (default: ce, or "
+                        "bce for a binary head)")
     t.add_argument("--out", required=True, help="output directory (the run directory); gets config.toml, the "
                                                 "run's effective options")
     t.add_argument("--config", metavar="FILE.toml",
@@ -806,6 +856,7 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--split", default="val", help="split to evaluate")
             c.add_argument("--num-classes", type=POSITIVE_INT, help="classes of a folder dataset")
             _colour_map_args(c)
+            _binary_class_arg(c)
             c.add_argument("--json", help="also write the metrics to this JSON file (undefined values as null)")
             c.add_argument("--figure", help="also draw 4 images with ground truth and prediction to this PNG")
             c.add_argument("--expect-miou", type=UNIT, metavar="X",

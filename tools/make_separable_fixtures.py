@@ -32,7 +32,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from make_op_fixtures import run_tool, save_npz          # tools/ is on sys.path when this script runs
+from make_op_fixtures import fixture_main, save_fixture         # tools/ is on sys.path when this script runs
 
 N, HIGH, LOW = 2, (5, 6, 12), (20, 24, 6)       # batch; (h, w, C) of the ASPP input and of the low-level map
 RATES, CHANNELS, PROJECTION = (1, 2, 6), 8, 4   # ASPP rates, ASPP / head width, low-level projection width
@@ -136,12 +136,11 @@ def make(out: Path) -> None:
     arrays.update({f"moving/{k}": np.asarray(v) for k, v in moving.items()})
     arrays["config"] = np.array(json.dumps({"rates": RATES, "channels": CHANNELS, "projection_filters": PROJECTION,
                                             "high": HIGH, "low": LOW, "batch": N, "jax": jax.__version__}))
-    save_npz(out, arrays)
-    print(f"wrote {out} ({len(arrays)} arrays, jax {jax.__version__})")
+    save_fixture(out, arrays, f"jax {jax.__version__}")
 
 
 def main(argv=None) -> None:
-    run_tool(__doc__, make, "tests/fixtures/separable_jax.npz", argv)
+    fixture_main(make, "tests/fixtures/separable_jax.npz", __doc__, argv)
 
 
 if __name__ == "__main__":

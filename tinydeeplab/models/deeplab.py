@@ -38,6 +38,7 @@ import numpy as np
 from ..backend import is_device_array, to_device, to_host
 from ..nn import BatchNorm, Concatenate, Conv2D, Module, ReLU, Resize, Sequential, inference_mode, sum_gradients
 from .aspp import ASPP, conv_bn_relu, separable_conv_bn_relu
+from .head import predicted_labels
 from .preprocessor import ImageConverter, resize
 
 ACTIVATIONS = (None, "linear", "softmax", "sigmoid")
@@ -213,7 +214,8 @@ class DeepLabV3ImageSegmenter(Module):
 
         ``images``: one (H, W, 3) array, a list of them (sizes may differ) or an (N, H, W, 3) array,
         uint8 0..255 as read from disk. Each goes through ``self.preprocessor`` (the preset's crop,
-        resize, scale and offset); the logits are resized back onto the crop and arg-maxed. Pixels
+        resize, scale and offset); the logits are resized back onto the crop and arg-maxed (a binary head,
+        ``num_classes=1``: foreground where the logit is > 0, see :mod:`.head`). Pixels
         outside a centred aspect-ratio crop were never seen by the model and get ``outside_label``.
         Returns a uint8 array (H, W) for one image, else a list of them.
         """
@@ -227,6 +229,6 @@ class DeepLabV3ImageSegmenter(Module):
             if logits.shape[1:3] != (ch, cw):
                 logits = resize(logits, (ch, cw))                                     # (1, ch, cw, K)
             labels = np.full(image.shape[:2], outside_label, np.int32 if self.num_classes > 255 else np.uint8)
-            labels[top:top + ch, left:left + cw] = logits[0].argmax(-1)
+            labels[top:top + ch, left:left + cw] = predicted_labels(logits[0])      # argmax, or z > 0 if K = 1
             out.append(labels)
         return out[0] if single else out
