@@ -86,3 +86,24 @@ def test_counting_without_executing_gives_the_executed_count(training):
     dry = _step_launches(tiny_segmenter(), x, y, training, execute=False)
     assert sum(executed.values()) > 20
     assert dry == executed
+
+
+def test_the_gpu_benchmark_counts_one_gemm_per_conv_and_two_kernels_per_batch_norm(monkeypatch):
+    """bench_gpu.py --count-launches on the ResNet50 DeepLabV3+ (inference, not executed, 32x32)."""
+    import sys
+    from collections import Counter
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_gpu
+    from tinydeeplab.models.recipes import build_model
+
+    previous = backend.get_backend()
+    try:
+        counts = bench_gpu.count_launches_per_call(["infer1"], size=32)["infer1"]
+    finally:
+        backend.set_backend(previous)
+    layers = Counter(type(m).__name__ for _, m in build_model("resnet50", 21).modules())
+    assert counts["gemm"] == layers["Conv2D"]
+    assert counts["_coefficients"] == counts["_normalize"] == layers["BatchNorm"]
+    assert "bench_model" in sys.modules                # the GPU benchmark reuses the CPU one's helpers
