@@ -188,33 +188,12 @@ def build_torch(tf32: bool, state=None):
 
 
 def torch_step(net, workload: dict):
-    import torch
-    import torch.nn.functional as F
+    """One call of ``workload`` on the torch twin on the GPU (:func:`torch_deeplab.make_step`)."""
+    import torch_deeplab
 
     x, y = make_batch(workload)
-    x_host = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())                 # (N, 3, H, W)
-    y_host = torch.from_numpy(y.astype("int64"))
-    if workload["kind"] == "infer":
-        xd = x_host.cuda()
-        net.eval()
-
-        def infer():
-            with torch.inference_mode():
-                out = net(xd)
-            assert tuple(out.shape) == (x.shape[0], bm.NUM_CLASSES, *x.shape[1:3])
-        return infer, {}
-
-    net.train()
-    opt = torch.optim.SGD(net.parameters(), lr=bm.LR, momentum=bm.MOMENTUM)
-
-    def train():
-        xd, yd = x_host.cuda(), y_host.cuda()
-        loss = F.cross_entropy(net(xd), yd, ignore_index=bm.IGNORE_LABEL)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        assert loss.item() == loss.item(), "loss is NaN"
-    return train, {}
+    return torch_deeplab.make_step(net, x, y, workload["kind"], device="cuda", lr=bm.LR, momentum=bm.MOMENTUM,
+                                   ignore_index=bm.IGNORE_LABEL), {}
 
 
 def count_launches_per_call(workloads, size: int = 64, execute: bool = False) -> dict:
