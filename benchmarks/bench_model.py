@@ -1,11 +1,12 @@
-"""Whole-model speed and memory: tinydeeplab vs KerasHub on the pascalvoc-shaped DeepLabV3+ (ResNet50, 21 classes).
+"""Whole-model speed and memory on the CPU: tinydeeplab vs PyTorch, ONNX Runtime and KerasHub on the
+pascalvoc-shaped DeepLabV3+ (ResNet50, 21 classes), with the floor the multiply-adds set.
 
-The model is ``build_model("resnet50", 21)`` (random weights), shaped exactly like KerasHub's
+The model is ``build_model("resnet50", 21, seed=0)``, shaped exactly like KerasHub's
 ``deeplab_v3_plus_resnet50_pascalvoc`` preset: ResNet50 v1 bottleneck encoder, ASPP on P5 (rates
-6/12/18), upsampling 8, low-level P2 projection 48. The KerasHub anchor is the same architecture
-built from its classes (no preprocessor: inputs are model-ready float32).
+6/12/18), upsampling 8, low-level P2 projection 48 (``--model`` picks another recipe: tinydeeplab and
+``onnxruntime-tdl`` only).
 
-Workloads (``--workloads``):
+Workloads (``--workloads``; ``--size`` overrides the image side of all):
 
 =========  ===========================================================================
 infer1     inference, batch 1, 512x512 -> logits (1, 512, 512, 21)
@@ -15,19 +16,48 @@ train512   one training step, batch 4, 512x512: forward (training mode), softmax
 train256   the same training step, batch 4, 256x256
 =========  ===========================================================================
 
-Frameworks (``--frameworks``): ``tinydeeplab`` and ``keras-tf`` / ``keras-jax`` / ``keras-torch``
-(KerasHub with ``KERAS_BACKEND`` set to tensorflow / jax / torch); by default every Keras backend
-installed for this interpreter. Keras inference is ``model.predict_on_batch(x)``, Keras training is
-``model.train_on_batch(x, y)`` after ``compile(SGD(momentum=0.9), SparseCategoricalCrossentropy(
-from_logits=True, ignore_class=255))``; tinydeeplab's step is what ``tinydeeplab.train.Trainer``
-does per batch (``zero_grad`` included).
+Frameworks (``--frameworks``, by default all; one whose packages this interpreter lacks is listed as
+"not installed", not measured, and is no error):
 
-Every (framework, workload) pair runs in its own subprocess of this interpreter, so "peak RSS"
-(``VmHWM``: model, activations, caches, framework runtime) belongs to that workload alone. Times
-are medians of ``--repeats`` calls after warm-up calls (JIT compilation excluded; the first call's
-time is reported separately). The frameworks take turns per workload so that background load
-hits them alike. Errors (missing backend, out of memory, ...) are reported in the tables and do
-not stop the other measurements.
+===============  =========================================================================================
+tinydeeplab      ``--backend`` cpu (Numba kernels; numpy: the reference, for quick checks of the script)
+torch            ``benchmarks/torch_deeplab.py``, the plain-PyTorch twin holding tinydeeplab's weights
+                 (``load_from_tinydeeplab``), NCHW, ``torch.set_num_threads(--threads)``
+torch-cl         the same in ``torch.channels_last`` memory format
+onnxruntime      the torch twin exported by ``torch.onnx.export`` (TorchScript exporter, opset 17, batch
+                 dynamic, image size fixed), ONNX Runtime CPU, all graph optimisations; inference only
+onnxruntime-tdl  the same, on the graph of tinydeeplab's own exporter (``tinydeeplab.io.onnx_export``,
+                 NHWC): whether the exported graph matters; inference only
+keras-tf / -jax  KerasHub with ``KERAS_BACKEND`` tensorflow / jax / torch (its own random weights)
+/ -torch
+===============  =========================================================================================
+
+The torch step is :func:`torch_deeplab.make_step` (inference under ``inference_mode``; training:
+``cross_entropy(ignore_index=255)``, ``zero_grad``, backward, ``SGD(momentum=0.9)``). Keras inference is
+``model.predict_on_batch(x)``, Keras training ``model.train_on_batch(x, y)`` after ``compile(SGD(momentum=
+0.9), SparseCategoricalCrossentropy(from_logits=True, ignore_class=255))``; tinydeeplab's step is what
+``tinydeeplab.train.Trainer`` does per batch (``zero_grad`` included).
+
+**The floor.** Before the measurements a worker times a float32 ``(n, n) @ (n, n)`` NumPy matmul
+(``--sgemm-size`` n, best of 5: ``2 n^3 / t`` flop/s, the machine's sgemm rate in this run) and counts the
+model's multiply-adds from its layer shapes (:func:`tinydeeplab.models.cost.conv_costs`, the count of
+``tinydeeplab summary --size``; live taps: a tap that reads only padding multiplies zeros). The floor of a
+call is ``2 MACs / rate``, with ``MACs = N F`` for inference and ``N (3 F - F_image)`` for a training step
+(weight and input gradients cost a forward's products each; the image needs no gradient); every time is
+also printed as a multiple of it. Without ``tinydeeplab.models.cost`` in the tree the floor is "not
+counted" and the rest runs.
+
+**Agreement.** Every framework but Keras holds the same weights, so its outputs must be tinydeeplab's up
+to float32 round-off: the table "Agreement" gives ``max |a - b| / max |b|`` (b: tinydeeplab) of the
+first inference call's logits, and of the losses of the first two training steps (the second one follows
+an SGD update, so it sees the gradients). A fast but wrong peer shows there.
+
+Every (framework, workload) pair runs in its own subprocess of this interpreter (the ONNX export in one
+more, before it), so "peak RSS" (``VmHWM``: model, activations, caches, framework runtime) belongs to
+that workload alone. Times are medians of ``--repeats`` calls after warm-up calls (JIT compilation
+excluded; the first call's time is reported separately). The frameworks take turns per workload so that
+background load hits them alike. Errors (out of memory, ...) are reported in the tables and do not stop
+the other measurements.
 
     python benchmarks/bench_model.py                                  # everything (tens of minutes)
     python benchmarks/bench_model.py --workloads infer1 --repeats 2   # quick look
@@ -38,9 +68,15 @@ not stop the other measurements.
 ``<op>_forward`` / ``<op>_backward`` of the backend module and the forward/backward of every leaf
 layer wrapped by a timer, and prints the time per op and the 15 most expensive layers.
 
-Run it with an interpreter that has keras-hub installed (e.g. a separate virtualenv in which
-tinydeeplab is installed editable) to get the Keras anchors; without keras-hub only tinydeeplab is
-measured.
+**Environments.** The peers need torch, onnx and onnxruntime in the interpreter that runs the script,
+which also imports tinydeeplab (from this checkout: the workers put it first on ``sys.path``), so that
+interpreter needs tinydeeplab's dependencies too. With the project's torch environment::
+
+    /work/torchenv/bin/pip install numba scipy pillow matplotlib h5py     # once: tinydeeplab's dependencies
+    PYTHONPATH=$PWD /work/torchenv/bin/python benchmarks/bench_model.py --json docs/data/bench_peers.json
+
+The Keras anchors need keras-hub with its backends (e.g. ``/work/kerasenv``, likewise); frameworks not
+installed in the interpreter used are listed as such.
 """
 from __future__ import annotations
 
