@@ -118,20 +118,30 @@ def make(out: Path) -> None:
         arrays[f"{name}/y"], arrays[f"{name}/dy"] = np.asarray(y), dy
         stored = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in options.items()}
         arrays[f"{name}/options"] = np.array(json.dumps({"op": op, **stored}))
+    save_npz(out, arrays)
+    print(f"wrote {out} ({len(arrays)} arrays, jax {jax.__version__})")
+
+
+def save_npz(out: Path, arrays: dict) -> None:
+    """``np.savez_compressed`` into a temporary sibling, renamed into place: never a half-written fixture."""
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".npz")
     os.close(fd)
     np.savez_compressed(tmp, **arrays)
     os.chmod(tmp, 0o644)                                         # mkstemp makes it private
-    os.replace(tmp, out)                                         # atomic: never a half-written fixture
-    print(f"wrote {out} ({len(arrays)} arrays, jax {jax.__version__})")
+    os.replace(tmp, out)
+
+
+def run_tool(doc: str, make, default_out: str, argv=None) -> None:
+    """The command line of a fixture tool: ``--out`` (default ``default_out``), then ``make(out)``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(default_out),
+                        help="where to write the fixture (default: %(default)s)")
+    make(parser.parse_args(argv).out)
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("tests/fixtures/ops_jax.npz"),
-                        help="where to write the fixture (default: %(default)s)")
-    make(parser.parse_args(argv).out)
+    run_tool(__doc__, make, "tests/fixtures/ops_jax.npz", argv)
 
 
 if __name__ == "__main__":

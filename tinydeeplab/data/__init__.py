@@ -25,7 +25,8 @@ epoch 1.
 :class:`SBDSegmentation`   Semantic Boundaries Dataset (``cls/*.mat``), the same 21 classes
 :class:`CamVid`            CamVid in the SegNet layout, 11 classes (void 11 -> 255)
 :class:`FolderDataset`     any ``images/`` + ``masks/`` folder pair, paired by file stem (index masks, or
-                           RGB masks with a :class:`ColourMap`)
+                           RGB masks with a :class:`ColourMap`); with ``channels``, (H, W, C) image
+                           stacks (``.npy``, TIFF pages: :mod:`.stacks`)
 :class:`SyntheticShapes`   circles, squares and triangles generated on the fly (no files)
 =========================  ==========================================================================
 

@@ -102,8 +102,9 @@ def predict_logits(model, x, *, scales=(1.0,), flip=False, window=None, stride=N
     (1, 32, 32, 3)
     """
     x = np.asarray(x, np.float32)
-    if x.ndim != 4 or x.shape[-1] != 3:
-        raise ValueError(f"x must be (N, H, W, 3), got shape {x.shape}")
+    c = getattr(model, "in_channels", 3)
+    if x.ndim != 4 or x.shape[-1] != c:
+        raise ValueError(f"x must be (N, H, W, {c}) for this model, got shape {x.shape}")
     scales = tuple(float(s) for s in scales)
     if not scales or min(scales) <= 0:
         raise ValueError(f"scales must be a non-empty tuple of positive numbers, got {scales!r}")
