@@ -44,8 +44,7 @@ model's multiply-adds from its layer shapes (:func:`tinydeeplab.models.cost.conv
 ``tinydeeplab summary --size``; live taps: a tap that reads only padding multiplies zeros). The floor of a
 call is ``2 MACs / rate``, with ``MACs = N F`` for inference and ``N (3 F - F_image)`` for a training step
 (weight and input gradients cost a forward's products each; the image needs no gradient); every time is
-also printed as a multiple of it. Without ``tinydeeplab.models.cost`` in the tree the floor is "not
-counted" and the rest runs.
+also printed as a multiple of it.
 
 **Agreement.** Every framework but Keras holds the same weights, so its outputs must be tinydeeplab's up
 to float32 round-off: the table "Agreement" gives ``max |a - b| / max |b|`` (b: tinydeeplab) of the
@@ -519,13 +518,9 @@ def floor_seconds(kind: str, batch: int, macs: dict, flops: float) -> float:
 
 def floor_worker(spec: dict) -> dict:
     """The sgemm rate (first, while nothing else runs in this process), then the multiply-adds of the
-    model at each image size of ``spec["sizes"]`` (or why they could not be counted)."""
-    out = {"sgemm": sgemm_rate(spec["sgemm_size"])}
-    try:
-        out["macs"] = {str(size): model_macs(spec["model"], size) for size in spec["sizes"]}
-    except ImportError as err:                        # tinydeeplab.models.cost missing from this tree
-        out["macs_error"] = f"multiply-adds not counted: {err}"
-    return out
+    model at each image size of ``spec["sizes"]``."""
+    sgemm = sgemm_rate(spec["sgemm_size"])
+    return {"sgemm": sgemm, "macs": {str(size): model_macs(spec["model"], size) for size in spec["sizes"]}}
 
 
 # =============================================================================================
@@ -793,13 +788,12 @@ def agreement(results: dict, workload: str, framework: str, tmp: Path | None) ->
 
 
 def workload_floors(floor: dict, workloads, args) -> dict:
-    """``{workload: floor seconds}`` (None where the multiply-adds or the sgemm rate are missing)."""
+    """``{workload: floor seconds}`` (None where the floor worker failed)."""
     out = {}
     for wl in workloads:
         shape = workload_shape(wl, args)
         macs = floor.get("macs", {}).get(str(shape["size"]))
-        ok = macs is not None and "sgemm" in floor
-        out[wl] = floor_seconds(shape["kind"], shape["batch"], macs, floor["sgemm"]["flops"]) if ok else None
+        out[wl] = None if macs is None else floor_seconds(shape["kind"], shape["batch"], macs, floor["sgemm"]["flops"])
     return out
 
 
@@ -809,8 +803,6 @@ def print_floor(floor: dict, workloads, args) -> None:
         return
     g = floor["sgemm"]
     print(f"# sgemm (NumPy float32 {g['n']}x{g['n']} matmul, best of 5): {g['flops'] / 1e9:.1f} GFLOP/s")
-    if "macs_error" in floor:
-        print(f"# floor: {floor['macs_error']}")
     for size, m in floor.get("macs", {}).items():
         print(f"# multiply-adds per image at {size}x{size} (tinydeeplab.models.cost): forward {m['forward'] / 1e9:.2f} G "
               f"(live taps; {m['nominal'] / 1e9:.2f} G counting every tap), training step 3 x forward - image convs "

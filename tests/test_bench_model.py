@@ -1,5 +1,6 @@
 """benchmarks/bench_model.py: the framework list ("not installed", inference-only peers), the floor
 arithmetic and the agreement check, on a tiny model with the NumPy reference backend (seconds)."""
+import json
 import re
 import sys
 from pathlib import Path
@@ -74,14 +75,12 @@ def test_a_run_lists_missing_frameworks_and_checks_the_outputs_agree(capsys, mon
     assert "Errors:" not in out
     rate = float(re.search(r"# sgemm \(NumPy float32 64x64 matmul, best of 5\): ([\d.]+) GFLOP/s", out).group(1))
     assert rate > 0
-    import json
-
     saved = json.loads(out_json.read_text())
-    if "macs" in saved["floor"]:                      # tinydeeplab.models.cost is in the tree
-        macs = saved["floor"]["macs"]["32"]
-        assert saved["floor_s"]["infer1"] == pytest.approx(2 * macs["forward"] / saved["floor"]["sgemm"]["flops"])
-    else:
-        assert "# floor: multiply-adds not counted: No module named 'tinydeeplab.models.cost'" in out
+    macs, flops = saved["floor"]["macs"]["32"], saved["floor"]["sgemm"]["flops"]
+    assert macs == bm.model_macs("tiny", 32)
+    assert saved["floor_s"]["infer1"] == pytest.approx(2 * macs["forward"] / flops)
+    assert saved["floor_s"]["train256"] == pytest.approx(2 * 4 * (3 * macs["forward"] - macs["image"]) / flops)
+    assert float(times["infer1"][0]) == pytest.approx(saved["floor_s"]["infer1"], rel=1e-3)
     if bm.importable("onnxruntime"):
         err = float(table(out, "Agreement")["infer1"][1])
         assert 0 < err < 1e-4                          # the same weights, float32 round-off
@@ -93,7 +92,6 @@ def test_relative_error_is_relative_to_the_reference():
 
 
 def test_multiply_adds_of_the_image_convolutions():
-    pytest.importorskip("tinydeeplab.models.cost", reason="tinydeeplab.models.cost arrives with branch wt-e")
     macs = bm.model_macs("tiny", 64)
     assert macs["image"] == 32 * 32 * 7 * 7 * 3 * 16          # the stem: 7x7/2, 3 -> 16 channels, 32x32 out
     assert macs["image"] < macs["forward"] <= macs["nominal"]
