@@ -779,8 +779,8 @@ def agreement(results: dict, workload: str, framework: str, tmp: Path | None) ->
         return "-"
     if framework in KERAS_BACKENDS:
         return "own weights"
-    if "losses" in r and "losses" in ref:
-        return f"{max(relative_error(a, b) for a, b in zip(r['losses'], ref['losses'])):.1e}"
+    if "losses" in r and "losses" in ref:                  # step 1 / step 2
+        return " / ".join(f"{relative_error(a, b):.1e}" for a, b in zip(r["losses"], ref["losses"]))
     paths = [tmp / f"{workload}-{fw}.npy" if tmp else None for fw in (framework, "tinydeeplab")]
     if not all(p and p.exists() for p in paths):
         return "-"
@@ -849,8 +849,8 @@ def print_tables(results: dict, workloads: list[str], frameworks: list[str], flo
             best = f"{ratio(tdl, row[min(ok)[1]])} ({min(ok)[1]})" if ok else "-"
             print(f"| {wl} | " + " | ".join(ratio(tdl, row.get(fw)) for fw in peers) + f" | {best} |")
 
-        print("\n## Agreement with tinydeeplab (max |a - b| / max |b|: the logits; training: the first two "
-              "losses)\n")
+        print("\n## Agreement with tinydeeplab (max |a - b| / max |b|: the logits; training: the losses of "
+              "steps 1 / 2)\n")
         print("| workload | " + " | ".join(peers) + " |")
         print("|---|" + "---:|" * len(peers))
         for wl in workloads:
