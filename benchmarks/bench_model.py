@@ -48,8 +48,11 @@ also printed as a multiple of it.
 
 **Agreement.** Every framework but Keras holds the same weights, so its outputs must be tinydeeplab's up
 to float32 round-off: the table "Agreement" gives ``max |a - b| / max |b|`` (b: tinydeeplab) of the
-first inference call's logits, and of the losses of the first two training steps (the second one follows
-an SGD update, so it sees the gradients). A fast but wrong peer shows there.
+first inference call's logits, and for training the first step's loss and ``|g - g_tdl| / |g_tdl|`` of
+all its gradients together (the torch gradients mapped to tinydeeplab's names and layout). A fast but
+wrong peer shows there. (On this random-weight network float32 round-off alone moves the gradients by
+about 2e-2, measured at 2x64x64: batch norm over few values amplifies it; in float64 the twin's
+gradients agree to 1e-12, ``bench_gpu.py --check``.)
 
 Every (framework, workload) pair runs in its own subprocess of this interpreter (the ONNX export in one
 more, before it), so "peak RSS" (``VmHWM``: model, activations, caches, framework runtime) belongs to
@@ -406,12 +409,14 @@ def build_torch_twin(spec: dict):
     net = torch_deeplab.DeepLabV3Plus(NUM_CLASSES)
     with torch.no_grad():
         torch_deeplab.load_from_tinydeeplab(net, model.state_dict())
+    net.tdl_names = [name for name, _ in model.named_parameters()]        # for the gradient comparison
     return net, [f"torch {torch.__version__}, {torch.get_num_threads()} threads"]
 
 
 def torch_step(spec: dict, workload: dict):
-    """``(step, to_nhwc, notes)``: one ``workload`` call of the torch twin on the CPU, NCHW or, for
-    ``torch-cl``, channels_last (:func:`torch_deeplab.make_step`)."""
+    """``(step, to_nhwc, gradients, notes)``: one ``workload`` call of the torch twin on the CPU, NCHW or,
+    for ``torch-cl``, channels_last (:func:`torch_deeplab.make_step`); ``gradients()``: the last step's,
+    named and laid out like tinydeeplab's."""
     import torch_deeplab
 
     net, notes = build_torch_twin(spec)
@@ -420,7 +425,8 @@ def torch_step(spec: dict, workload: dict):
     x, y = make_batch(workload)
     step = torch_deeplab.make_step(net, x, y, workload["kind"], channels_last=channels_last, lr=LR,
                                    momentum=MOMENTUM, ignore_index=IGNORE_LABEL)
-    return step, lambda out: out.permute(0, 2, 3, 1).contiguous().numpy(), notes     # (N, H, W, K)
+    to_nhwc = lambda out: out.permute(0, 2, 3, 1).contiguous().numpy()      # noqa: E731  (N, H, W, K)
+    return step, to_nhwc, lambda: torch_deeplab.gradients_as_tinydeeplab(net, net.tdl_names), notes
 
 
 def export_worker(spec: dict) -> dict:
@@ -534,33 +540,37 @@ def pin_threads(threads: int) -> None:
 
 
 def build_step(spec: dict, workload: dict):
-    """``(step, to_nhwc, model, phases, notes)`` for ``spec["framework"]``; ``to_nhwc`` turns a call's
-    logits into (N, H, W, K) NumPy for the agreement check (None: not comparable, other weights)."""
+    """``(step, to_nhwc, gradients, model, phases, notes)`` for ``spec["framework"]``; for the agreement
+    check ``to_nhwc`` turns a call's logits into (N, H, W, K) NumPy and ``gradients()`` gives the last
+    training step's gradients by tinydeeplab name (both None: not comparable, other weights)."""
     import numpy as np
+
+    from tinydeeplab import backend
 
     fw = spec["framework"]
     if fw == "tinydeeplab":
         model, notes = build_tinydeeplab(spec["device"], spec["model"])
         step, phases = tinydeeplab_step(model, workload)
-        return step, np.asarray, model, phases, notes
+        grads = lambda: {k: backend.to_numpy(g) for k, g in model.named_gradients()}   # noqa: E731
+        return step, np.asarray, grads, model, phases, notes
     if fw in ("torch", "torch-cl"):
-        step, to_nhwc, notes = torch_step(spec, workload)
-        return step, to_nhwc, None, {}, notes
+        step, to_nhwc, grads, notes = torch_step(spec, workload)
+        return step, to_nhwc, grads, None, {}, notes
     if fw in INFERENCE_ONLY:
         step, to_nhwc, notes = onnxruntime_step(spec, workload)
-        return step, to_nhwc, None, {}, notes
+        return step, to_nhwc, None, None, {}, notes
     if spec["model"] != TORCH_TWIN_MODEL:
         raise ValueError(f"{fw}: the KerasHub anchor is the {TORCH_TWIN_MODEL} model only, not {spec['model']}")
     model, notes = build_keras(spec["threads"])
     notes.append("own (Keras) random weights: outputs not compared")
-    return keras_step(model, workload, notes), None, None, {}, notes
+    return keras_step(model, workload, notes), None, None, None, {}, notes
 
 
 def run_worker(spec: dict) -> dict:
     """Build the model, warm up, time ``repeats`` calls (or profile one); return the result dict.
 
-    The first call's logits go to ``spec["out_path"]`` (inference; then dropped, not to weigh on the peak
-    memory), the losses of the first two calls into the result (training): the agreement check."""
+    For the agreement check the first call's logits (inference; then dropped, not to weigh on the peak
+    memory) or gradients (training) go to ``spec["out_path"]``, and its loss into the result."""
     import numpy as np
 
     pin_threads(spec["threads"])
@@ -568,23 +578,22 @@ def run_worker(spec: dict) -> dict:
     workload = spec["shape"]
     rss_start = current_rss_mib()
     t0 = time.perf_counter()
-    step, to_nhwc, model, phases, notes = build_step(spec, workload)
+    step, to_nhwc, gradients, model, phases, notes = build_step(spec, workload)
     build_s = time.perf_counter() - t0
     rss_model = current_rss_mib()
-
-    losses = []
 
     def call():
         t = time.perf_counter()
         out = step()
-        seconds = time.perf_counter() - t
-        if workload["kind"] == "train" and len(losses) < 2:
-            losses.append(out)
-        return seconds, out
+        return time.perf_counter() - t, out
 
     first_s, out = call()                          # JIT compile / graph tracing happens here
-    if workload["kind"] == "infer" and to_nhwc is not None and spec.get("out_path"):
-        np.save(spec["out_path"], np.asarray(to_nhwc(out), np.float32), allow_pickle=False)
+    first_loss = out if workload["kind"] == "train" else None
+    if to_nhwc is not None and spec.get("out_path"):
+        if workload["kind"] == "infer":
+            np.save(spec["out_path"], np.asarray(to_nhwc(out), np.float32), allow_pickle=False)
+        else:
+            np.savez(spec["out_path"], **gradients())
     del out
     for _ in range(spec["warmup"] - 1):
         call()
@@ -599,8 +608,8 @@ def run_worker(spec: dict) -> dict:
     result = {"times": times, "median_s": statistics.median(times), "min_s": min(times), "first_s": first_s,
               "build_s": build_s, "peak_rss_mib": peak_rss_mib(), "rss_start_mib": rss_start,
               "rss_model_mib": rss_model, "notes": notes}
-    if to_nhwc is not None and losses:
-        result["losses"] = [float(v) for v in losses]
+    if to_nhwc is not None and first_loss is not None:
+        result["loss"] = float(first_loss)
     if phase_samples:
         result["phases_median_s"] = {k: statistics.median(p[k] for p in phase_samples) for k in phase_samples[0]}
     return result
@@ -720,7 +729,7 @@ def run_measurement(framework: str, workload: str, args, profile: bool = False, 
             "repeats": args.repeats or (5 if kind == "infer" else 3),
             "warmup": args.warmup or (2 if kind == "infer" else 1), "profile": profile}
     if tmp is not None:
-        spec["out_path"] = str(tmp / f"{workload}-{framework}.npy")
+        spec["out_path"] = str(tmp / f"{workload}-{framework}.{'npy' if kind == 'infer' else 'npz'}")
     if framework in INFERENCE_ONLY:
         path = (tmp or Path(".")) / f"{framework}-{shape['size']}.onnx"
         if not path.exists():
@@ -768,9 +777,17 @@ def relative_error(got, ref) -> float:
     return float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30))
 
 
+def gradient_error(got: dict, ref: dict) -> float:
+    """``|g - g_ref| / |g_ref|`` over all parameters together (the global 2-norm)."""
+    import numpy as np
+
+    diff = sum(float(np.sum((np.asarray(got[k], np.float64) - ref[k]) ** 2)) for k in ref)
+    return float(np.sqrt(diff / max(sum(float(np.sum(np.asarray(ref[k], np.float64) ** 2)) for k in ref), 1e-300)))
+
+
 def agreement(results: dict, workload: str, framework: str, tmp: Path | None) -> str:
-    """How far ``framework``'s outputs are from tinydeeplab's: the logits of the first inference call, the
-    losses of the first two training steps (the second one follows an SGD update: it sees the gradients)."""
+    """How far ``framework``'s outputs are from tinydeeplab's: the logits of the first inference call; the
+    loss and the gradients of the first training step."""
     import numpy as np
 
     row = results.get(workload, {})
@@ -779,12 +796,15 @@ def agreement(results: dict, workload: str, framework: str, tmp: Path | None) ->
         return "-"
     if framework in KERAS_BACKENDS:
         return "own weights"
-    if "losses" in r and "losses" in ref:                  # step 1 / step 2
-        return " / ".join(f"{relative_error(a, b):.1e}" for a, b in zip(r["losses"], ref["losses"]))
-    paths = [tmp / f"{workload}-{fw}.npy" if tmp else None for fw in (framework, "tinydeeplab")]
+    suffix = ".npz" if WORKLOADS[workload]["kind"] == "train" else ".npy"
+    paths = [tmp / f"{workload}-{fw}{suffix}" if tmp else None for fw in (framework, "tinydeeplab")]
     if not all(p and p.exists() for p in paths):
         return "-"
-    return f"{relative_error(*(np.load(p, allow_pickle=False) for p in paths)):.1e}"
+    if suffix == ".npy":
+        return f"{relative_error(*(np.load(p, allow_pickle=False) for p in paths)):.1e}"
+    with np.load(paths[0], allow_pickle=False) as got, np.load(paths[1], allow_pickle=False) as want:
+        g = gradient_error(got, {k: want[k] for k in want.files})
+    return f"loss {relative_error(r['loss'], ref['loss']):.1e}, gradients {g:.1e}"
 
 
 def workload_floors(floor: dict, workloads, args) -> dict:
@@ -849,8 +869,8 @@ def print_tables(results: dict, workloads: list[str], frameworks: list[str], flo
             best = f"{ratio(tdl, row[min(ok)[1]])} ({min(ok)[1]})" if ok else "-"
             print(f"| {wl} | " + " | ".join(ratio(tdl, row.get(fw)) for fw in peers) + f" | {best} |")
 
-        print("\n## Agreement with tinydeeplab (max |a - b| / max |b|: the logits; training: the losses of "
-              "steps 1 / 2)\n")
+        print("\n## Agreement with tinydeeplab (max |a - b| / max |b| of the logits; training: of the first "
+              "loss, and |g - g_tdl| / |g_tdl| of all its gradients)\n")
         print("| workload | " + " | ".join(peers) + " |")
         print("|---|" + "---:|" * len(peers))
         for wl in workloads:

@@ -95,3 +95,14 @@ def test_multiply_adds_of_the_image_convolutions():
     macs = bm.model_macs("tiny", 64)
     assert macs["image"] == 32 * 32 * 7 * 7 * 3 * 16          # the stem: 7x7/2, 3 -> 16 channels, 32x32 out
     assert macs["image"] < macs["forward"] <= macs["nominal"]
+
+
+def test_training_agreement_compares_the_loss_and_all_gradients_together(tmp_path):
+    ref = {"a.kernel": np.array([3.0, 0.0]), "b.gamma": np.array([[4.0]])}              # |g_ref| = 5
+    got = {"a.kernel": np.array([3.0, 0.3]), "b.gamma": np.array([[4.4]])}              # |g - g_ref| = 0.5
+    np.savez(tmp_path / "train256-tinydeeplab.npz", **ref)
+    np.savez(tmp_path / "train256-torch.npz", **got)
+    results = {"train256": {"tinydeeplab": {"median_s": 1.0, "loss": 2.0}, "torch": {"median_s": 1.0, "loss": 2.002},
+                            "keras-tf": {"median_s": 1.0}}}
+    assert bm.agreement(results, "train256", "torch", tmp_path) == "loss 1.0e-03, gradients 1.0e-01"
+    assert bm.agreement(results, "train256", "keras-tf", tmp_path) == "own weights"
