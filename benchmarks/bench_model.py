@@ -51,8 +51,8 @@ to float32 round-off: the table "Agreement" gives ``max |a - b| / max |b|`` (b: 
 first inference call's logits, and for training the first step's loss and ``|g - g_tdl| / |g_tdl|`` of
 all its gradients together (the torch gradients mapped to tinydeeplab's names and layout). A fast but
 wrong peer shows there. (On this random-weight network float32 round-off alone moves the gradients by
-about 2e-2, measured at 2x64x64: batch norm over few values amplifies it; in float64 the twin's
-gradients agree to 1e-12, ``bench_gpu.py --check``.)
+several percent, 6e-2 at 4x256x256: batch norm over few values amplifies it; in float64 the twin's
+gradients agree to 1e-12, ``bench_gpu.py --check``. The gradient figure catches gross errors only.)
 
 Every (framework, workload) pair runs in its own subprocess of this interpreter (the ONNX export in one
 more, before it), so "peak RSS" (``VmHWM``: model, activations, caches, framework runtime) belongs to
