@@ -4,6 +4,8 @@ Keras 3 does not store layer names in ``*.weights.h5``. A layer's path is made o
 in snake case plus a counter, in the order the saving code walks the model's ``layers`` list::
 
     layers/functional/layers/conv2d_7/vars/0        (the 8th Conv2D of the image-encoder graph)
+    image_encoder/layers/batch_normalization_15     (ResNet v2's post_bn: the 16th BN of the encoder,
+                                                     outside the graph that DeepLab uses)
 
 so the mapping is a matter of listing our Conv2D / BatchNorm modules in Keras's order. The image
 encoder's part comes from the encoder itself (:meth:`~tinydeeplab.models.encoder.Encoder.keras_weight_layers`,
@@ -50,6 +52,10 @@ def keras_weight_paths(segmenter) -> dict[str, tuple[str, str]]:
     for layer in backbone.image_encoder.keras_weight_layers():
         i = seen[layer.name] = seen.get(layer.name, -1) + 1
         _add_unit(where, f"layers/functional/layers/{_counter_name(layer.name, i)}", layer.module, layer.var_names)
+    #    ... and the layers outside that graph under image_encoder/, their counters continuing the graph's
+    for layer in backbone.image_encoder.keras_unused_weight_layers():
+        i = seen[layer.name] = seen.get(layer.name, -1) + 1
+        _add_unit(where, f"image_encoder/layers/{_counter_name(layer.name, i)}", layer.module, layer.var_names)
 
     # 2. ASPP: a list of Sequentials (branches, pooling last) and a projection Sequential
     aspp = backbone.aspp

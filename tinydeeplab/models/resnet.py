@@ -289,6 +289,10 @@ class ResNetBackbone(Encoder):
             layers += [keras_layer(m) for m in (unit.conv, getattr(unit, "bn", None)) if m is not None]
         return layers
 
+    def keras_unused_weight_layers(self):
+        """v2's ``post_bn``, which closes KerasHub's ResNet after the last stack but feeds no pyramid output."""
+        return [keras_layer(self.post_bn)] if self.config["use_pre_activation"] else []
+
     def stages(self):
         """The stem, then every block (KerasHub's ``stack{s}_block{b}_out``: the ReLU after the add in v1,
         the add itself in v2); the last block of stack ``s`` outputs ``P{s+2}``."""
