@@ -34,6 +34,7 @@ Everything runs with KERAS_BACKEND=jax (set below unless already set).
 """
 
 import argparse
+import copy
 import json
 import os
 import shutil
@@ -48,6 +49,16 @@ import numpy as np  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(REPO, "tests", "fixtures")
 SEED = 20240611
+
+def _variant(cfg, *, encoder=(), backbone=(), **top):
+    """A copy of ``cfg`` with some ResNetBackbone / DeepLabV3Backbone arguments and top-level keys
+    changed."""
+    out = copy.deepcopy(cfg)
+    out["encoder"].update(encoder)
+    out["backbone"].update(backbone)
+    out.update(top)
+    return out
+
 
 # ---------------------------------------------------------------------------
 # Fixture configurations
@@ -125,74 +136,36 @@ FIXTURES = {
         train_grad_cases=["sq"],
         act_hw=(32, 32),
     ),
-    # ResNet v2 (pre-activation) DeepLabV3+: every block opens with BN -> ReLU,
-    # no BN after the last conv / the shortcut, no ReLU after the add, -inf
-    # padding before the stem's max pool, and a post_bn that no pyramid
-    # output uses. stack1 has 2 blocks so that an identity block (whose
-    # shortcut is the raw input, not the pre-activation) is crossed.
-    "v3plus_v2_tiny": dict(
-        encoder=dict(
-            input_conv_filters=[8],
-            input_conv_kernel_sizes=[7],
-            stackwise_num_filters=[64, 8, 4, 4],
-            stackwise_num_blocks=[1, 2, 1, 1],
-            stackwise_num_strides=[1, 2, 2, 2],
-            block_type="bottleneck_block",
-            use_pre_activation=True,
-        ),
-        backbone=dict(
-            spatial_pyramid_pooling_key="P5",
-            upsampling_size=8,
-            dilation_rates=[2],
-            low_level_feature_key="P2",
-            projection_filters=8,
-        ),
-        num_classes=3,
-        converter=dict(
-            image_size=(64, 64),
-            scale=1.0 / 255.0,
-            offset=None,
-            crop_to_aspect_ratio=True,
-            interpolation="bilinear",
-        ),
-        cases=[("sq", 64, 64), ("nsq", 64, 96), ("odd", 62, 93)],
-        grad_cases=["sq"],
-        train_grad_cases=["sq"],
-        act_hw=(32, 32),
-    ),
-    # Basic blocks (ResNet18/34 style) in a plain DeepLabV3. Stack 0 of a
-    # basic-block ResNet has an identity shortcut, so the stem must end with
-    # 64 channels; a two-conv stem (3x3/2 then 3x3) covers the stem's inner
-    # BN. stack2 has 2 blocks (an identity block after a projection block).
-    "v3_basic_tiny": dict(
-        encoder=dict(
-            input_conv_filters=[8, 64],
-            input_conv_kernel_sizes=[3, 3],
-            stackwise_num_filters=[64, 8, 8],
-            stackwise_num_blocks=[1, 1, 2],
-            stackwise_num_strides=[1, 2, 2],
-            block_type="basic_block",
-        ),
-        backbone=dict(
-            spatial_pyramid_pooling_key="P4",
-            upsampling_size=4,
-            dilation_rates=[2],
-            low_level_feature_key=None,
-        ),
-        num_classes=4,
-        converter=dict(
-            image_size=(48, 64),
-            scale=1.0 / 127.5,
-            offset=-1.0,
-            crop_to_aspect_ratio=False,
-            interpolation="bilinear",
-        ),
-        cases=[("sq", 64, 64), ("nsq", 48, 80), ("odd", 45, 70)],
-        grad_cases=["sq"],
-        train_grad_cases=["sq"],
-        act_hw=(32, 32),
-    ),
 }
+
+# ResNet v2 (pre-activation) DeepLabV3+: every block opens with BN -> ReLU, no BN
+# after the last conv / the shortcut, no ReLU after the add, -inf padding before
+# the stem's max pool, and a post_bn that no pyramid output uses. stack1 has 2
+# blocks so that an identity block (whose shortcut is the raw input, not the
+# pre-activation) is crossed.
+FIXTURES["v3plus_v2_tiny"] = _variant(
+    FIXTURES["v3plus_tiny"],
+    encoder=dict(input_conv_filters=[8], stackwise_num_filters=[64, 8, 4, 4], use_pre_activation=True),
+    backbone=dict(dilation_rates=[2]),
+    num_classes=3,
+    converter=dict(image_size=(64, 64), scale=1.0 / 255.0, offset=None, crop_to_aspect_ratio=True,
+                   interpolation="bilinear"),
+    grad_cases=["sq"],
+)
+# Basic blocks (ResNet18/34 style) in a plain DeepLabV3. Stack 0 of a basic-block
+# ResNet has an identity shortcut, so the stem must end with 64 channels; a
+# two-conv stem (3x3/2 then 3x3) covers the stem's inner BN. stack2 has 2 blocks
+# (an identity block after a projection block).
+FIXTURES["v3_basic_tiny"] = _variant(
+    FIXTURES["v3_tiny"],
+    encoder=dict(input_conv_filters=[8, 64], input_conv_kernel_sizes=[3, 3], stackwise_num_filters=[64, 8, 8],
+                 stackwise_num_blocks=[1, 1, 2], block_type="basic_block"),
+    backbone=dict(upsampling_size=4, dilation_rates=[2]),
+    num_classes=4,
+    converter=dict(image_size=(48, 64), scale=1.0 / 127.5, offset=-1.0, crop_to_aspect_ratio=False,
+                   interpolation="bilinear"),
+    cases=[("sq", 64, 64), ("nsq", 48, 80), ("odd", 45, 70)],
+)
 
 FULL = dict(
     encoder=dict(
@@ -216,19 +189,12 @@ FULL = dict(
 
 
 
-def _variant(cfg, **encoder):
-    """A copy of ``cfg`` with some ResNetBackbone arguments changed."""
-    out = json.loads(json.dumps(cfg))
-    out["encoder"].update(encoder)
-    return out
-
-
 # --full NAME: the pascalvoc-shaped DeepLabV3+ head on full-size encoders, with
 # the encoder configs of KerasHub's resnet_50 / resnet_v2_50 / resnet_18 presets.
 FULL_CONFIGS = {
     "resnet50": FULL,
-    "resnet50_v2": _variant(FULL, use_pre_activation=True),
-    "resnet18": _variant(FULL, stackwise_num_blocks=[2, 2, 2, 2], block_type="basic_block"),
+    "resnet50_v2": _variant(FULL, encoder=dict(use_pre_activation=True)),
+    "resnet18": _variant(FULL, encoder=dict(stackwise_num_blocks=[2, 2, 2, 2], block_type="basic_block")),
 }
 # (name, H, W), batch 1: logits for all; the loss and every weight gradient
 # (inference-mode BN) for "grad" only, at a size where JAX's eager backward of
@@ -889,8 +855,8 @@ def main(argv=None):
     if args.verify_layout:
         cfgs = dict(FIXTURES)
         cfgs.update({f"{n}_v3plus_pascalvoc_shape": c for n, c in FULL_CONFIGS.items()})
-        r18 = _variant(FULL_CONFIGS["resnet18"])
-        r18["backbone"].update(spatial_pyramid_pooling_key="P4", upsampling_size=4, low_level_feature_key="P3")
+        r18 = _variant(FULL_CONFIGS["resnet18"], backbone=dict(spatial_pyramid_pooling_key="P4", upsampling_size=4,
+                                                              low_level_feature_key="P3"))
         cfgs["resnet18_basic_v3plus_P4_P3"] = r18
         allok = True
         for n, c in cfgs.items():
