@@ -140,7 +140,7 @@ def verdict(rows, tolerance: float = 1e-4) -> tuple[bool, str]:
 
 
 def gradient_errors(model, x, labels, keras_grads, *, training=False, ignore_label=255):
-    """The loss, and ``[(relative error, dotted name)]`` of every trainable weight's gradient.
+    """The loss, and ``[(relative error, max |diff|, dotted name)]`` of every trainable weight's gradient.
 
     ``keras_grads`` maps ``"<file>/<HDF5 path>"`` (:func:`~tinydeeplab.io.keras_layout.keras_weight_paths`)
     to Keras's gradient of the mean sparse cross-entropy (``ignore_label`` masked) for inputs ``x``
@@ -163,7 +163,8 @@ def gradient_errors(model, x, labels, keras_grads, *, training=False, ignore_lab
         if want is None or want.shape != g.shape:
             raise ValueError(f"{dotted}: Keras gradient {key} is "
                              f"{'missing' if want is None else f'of shape {want.shape}, ours {g.shape}'}")
-        errors.append((float(np.abs(g - want).max()) / max(float(np.abs(want).max()), 1e-12), dotted))
+        diff = float(np.abs(g - want).max())
+        errors.append((diff / max(float(np.abs(want).max()), 1e-12), diff, dotted))
     return loss, errors
 
 
@@ -192,8 +193,8 @@ def compare_with_cases(model, cases, ignore_label=255) -> list[dict]:
             _, errors = gradient_errors(model, cases[f"input_{case}"].astype(np.float32), cases[f"labels_{case}"],
                                         grads, training=training, ignore_label=ignore_label)
             model.load_state_dict(saved, strict=False)                         # undo a training-mode update
-            rel, worst = max(errors)
+            rel, diff, worst = max(errors)
             rows.append({"stage": f"{prefix[:-1]} ({'training' if training else 'inference'} BN)",
-                         "shape": (len(errors),), "max_abs": np.nan, "relative": rel, "argmax": None,
+                         "shape": (len(errors),), "max_abs": diff, "relative": rel, "argmax": None,
                          "tolerance": GRAD_TOLERANCE, "detail": f"worst of {len(errors)} weights: {worst}"})
     return rows
