@@ -134,9 +134,12 @@ def format_table(rows, tolerance: float = 1e-4) -> str:
 def verdict(rows, tolerance: float = 1e-4) -> tuple[bool, str]:
     """``(every row within its tolerance, a one-line summary)``."""
     ok = all(_within(r, tolerance) for r in rows)
-    worst = max(r["relative"] for r in rows)
-    grads = f", weight gradients {GRAD_TOLERANCE:g}" if any("tolerance" in r for r in rows) else ""
-    return ok, f"worst relative difference {worst:.3e}: {'OK' if ok else 'DIFFERENT'} (tolerance {tolerance:g}{grads})"
+    stages = [r["relative"] for r in rows if "tolerance" not in r]
+    grads = [r["relative"] for r in rows if "tolerance" in r]
+    line = f"worst relative difference {max(stages):.3e}"
+    if grads:
+        line += f", worst weight gradient {max(grads):.3e} (tolerance {GRAD_TOLERANCE:g})"
+    return ok, f"{line}: {'OK' if ok else 'DIFFERENT'} (tolerance {tolerance:g})"
 
 
 def gradient_errors(model, x, labels, keras_grads, *, training=False, ignore_label=255):
