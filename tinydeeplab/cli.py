@@ -681,7 +681,7 @@ def cmd_parity(args) -> int:
                           "with stored outputs instead (--cases)")
     if args.cases:
         rows = parity.compare_with_cases(model, _read_cases(args.cases))
-        print(f"tinydeeplab vs stored Keras logits in {args.cases}")
+        print(f"tinydeeplab vs stored Keras results in {args.cases}")
     else:
         if args.image:
             x, _ = model.preprocessor(read_image(args.image))                       # (1, h, w, 3)
@@ -696,10 +696,9 @@ def cmd_parity(args) -> int:
         print(f"tinydeeplab vs KerasHub on {'image ' + args.image if args.image else 'a random input'} "
               f"of shape {x.shape}")
     print(parity.format_table(rows, args.tolerance))
-    worst = max(r["relative"] for r in rows)
-    print(f"worst relative difference {worst:.3e}: {'OK' if worst <= args.tolerance else 'DIFFERENT'} "
-          f"(tolerance {args.tolerance:g})")
-    return 0 if worst <= args.tolerance else 1
+    ok, summary = parity.verdict(rows, args.tolerance)
+    print(summary)
+    return 0 if ok else 1
 
 
 def _backend_arg(parser) -> None:

@@ -11,7 +11,10 @@ meaning (tinydeeplab module name -> KerasHub layer name)::
     logits                                   the segmenter's output     (N, H, W, num_classes)
 
 For each stage: max |ours - keras|, that divided by max |keras| ("relative"), and for the logits
-the fraction of pixels whose arg-max agrees. The first stage whose relative difference jumps is
+the fraction of pixels whose arg-max agrees. Against stored Keras cases that also hold labels and
+Keras's weight gradients (``tools/make_parity_fixtures.py`` writes them), a row per gradient set
+gives the worst weight: max over weights of ``max |g_ours - g_keras| / max |g_keras|``, held to
+``GRAD_TOLERANCE`` (gradients sum over every pixel, so they carry more round-off than logits). The first stage whose relative difference jumps is
 where a port diverges. Keras is imported only by :func:`keras_stages` (install keras-hub and a
 backend, e.g. ``pip install keras-hub jax``, in a separate environment).
 """
@@ -21,6 +24,8 @@ import numpy as np
 
 from .models.head import predicted_labels
 from .nn.hooks import record_outputs
+
+GRAD_TOLERANCE = 1e-3   # worst weight gradient, relative to its largest Keras entry
 
 
 def stage_names(model) -> list[tuple[str, str, str]]:
@@ -111,19 +116,68 @@ def compare(ours: dict, theirs: dict) -> list[dict]:
     return rows
 
 
+def _within(row, tolerance) -> bool:
+    return row["relative"] <= row.get("tolerance", tolerance)
+
+
 def format_table(rows, tolerance: float = 1e-4) -> str:
-    """A text table; stages whose relative difference exceeds ``tolerance`` are flagged with ``<--``."""
+    """A text table; stages whose relative difference exceeds ``tolerance`` (or the row's own
+    ``tolerance``) are flagged with ``<--``; a row's ``detail`` follows it."""
     lines = [f"{'stage':44s} {'shape':>22s} {'max|diff|':>10s} {'relative':>10s} {'argmax':>8s}"]
     for r in rows:
         arg = "" if r["argmax"] is None else f"{r['argmax']:.4%}"
-        flag = "  <-- " + r.get("note", "exceeds tolerance") if not r["relative"] <= tolerance else ""
+        flag = "  <-- " + r.get("note", "exceeds tolerance") if not _within(r, tolerance) else ""
+        detail = f"  {r['detail']}" if r.get("detail") else ""
         lines.append(f"{r['stage']:44s} {str(r['shape']):>22s} {r['max_abs']:10.3e} {r['relative']:10.3e} "
-                     f"{arg:>8s}{flag}")
+                     f"{arg:>8s}{detail}{flag}")
     return "\n".join(lines)
 
 
-def compare_with_cases(model, cases) -> list[dict]:
-    """Compare with stored Keras logits: ``cases`` maps ``input_<c>`` / ``logits_<c>`` arrays (npz)."""
+def verdict(rows, tolerance: float = 1e-4) -> tuple[bool, str]:
+    """``(every row within its tolerance, a one-line summary)``."""
+    ok = all(_within(r, tolerance) for r in rows)
+    stages = [r["relative"] for r in rows if "tolerance" not in r]
+    grads = [r["relative"] for r in rows if "tolerance" in r]
+    line = f"worst relative difference {max(stages):.3e}"
+    if grads:
+        line += f", worst weight gradient {max(grads):.3e} (tolerance {GRAD_TOLERANCE:g})"
+    return ok, f"{line}: {'OK' if ok else 'DIFFERENT'} (tolerance {tolerance:g})"
+
+
+def gradient_errors(model, x, labels, keras_grads, *, training=False, ignore_label=255):
+    """The loss, and ``[(relative error, max |diff|, dotted name)]`` of every trainable weight's gradient.
+
+    ``keras_grads`` maps ``"<file>/<HDF5 path>"`` (:func:`~tinydeeplab.io.keras_layout.keras_weight_paths`)
+    to Keras's gradient of the mean sparse cross-entropy (``ignore_label`` masked) for inputs ``x``
+    (N, H, W, 3) and ``labels`` (N, H, W); the error of a weight ``w`` is
+    ``max |dL/dw - dL/dw_keras| / max |dL/dw_keras|``. A training-mode call updates the model's
+    batch-norm moving statistics, as Keras's does.
+    """
+    from . import functional as F
+    from .io.keras_layout import keras_weight_paths
+
+    logits = model.forward(x, training=training)                                    # (N, H, W, K)
+    loss, cache = F.softmax_cross_entropy_forward(logits, labels, ignore_label=ignore_label)
+    model.zero_grad()
+    model.backward(F.softmax_cross_entropy_backward(1.0, cache))
+    paths = keras_weight_paths(model)
+    errors = []
+    for dotted, g in model.named_gradients():
+        key = "/".join(paths[dotted])
+        want = keras_grads.get(key)
+        if want is None or want.shape != g.shape:
+            raise ValueError(f"{dotted}: Keras gradient {key} is "
+                             f"{'missing' if want is None else f'of shape {want.shape}, ours {g.shape}'}")
+        diff = float(np.abs(g - want).max())
+        errors.append((diff / max(float(np.abs(want).max()), 1e-12), diff, dotted))
+    return loss, errors
+
+
+def compare_with_cases(model, cases, ignore_label=255) -> list[dict]:
+    """Compare with stored Keras results: ``cases`` maps ``input_<c>`` / ``logits_<c>`` arrays (npz),
+    optionally ``labels_<c>`` with ``grad_<c>/<file>/<HDF5 path>`` (inference-mode BN) or
+    ``grad_train_<c>/...`` (training mode): then one row per gradient set, the worst weight named.
+    The model's moving statistics are restored after each training-mode gradient set."""
     ours, theirs = {}, {}
     for key in sorted(cases):
         case = key[len("input_"):]
@@ -133,4 +187,19 @@ def compare_with_cases(model, cases) -> list[dict]:
             ours[f"logits_{case}"], theirs[f"logits_{case}"] = logits_at_size(model, x, want.shape[1:3]), want
     if not theirs:
         raise ValueError("the cases file holds no input_<case> / logits_<case> pairs")
-    return compare(ours, theirs)
+    rows = compare(ours, theirs)
+    saved = {name: b.copy() for name, b in model.named_buffers()}
+    for stage in ours:
+        case = stage[len("logits_"):]
+        for training, prefix in ((False, f"grad_{case}/"), (True, f"grad_train_{case}/")):
+            grads = {k[len(prefix):]: v for k, v in cases.items() if k.startswith(prefix)}
+            if not grads or f"labels_{case}" not in cases:
+                continue
+            _, errors = gradient_errors(model, cases[f"input_{case}"].astype(np.float32), cases[f"labels_{case}"],
+                                        grads, training=training, ignore_label=ignore_label)
+            model.load_state_dict(saved, strict=False)                         # undo a training-mode update
+            rel, diff, worst = max(errors)
+            rows.append({"stage": f"{prefix[:-1]} ({'training' if training else 'inference'} BN)",
+                         "shape": (len(errors),), "max_abs": diff, "relative": rel, "argmax": None,
+                         "tolerance": GRAD_TOLERANCE, "detail": f"worst of {len(errors)} weights: {worst}"})
+    return rows

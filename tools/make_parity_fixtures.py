@@ -13,7 +13,11 @@ Modes
                           activations.npz, activations.json, weights.json}
 --full DIR                build the pascalvoc-shaped DeepLabV3+ ResNet50 (random
                           weights), print its parameter counts, write DIR/preset
-                          and DIR/cases.npz (512x512 and 512x384 input/logits)
+                          and DIR/cases.npz (512x512 and 512x384 input/logits,
+                          256x256 input/labels/logits/loss/every weight gradient)
+--encoder NAME            with --full: resnet50 (default), resnet50_v2 or resnet18
+                          (the encoder configs of KerasHub's resnet_50,
+                          resnet_v2_50 and resnet_18 presets)
 --count-only              with --full: only build and print parameter counts
 --check-roundtrip DIR     load the preset directory DIR (written by anyone) with
                           DeepLabV3ImageSegmenter.from_preset, run it on the
@@ -23,13 +27,14 @@ Modes
 --verify-layout           check the HDF5 path rule documented in
                           tinydeeplab/io/keras_layout.py (re-implemented here in plain
                           Python as ``expected_weight_paths``) against what
-                          Keras actually writes, for the fixture configs,
-                          ResNet50 and a basic-block ResNet18 variant.
+                          Keras actually writes, for the fixture configs and
+                          the --full configs.
 
 Everything runs with KERAS_BACKEND=jax (set below unless already set).
 """
 
 import argparse
+import copy
 import json
 import os
 import shutil
@@ -44,6 +49,16 @@ import numpy as np  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(REPO, "tests", "fixtures")
 SEED = 20240611
+
+def _variant(cfg, *, encoder=(), backbone=(), **top):
+    """A copy of ``cfg`` with some ResNetBackbone / DeepLabV3Backbone arguments and top-level keys
+    changed."""
+    out = copy.deepcopy(cfg)
+    out["encoder"].update(encoder)
+    out["backbone"].update(backbone)
+    out.update(top)
+    return out
+
 
 # ---------------------------------------------------------------------------
 # Fixture configurations
@@ -123,6 +138,35 @@ FIXTURES = {
     ),
 }
 
+# ResNet v2 (pre-activation) DeepLabV3+: every block opens with BN -> ReLU, no BN
+# after the last conv / the shortcut, no ReLU after the add, -inf padding before
+# the stem's max pool, and a post_bn that no pyramid output uses. stack1 has 2
+# blocks so that an identity block (whose shortcut is the raw input, not the
+# pre-activation) is crossed.
+FIXTURES["v3plus_v2_tiny"] = _variant(
+    FIXTURES["v3plus_tiny"],
+    encoder=dict(input_conv_filters=[8], stackwise_num_filters=[64, 8, 4, 4], use_pre_activation=True),
+    backbone=dict(dilation_rates=[2]),
+    num_classes=3,
+    converter=dict(image_size=(64, 64), scale=1.0 / 255.0, offset=None, crop_to_aspect_ratio=True,
+                   interpolation="bilinear"),
+    grad_cases=["sq"],
+)
+# Basic blocks (ResNet18/34 style) in a plain DeepLabV3. Stack 0 of a basic-block
+# ResNet has an identity shortcut, so the stem must end with 64 channels; a
+# two-conv stem (3x3/2 then 3x3) covers the stem's inner BN. stack2 has 2 blocks
+# (an identity block after a projection block).
+FIXTURES["v3_basic_tiny"] = _variant(
+    FIXTURES["v3_tiny"],
+    encoder=dict(input_conv_filters=[8, 64], input_conv_kernel_sizes=[3, 3], stackwise_num_filters=[64, 8, 8],
+                 stackwise_num_blocks=[1, 1, 2], block_type="basic_block"),
+    backbone=dict(upsampling_size=4, dilation_rates=[2]),
+    num_classes=4,
+    converter=dict(image_size=(48, 64), scale=1.0 / 127.5, offset=-1.0, crop_to_aspect_ratio=False,
+                   interpolation="bilinear"),
+    cases=[("sq", 64, 64), ("nsq", 48, 80), ("odd", 45, 70)],
+)
+
 FULL = dict(
     encoder=dict(
         input_conv_filters=[64],
@@ -142,6 +186,21 @@ FULL = dict(
     num_classes=21,
     converter=None,
 )
+
+
+
+# --full NAME: the pascalvoc-shaped DeepLabV3+ head on full-size encoders, with
+# the encoder configs of KerasHub's resnet_50 / resnet_v2_50 / resnet_18 presets.
+FULL_CONFIGS = {
+    "resnet50": FULL,
+    "resnet50_v2": _variant(FULL, encoder=dict(use_pre_activation=True)),
+    "resnet18": _variant(FULL, encoder=dict(stackwise_num_blocks=[2, 2, 2, 2], block_type="basic_block")),
+}
+# (name, H, W), batch 1: logits for all; the loss and every weight gradient
+# (inference-mode BN) for "grad" only, at a size where JAX's eager backward of
+# ResNet50 stays within a few GB.
+FULL_CASES = dict(cases=[("sq", 512, 512), ("nsq", 512, 384), ("grad", 256, 256)],
+                  grad_cases=["grad"], train_grad_cases=[])
 
 IGNORE = 255
 
@@ -295,8 +354,16 @@ def variable_paths(seg, preset_dir):
 def expected_weight_paths(cfg):
     """Return [(file, hdf5 path, shape, role)] in the order Keras writes them.
 
-    Only for ResNet v1 (use_pre_activation=False) with "bottleneck_block" or
+    For ResNet v1 and v2 (``use_pre_activation``) with "bottleneck_block" or
     "basic_block" and a single input conv or several (all plain convs).
+
+    v2 differs in three places: every block starts with its
+    ``pre_activation_bn`` (first in the block's BN order), the last conv of the
+    residual branch and the shortcut conv have no BN, and the stem's last conv
+    has none either. Its ``post_bn`` closes the ResNet but feeds no pyramid
+    output, so it is not in DeepLabV3Backbone's ``functional``: Keras saves it
+    with the backbone's ``image_encoder`` attribute, counted over every BN of
+    the encoder (``image_encoder/layers/batch_normalization_<n>``).
     """
     enc = cfg["encoder"]
     bkw = cfg["backbone"]
@@ -313,8 +380,8 @@ def expected_weight_paths(cfg):
         nm = name(scope, "conv2d")
         rows.append(("model.weights.h5", f"{prefix}{nm}/vars/0", tuple(shape), role + " kernel", lname))
 
-    def bn(scope, prefix, c, role, lname):
-        nm = name(scope, "batch_normalization")
+    def bn(scope, prefix, c, role, lname, nm=None):
+        nm = nm or name(scope, "batch_normalization")
         for i, what in enumerate(["gamma", "beta", "moving_mean", "moving_variance"]):
             rows.append(("model.weights.h5", f"{prefix}{nm}/vars/{i}", (c,), f"{role} BN {what}", lname))
 
@@ -328,7 +395,9 @@ def expected_weight_paths(cfg):
             bn("enc", R, cin, f"stem conv{i}", f"conv{i}_bn")
         conv("enc", R, (k, k, cin, f), f"stem conv{i + 1} ({k}x{k}{'/2' if i == 0 else ''})", f"conv{i + 1}_conv")
         cin = f
-    bn("enc", R, cin, f"stem conv{len(fs)}", f"conv{len(fs)}_bn")
+    pre = enc.get("use_pre_activation", False)
+    if not pre:
+        bn("enc", R, cin, f"stem conv{len(fs)}", f"conv{len(fs)}_bn")
     bottleneck = enc["block_type"] == "bottleneck_block"
     assert enc["block_type"] in ("bottleneck_block", "basic_block")
     level_channels = {}
@@ -359,10 +428,17 @@ def expected_weight_paths(cfg):
             convs = main[:-1] + ([sc] if shortcut else []) + main[-1:]
             for shp, role, j in convs:
                 conv("enc", R, shp, f"{tag} {role}", f"stack{s}_block{b}_{j}_conv")
+            if pre:  # v2: pre-activation BN first; no BN after the shortcut and the last conv
+                bn("enc", R, cin, f"{tag} pre-activation", f"stack{s}_block{b}_pre_activation_bn")
+                convs = main[:-1]
             for shp, role, j in convs:
                 bn("enc", R, shp[-1], f"{tag} {role.split()[0]}", f"stack{s}_block{b}_{j}_bn")
             cin = cout
         level_channels[f"P{s + 2}"] = cin
+    if pre:
+        n_bn = counters.get(("enc", "batch_normalization"), 0)
+        bn("enc", "image_encoder/layers/", cin, "post_bn (unused by DeepLab)", "post_bn",
+           nm=f"batch_normalization_{n_bn}")
     # DeepLabV3Backbone top level.
     T = "layers/"
     c_spp = level_channels[bkw["spatial_pyramid_pooling_key"]]
@@ -440,9 +516,13 @@ def make_loss_and_grad(seg):
         logits, new_ntv = seg.stateless_call(tv, ntv, x, training=training)
         return loss_obj(y, logits), (logits, new_ntv)
 
-    def run(x, y, training):
+    def run(x, y, training, grad=True):
+        """(loss, logits, gradients of every trainable variable or None, new non-trainables)."""
         tv = [v.value for v in seg.trainable_variables]
         ntv = [v.value for v in seg.non_trainable_variables]
+        if not grad:
+            loss, (logits, new_ntv) = loss_fn(tv, ntv, x, y, training)
+            return float(loss), np.asarray(logits), None, [np.asarray(n) for n in new_ntv]
         (loss, (logits, new_ntv)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             tv, ntv, x, y, training
         )
@@ -552,6 +632,46 @@ def collect_activations(seg, x):
 # ---------------------------------------------------------------------------
 # Fixture generation
 # ---------------------------------------------------------------------------
+def case_arrays(seg, vmap, cases, rng, k, batch=2, training_mode=True):
+    """Random inputs and labels for every case of ``cases`` (a dict with ``cases``, ``grad_cases`` and
+    ``train_grad_cases``) and what Keras computes on them, keyed as tests/test_parity.py reads them:
+    input_/labels_/logits_/loss_<case>, grad_<case>/<file>/<HDF5 path> for the gradient cases, and
+    with ``training_mode`` also logits_train_/loss_train_<case>, moving_train_<case>/<path> and
+    grad_train_<case>/<path>. ``vmap``: :func:`variable_paths` of ``seg``'s preset."""
+    # keys "<file>/<HDF5 path>": model.weights.h5 and task.weights.h5 both have layers/conv2d/vars/0
+    tpaths = ["/".join(vmap[id(v)]) for v in seg.trainable_variables]
+    ntpaths = ["/".join(vmap[id(v)]) if id(v) in vmap else None for v in seg.non_trainable_variables]
+    run = make_loss_and_grad(seg)
+    arrays, summary = {}, {}
+    for case, h, w in cases["cases"]:
+        x = rng.standard_normal((batch, h, w, 3)).astype("float32")
+        logits_direct = np.asarray(seg(x, training=False))
+        oh, ow = logits_direct.shape[1:3]
+        y = make_labels(rng, batch, oh, ow, k)
+        arrays[f"input_{case}"] = x
+        arrays[f"labels_{case}"] = y
+        loss, logits, grads, _ = run(x, y, False, grad=case in cases["grad_cases"])
+        assert np.allclose(logits, logits_direct, atol=1e-5 * max(1.0, float(np.abs(logits).max())))
+        arrays[f"logits_{case}"] = logits.astype("float32")
+        arrays[f"loss_{case}"] = np.float32(loss)
+        for p, g in zip(tpaths, grads or []):
+            arrays[f"grad_{case}/{p}"] = g.astype("float32")
+        summary[case] = dict(input=list(x.shape), logits=list(logits.shape), loss=loss,
+                             logits_absmax=float(np.abs(logits).max()), logits_std=float(logits.std()))
+        if not training_mode:
+            continue
+        lt, logits_t, grads_t, new_ntv = run(x, y, True, grad=case in cases["train_grad_cases"])
+        arrays[f"logits_train_{case}"] = logits_t.astype("float32")
+        arrays[f"loss_train_{case}"] = np.float32(lt)
+        for p, n in zip(ntpaths, new_ntv):
+            if p is not None:
+                arrays[f"moving_train_{case}/{p}"] = n.astype("float32")
+        for p, g in zip(tpaths, grads_t or []):
+            arrays[f"grad_train_{case}/{p}"] = g.astype("float32")
+        summary[case]["loss_train"] = lt
+    return arrays, summary
+
+
 def make_fixture(name, cfg, out_root):
     keras, keras_hub = _keras()
     keras.utils.set_random_seed(SEED)
@@ -572,41 +692,7 @@ def make_fixture(name, cfg, out_root):
     # preset is complete and that the stored logits are what from_preset gives).
     seg = keras_hub.models.DeepLabV3ImageSegmenter.from_preset(preset)
     vmap_loaded = variable_paths(seg, preset)
-    # keys "<file>/<HDF5 path>": model.weights.h5 and task.weights.h5 both have layers/conv2d/vars/0
-    tpaths = ["/".join(vmap_loaded[id(v)]) for v in seg.trainable_variables]
-    ntpaths = ["/".join(vmap_loaded[id(v)]) if id(v) in vmap_loaded else None for v in seg.non_trainable_variables]
-    run = make_loss_and_grad(seg)
-
-    arrays = {}
-    k = cfg["num_classes"]
-    summary = {}
-    for case, h, w in cfg["cases"]:
-        x = rng.standard_normal((2, h, w, 3)).astype("float32")
-        logits_direct = np.asarray(seg(x, training=False))
-        oh, ow = logits_direct.shape[1:3]
-        y = make_labels(rng, 2, oh, ow, k)
-        arrays[f"input_{case}"] = x
-        arrays[f"labels_{case}"] = y
-        loss, logits, grads, _ = run(x, y, False)
-        assert np.allclose(logits, logits_direct, atol=1e-5)
-        arrays[f"logits_{case}"] = logits.astype("float32")
-        arrays[f"loss_{case}"] = np.float32(loss)
-        if case in cfg["grad_cases"]:
-            for p, g in zip(tpaths, grads):
-                arrays[f"grad_{case}/{p}"] = g.astype("float32")
-        lt, logits_t, grads_t, new_ntv = run(x, y, True)
-        arrays[f"logits_train_{case}"] = logits_t.astype("float32")
-        arrays[f"loss_train_{case}"] = np.float32(lt)
-        for p, n in zip(ntpaths, new_ntv):
-            if p is not None:
-                arrays[f"moving_train_{case}/{p}"] = n.astype("float32")
-        if case in cfg["train_grad_cases"]:
-            for p, g in zip(tpaths, grads_t):
-                arrays[f"grad_train_{case}/{p}"] = g.astype("float32")
-        summary[case] = dict(
-            input=list(x.shape), logits=list(logits.shape), loss=loss, loss_train=lt,
-            logits_absmax=float(np.abs(logits).max()), logits_std=float(logits.std()),
-        )
+    arrays, summary = case_arrays(seg, vmap_loaded, cfg, rng, cfg["num_classes"])
 
     # Preprocessor case: raw 0..255 images of another size through
     # seg.preprocessor (resize/crop + scale/offset) and seg.predict().
@@ -687,14 +773,16 @@ def make_fixture(name, cfg, out_root):
 # ---------------------------------------------------------------------------
 # --full and --check-roundtrip
 # ---------------------------------------------------------------------------
-def full_mode(outdir, count_only=False):
+def full_mode(outdir, encoder="resnet50", count_only=False):
     keras, keras_hub = _keras()
     keras.utils.set_random_seed(SEED)
     rng = np.random.default_rng(SEED)
-    seg = build_segmenter(FULL, use_preprocessor=False)
+    cfg = FULL_CONFIGS[encoder]
+    seg = build_segmenter(cfg, use_preprocessor=False)
     nb = seg.backbone.count_params()
     nt = seg.count_params()
-    print(f"full DeepLabV3+ ResNet50: backbone params {nb:,} (pascalvoc preset metadata: 39,190,656); "
+    expect = " (pascalvoc preset metadata: 39,190,656)" if encoder == "resnet50" else ""
+    print(f"full DeepLabV3+ {encoder}: backbone params {nb:,}{expect}; "
           f"head {nt - nb:,} (expect 5,376); total {nt:,}")
     if count_only:
         return
@@ -703,12 +791,11 @@ def full_mode(outdir, count_only=False):
     preset = os.path.join(outdir, "preset")
     shutil.rmtree(preset, ignore_errors=True)
     seg.save_to_preset(preset)
-    arrays = {}
-    for case, (h, w) in (("sq", (512, 512)), ("nsq", (512, 384))):
-        x = rng.standard_normal((1, h, w, 3)).astype("float32")
-        arrays[f"input_{case}"] = x
-        arrays[f"logits_{case}"] = np.asarray(seg.predict(x, verbose=0) if seg.preprocessor is None else seg(x, training=False))
+    arrays, summary = case_arrays(seg, variable_paths(seg, preset), FULL_CASES, rng, cfg["num_classes"],
+                                  batch=1, training_mode=False)
     np.savez_compressed(os.path.join(outdir, "cases.npz"), **arrays)
+    for case, info in summary.items():
+        print(f"{case}: {info}")
     print("wrote", preset, "and", os.path.join(outdir, "cases.npz"))
 
 
@@ -750,6 +837,8 @@ def main(argv=None):
     ap.add_argument("--out", default=DEFAULT_OUT, help="fixture root (default tests/fixtures)")
     ap.add_argument("--only", nargs="*", choices=sorted(FIXTURES), help="fixtures to build")
     ap.add_argument("--full", metavar="DIR", help="build the pascalvoc-shaped model into DIR")
+    ap.add_argument("--encoder", default="resnet50", choices=sorted(FULL_CONFIGS),
+                    help="with --full: the ResNet of the full-size model (default resnet50, the pascalvoc preset's)")
     ap.add_argument("--count-only", action="store_true", help="with --full: only print parameter counts")
     ap.add_argument("--check-roundtrip", metavar="DIR", help="load preset DIR and compare to stored logits")
     ap.add_argument("--cases", help="cases.npz for --check-roundtrip")
@@ -761,14 +850,13 @@ def main(argv=None):
     if args.check_roundtrip:
         return check_roundtrip(args.check_roundtrip, args.cases, args.tol)
     if args.full:
-        full_mode(args.full, args.count_only)
+        full_mode(args.full, args.encoder, args.count_only)
         return 0
     if args.verify_layout:
         cfgs = dict(FIXTURES)
-        cfgs["resnet50_v3plus_pascalvoc_shape"] = FULL
-        r18 = json.loads(json.dumps(FULL))
-        r18["encoder"].update(stackwise_num_blocks=[2, 2, 2, 2], block_type="basic_block")
-        r18["backbone"].update(spatial_pyramid_pooling_key="P4", upsampling_size=4, low_level_feature_key="P3")
+        cfgs.update({f"{n}_v3plus_pascalvoc_shape": c for n, c in FULL_CONFIGS.items()})
+        r18 = _variant(FULL_CONFIGS["resnet18"], backbone=dict(spatial_pyramid_pooling_key="P4", upsampling_size=4,
+                                                              low_level_feature_key="P3"))
         cfgs["resnet18_basic_v3plus_P4_P3"] = r18
         allok = True
         for n, c in cfgs.items():

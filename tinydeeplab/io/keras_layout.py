@@ -4,6 +4,8 @@ Keras 3 does not store layer names in ``*.weights.h5``. A layer's path is made o
 in snake case plus a counter, in the order the saving code walks the model's ``layers`` list::
 
     layers/functional/layers/conv2d_7/vars/0        (the 8th Conv2D of the image-encoder graph)
+    image_encoder/layers/batch_normalization_15     (ResNet v2's post_bn: the 16th BN of the encoder,
+                                                     outside the graph that DeepLab uses)
 
 so the mapping is a matter of listing our Conv2D / BatchNorm modules in Keras's order. The image
 encoder's part comes from the encoder itself (:meth:`~tinydeeplab.models.encoder.Encoder.keras_weight_layers`,
@@ -49,13 +51,14 @@ def _weighted_units(seq) -> list[tuple[str, object, tuple]]:
     return [unit for block in names.values() for unit in _weighted_units(block)]
 
 
-def _add_counted(table, prefix, units):
+def _add_counted(table, prefix, units, seen=None) -> dict[str, int]:
     """Add ``units`` under ``prefix/<base>_<i>``, ``i`` counting the earlier units of the same base (Keras's
-    per-class counter)."""
-    seen: dict[str, int] = {}
+    per-class counter; ``seen``: the counts so far, returned updated, for a counter that continues)."""
+    seen = {} if seen is None else seen
     for base, module, var_names in units:
         i = seen[base] = seen.get(base, -1) + 1
         _add_unit(table, f"{prefix}/{_counter_name(base, i)}", module, var_names)
+    return seen
 
 
 def keras_weight_paths(segmenter) -> dict[str, tuple[str, str]]:
@@ -75,9 +78,12 @@ def keras_weight_paths(segmenter) -> dict[str, tuple[str, str]]:
 
     # 1. the image encoder's graph, saved as the nested functional model "functional"; a layer's counter
     #    counts the earlier layers of the same Keras class
-    encoder_layers = backbone.image_encoder.keras_weight_layers()
-    _add_counted(where, "layers/functional/layers", [(layer.name, layer.module, layer.var_names)
-                                                     for layer in encoder_layers])
+    encoder = backbone.image_encoder
+    seen = _add_counted(where, "layers/functional/layers", [(layer.name, layer.module, layer.var_names)
+                                                            for layer in encoder.keras_weight_layers()])
+    #    ... and the layers outside that graph under image_encoder/, their counters continuing the graph's
+    _add_counted(where, "image_encoder/layers", [(layer.name, layer.module, layer.var_names)
+                                                 for layer in encoder.keras_unused_weight_layers()], seen)
 
     # 2. ASPP: a list of Sequentials (branches, pooling last) and a projection Sequential
     aspp = backbone.aspp

@@ -17,6 +17,7 @@ Everything else in tinydeeplab reaches an encoder only through this class:
 ``get_config()``                the ``config`` dict of its config.json entry (KerasHub's argument names)
 ``from_config(cfg, ...)``       the inverse: a fresh encoder (random weights) from that dict
 ``keras_weight_layers()``       its weighted layers in the order Keras saves them (the HDF5 layout)
+``keras_unused_weight_layers()``  weighted layers no pyramid output uses (default: none)
 ``stages()``                    named intermediate outputs: parity report rows and architecture docs
 ``in_channels``                 channels of the images it reads: KerasHub's ``image_shape[-1]`` (3)
 ``input_conv()``                the Conv2D that reads the image (its kernel is adapted to C channels)
@@ -114,6 +115,15 @@ class Encoder(Module):
         """Every weighted layer, in the order Keras saves the encoder's functional graph (the
         counter in ``layers/functional/layers/conv2d_7`` counts within one Keras class)."""
         raise NotImplementedError
+
+    def keras_unused_weight_layers(self) -> list[KerasLayer]:
+        """Weighted layers that feed no pyramid output (ResNet v2's ``post_bn``), in Keras's order.
+
+        DeepLabV3Backbone's ``functional`` holds only the graph up to the pyramid outputs; Keras saves
+        the rest of the encoder with the backbone's ``image_encoder`` attribute, as
+        ``image_encoder/layers/<name>_<i>``, where ``i`` counts *every* layer of that Keras class in
+        the encoder, those of the functional graph included."""
+        return []
 
     def stages(self) -> list[EncoderStage]:
         """The stages worth naming, in data-flow order (every pyramid level among them)."""

@@ -293,14 +293,21 @@ class ResNetBackbone(Encoder):
             layers += [keras_layer(m) for m in (unit.conv, getattr(unit, "bn", None)) if m is not None]
         return layers
 
+    def keras_unused_weight_layers(self):
+        """v2's ``post_bn``, which closes KerasHub's ResNet after the last stack but feeds no pyramid output."""
+        return [keras_layer(self.post_bn)] if self.config["use_pre_activation"] else []
+
     def stages(self):
         """The stem, then every block (KerasHub's ``stack{s}_block{b}_out``: the ReLU after the add in v1,
         the add itself in v2); the last block of stack ``s`` outputs ``P{s+2}``."""
         cfg = self.config
         k = cfg["input_conv_kernel_sizes"][0]
-        out = [EncoderStage("stem.conv1", f"stem: {k}x{k}/2 conv (ZeroPadding {(k - 1) // 2} + valid) -> BN -> ReLU"),
-               EncoderStage("stem", "stem: ZeroPadding 1 -> 3x3/2 max pool", "pool1_pool",
-                            box=("stem", f"{k}×{k}/2 conv, BN, ReLU; 3×3/2 max pool"))]
+        v2_only_conv = cfg["use_pre_activation"] and len(cfg["input_conv_filters"]) == 1   # no BN/ReLU after it
+        post = "" if v2_only_conv else " -> BN -> ReLU"
+        pad = "-inf padding 1" if cfg["use_pre_activation"] else "ZeroPadding 1"
+        out = [EncoderStage("stem.conv1", f"stem: {k}x{k}/2 conv (ZeroPadding {(k - 1) // 2} + valid){post}"),
+               EncoderStage("stem", f"stem: {pad} -> 3x3/2 max pool", "pool1_pool",
+                            box=("stem", f"{k}×{k}/2 conv{post.replace(' ->', ',')}; 3×3/2 max pool"))]
         bottleneck = cfg["block_type"] == "bottleneck_block"
         for s in range(self.num_stacks):
             f, blocks = cfg["stackwise_num_filters"][s], self.blocks(s)
