@@ -123,6 +123,57 @@ FIXTURES = {
     ),
 }
 
+# EfficientNet (KerasHub "v1" blocks, the b0 recipe of the timm converter: swish,
+# BN eps 1e-5 / momentum 0.9, min_depth from the divisor, capped rounding) in a
+# DeepLabV3+, tiny. Covers: expand ratio 1 and 6, kernels 3 and 5, SE and no SE,
+# residual blocks (stacks 2, 4, 5), a depth coefficient that rounds 1 repeat up
+# to 2, and a last-stack width so small that block5a's input_filters (8) differ
+# from the channels reaching it (24): Keras sizes the expansion from the former.
+# dropout 0: Keras's stochastic-depth draws cannot be reproduced.
+FIXTURES["effnet_v3plus_tiny"] = dict(
+    encoder_class="EfficientNetBackbone",
+    encoder=dict(
+        stackwise_width_coefficients=[0.25, 0.25, 0.25, 0.25, 0.0125],
+        stackwise_depth_coefficients=[1.0, 1.0, 1.0, 1.0, 1.1],
+        stackwise_kernel_sizes=[3, 3, 5, 3, 5],
+        stackwise_num_repeats=[1, 2, 1, 2, 1],
+        stackwise_input_filters=[32, 16, 24, 40, 80],
+        stackwise_output_filters=[16, 24, 40, 80, 112],
+        stackwise_expansion_ratios=[1, 6, 6, 6, 6],
+        stackwise_squeeze_and_excite_ratios=[0.25, 0.25, 0.0, 0.25, 0.25],
+        stackwise_strides=[1, 2, 2, 2, 2],
+        stackwise_block_types=["v1"] * 5,
+        min_depth=None,
+        include_stem_padding=True,
+        use_depth_divisor_as_min_depth=True,
+        cap_round_filter_decrease=True,
+        stem_conv_padding="valid",
+        batch_norm_momentum=0.9,
+        batch_norm_epsilon=1e-5,
+        dropout=0.0,
+        activation="swish",
+    ),
+    backbone=dict(
+        spatial_pyramid_pooling_key="P5",
+        upsampling_size=8,
+        dilation_rates=[2],
+        low_level_feature_key="P2",
+        projection_filters=8,
+    ),
+    num_classes=4,
+    converter=dict(
+        image_size=(64, 96),
+        scale=1.0 / 127.5,
+        offset=-1.0,
+        crop_to_aspect_ratio=False,
+        interpolation="bilinear",
+    ),
+    cases=[("sq", 64, 64), ("nsq", 64, 96), ("odd", 62, 93)],
+    grad_cases=["sq"],
+    train_grad_cases=["sq"],
+    act_hw=(32, 32),
+)
+
 FULL = dict(
     encoder=dict(
         input_conv_filters=[64],
@@ -158,7 +209,7 @@ def _keras():
 
 def build_segmenter(cfg, use_preprocessor=True):
     keras, keras_hub = _keras()
-    enc = keras_hub.models.ResNetBackbone(**cfg["encoder"])
+    enc = getattr(keras_hub.models, cfg.get("encoder_class", "ResNetBackbone"))(**cfg["encoder"])
     bkw = dict(cfg["backbone"])
     if bkw.get("low_level_feature_key") is None:
         bkw.pop("low_level_feature_key", None)
@@ -651,7 +702,8 @@ def make_fixture(name, cfg, out_root):
     for fn in ("model.weights.h5", "task.weights.h5"):
         for g, n in h5_group_names(os.path.join(preset, fn)).items():
             names[(fn, g)] = n
-    roles = {(fn, p): role for fn, p, _, role, _ in expected_weight_paths(cfg)}
+    resnet = cfg.get("encoder_class", "ResNetBackbone") == "ResNetBackbone"   # the only family with roles
+    roles = {(fn, p): role for fn, p, _, role, _ in expected_weight_paths(cfg)} if resnet else {}
     trainable_ids = {id(v) for v in seg.trainable_variables}
     wl = []
     for v in seg.weights:
