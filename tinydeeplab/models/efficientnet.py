@@ -307,9 +307,11 @@ class EfficientNetBackbone(Encoder):
 
     # -- the encoder protocol ----------------------------------------------------------------------------
     def get_config(self) -> dict:
-        """KerasHub's ``EfficientNetBackbone.get_config()`` keys (it stores neither ``num_features`` nor
-        ``stackwise_nores_option``: a KerasHub preset always rebuilds with ``num_features=1280``)."""
-        return {**self.config, "input_shape": [None, None, self.in_channels]}
+        """KerasHub's ``EfficientNetBackbone.get_config()`` keys. KerasHub's own get_config omits
+        ``num_features`` (its presets rebuild with the default 1280); another value is written too, a key
+        KerasHub's constructor accepts, so such a preset also loads in KerasHub."""
+        top = {} if self.num_features == 1280 else {"num_features": self.num_features}
+        return {**self.config, "input_shape": [None, None, self.in_channels], **top}
 
     @classmethod
     def from_config(cls, config: dict, *, output_stride=None, seed=None) -> "EfficientNetBackbone":

@@ -1,0 +1,203 @@
+"""EfficientNetBackbone: KerasHub's configs (sizes Keras reports), pyramid, config round trip, presets,
+stochastic depth, and whole-model gradients (the Keras parity fixture is in test_parity.py)."""
+import warnings
+
+import numpy as np
+import pytest
+
+from tinydeeplab import load_keras_preset, save_keras_preset, use_backend
+from tinydeeplab.errors import PresetError
+from tinydeeplab.gradcheck import numerical_gradient
+from tinydeeplab.models import DeepLabV3Backbone, DeepLabV3ImageSegmenter, EfficientNetBackbone
+from tinydeeplab.nn import StochasticDepth
+
+from model_factories import randomize_batchnorm
+
+# The constructor arguments KerasHub's timm converter (keras_hub/src/utils/timm/convert_efficientnet.py)
+# passes for efficientnet_b0, and what Keras itself reports for them (count_params and pyramid_outputs
+# of keras_hub.models.EfficientNetBackbone(**B0), measured with keras-hub in /work/kerasenv).
+B0 = dict(stackwise_kernel_sizes=[3, 3, 5, 3, 5, 5, 3], stackwise_num_repeats=[1, 2, 2, 3, 3, 4, 1],
+          stackwise_input_filters=[32, 16, 24, 40, 80, 112, 192], stackwise_output_filters=[16, 24, 40, 80, 112, 192, 320],
+          stackwise_expansion_ratios=[1, 6, 6, 6, 6, 6, 6], stackwise_strides=[1, 2, 2, 2, 1, 2, 1],
+          stackwise_block_types=["v1"] * 7, min_depth=None, include_stem_padding=True,
+          use_depth_divisor_as_min_depth=True, cap_round_filter_decrease=True, stem_conv_padding="valid",
+          batch_norm_momentum=0.9, batch_norm_epsilon=1e-5, dropout=0, projection_activation=None,
+          stackwise_width_coefficients=[1.0] * 7, stackwise_depth_coefficients=[1.0] * 7,
+          stackwise_squeeze_and_excite_ratios=[0.25] * 7)
+KERAS_PARAMS = {"b0": 4_049_564, "b3": 10_783_528}
+KERAS_PYRAMID = {"b0": {"P1": 16, "P2": 24, "P3": 40, "P4": 112, "P5": 1280},
+                 "b3": {"P1": 24, "P2": 32, "P3": 48, "P4": 136, "P5": 1536}}
+B3 = {**B0, "stackwise_width_coefficients": [1.2] * 7, "stackwise_depth_coefficients": [1.4] * 7}
+
+
+def tiny(**over):
+    """Three stacks of 4..6 channels: a residual expand-1 block with SE, a strided expand-2 block, a residual
+    expand-2 block with SE; P1 (1/2, input of block2a) and P2 (the top, 1/4)."""
+    cfg = dict(stackwise_width_coefficients=[1.0] * 2, stackwise_depth_coefficients=[1.0, 2.0],
+               stackwise_kernel_sizes=[3, 5], stackwise_num_repeats=[1, 1], stackwise_input_filters=[4, 4],
+               stackwise_output_filters=[4, 6], stackwise_expansion_ratios=[1, 2],
+               stackwise_squeeze_and_excite_ratios=[0.5, 0.5], stackwise_strides=[1, 2],
+               stackwise_block_types=["v1"] * 2, depth_divisor=2, min_depth=2, num_features=4, dropout=0.0)
+    cfg.update(over)
+    return EfficientNetBackbone(**cfg, seed=0)
+
+
+def tiny_segmenter(**over):
+    bb = DeepLabV3Backbone(tiny(**over), "P2", 2, [1], low_level_feature_key="P1", projection_filters=2,
+                           num_channels=4, seed=1)
+    return DeepLabV3ImageSegmenter(bb, 3, seed=2)
+
+
+@pytest.mark.parametrize("name,cfg", [("b0", B0), ("b3", B3)])
+def test_keras_configs_build_with_the_sizes_keras_reports(name, cfg):
+    enc = EfficientNetBackbone(**cfg, seed=0)
+    assert enc.num_parameters() + sum(b.size for _, b in enc.named_buffers()) == KERAS_PARAMS[name]
+    assert enc.pyramid_channels == KERAS_PYRAMID[name]
+    assert enc.pyramid_strides == {"P1": 2, "P2": 4, "P3": 8, "P4": 16, "P5": 32}
+
+
+@pytest.mark.parametrize("size", [(64, 64), (50, 37)])
+def test_pyramid_shapes_and_strides(size):
+    enc = EfficientNetBackbone(**{**B0, "stackwise_width_coefficients": [0.25] * 7,
+                                  "stackwise_num_repeats": [1] * 7}, seed=0)
+    out = enc(np.random.default_rng(0).normal(size=(1, *size, 3)).astype(np.float32))
+    assert list(out) == ["P1", "P2", "P3", "P4", "P5"]
+    for level, y in out.items():
+        s = enc.pyramid_strides[level]
+        # every stride-2 step is ZeroPadding(k // 2) + "valid": ceil(H / 2), as Keras "same" on the size
+        assert y.shape == (1, -(-size[0] // s), -(-size[1] // s), enc.pyramid_channels[level]), level
+
+
+def test_config_round_trip_and_keras_scalar_coefficients():
+    enc = EfficientNetBackbone(**B0, seed=0)
+    cfg = enc.get_config()
+    again = EfficientNetBackbone.from_config(cfg)
+    assert again.get_config() == cfg
+    assert again.state_dict().keys() == enc.state_dict().keys()
+    scalar = {k: v for k, v in cfg.items() if not k.startswith("stackwise_width")}
+    scalar["width_coefficient"] = 1.0              # KerasHub accepts a scalar for every stack
+    assert EfficientNetBackbone.from_config(scalar).get_config() == cfg
+
+
+def test_preset_round_trip(tmp_path):
+    model = randomize_batchnorm(tiny_segmenter(), np.random.default_rng(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                                    # 4-channel head: tinydeeplab-only
+        save_keras_preset(model, tmp_path / "preset")
+    again = load_keras_preset(tmp_path / "preset")
+    assert isinstance(again.backbone.image_encoder, EfficientNetBackbone)
+    x = np.random.default_rng(1).normal(size=(2, 16, 24, 3)).astype(np.float32)
+    np.testing.assert_array_equal(again.forward(x), model.forward(x))
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(stackwise_block_types=["v1", "fused"]), "fused.*not supported"),
+    (dict(activation="gelu"), "gelu"),
+    (dict(stackwise_strides=[1]), "stackwise_strides must be a list of 2"),
+    (dict(stackwise_input_filters=[4, 6], stackwise_expansion_ratios=[1, 1]), "block2a: input filters 6"),
+])
+def test_bad_configs_are_named(change, match):
+    with pytest.raises(ValueError, match=match):
+        tiny(**change)
+
+
+def test_unsupported_block_type_in_a_preset_is_one_line(tmp_path):
+    import json
+
+    model = tiny_segmenter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        save_keras_preset(model, tmp_path / "p")
+    cfg = json.loads((tmp_path / "p" / "config.json").read_text())
+    cfg["config"]["image_encoder"]["config"]["stackwise_block_types"] = ["v1", "cba"]
+    (tmp_path / "p" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(PresetError, match="config.json.*cba.*not supported"):
+        load_keras_preset(tmp_path / "p")
+
+
+def test_stochastic_depth_drops_whole_samples_of_the_residual_branch():
+    """Training: y[n] = x[n] + keep[n] * branch(x)[n] / (1 - rate), with one draw per sample."""
+    enc = tiny(dropout=0.6).astype(np.float64)
+    block = enc.block2b           # block_id 2; KerasHub divides by the unrounded sum of repeats (2): rate 0.6
+    assert isinstance(block.drop, StochasticDepth) and block.drop.rate == pytest.approx(0.6)
+    x = np.random.default_rng(0).normal(size=(8, 4, 4, 6))
+    with use_backend("numpy"):
+        block.drop.rng = np.random.default_rng(7)
+        y = block.forward(x, training=True)
+        keep = np.random.default_rng(7).random(8) >= 0.6
+        branch = x
+        for layer in block.branch()[:-1]:        # everything but the drop
+            branch = layer.forward(branch, training=True)
+    assert 0 < keep.sum() < 8
+    np.testing.assert_allclose(y, x + keep[:, None, None, None] * branch / 0.4, rtol=1e-12)
+    with use_backend("numpy"):
+        np.testing.assert_array_equal(block.drop.forward(branch, training=False), branch)   # inference: identity
+
+
+def _with_fixed_drops(model, seed):
+    """Reseed every stochastic-depth layer before each forward, so repeated evaluations drop the same samples
+    (seed 0 at rate 0.5 keeps the first sample and drops the others)."""
+    for _, mod in model.modules():
+        if isinstance(mod, StochasticDepth):
+            plain = mod.forward
+
+            def forward(x, training=False, mod=mod, plain=plain):
+                mod.rng = np.random.default_rng(seed)
+                return plain(x, training)
+            object.__setattr__(mod, "forward", forward)
+    return model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("training", [False, True])
+def test_whole_model_gradient_every_entry(training):
+    from test_model import _check_every_entry
+
+    rng = np.random.default_rng(3)
+    model = _with_fixed_drops(randomize_batchnorm(tiny_segmenter(dropout=0.5), rng), 0).astype(np.float64)
+    x, c = rng.normal(size=(2, 12, 9, 3)), rng.normal(size=(2, 12, 9, 3))
+    with use_backend("numpy"):
+        checked = _check_every_entry(model, x, c, training)
+    assert checked == model.num_parameters()
+
+
+def test_whole_model_directional_derivative():
+    """d/dt L(theta + t v, x + t vx) at t = 0 equals <grad, v> + <dx, vx>, training mode with drops."""
+    from test_model import _loss_and_grads, _snapshot
+
+    rng = np.random.default_rng(4)
+    model = _with_fixed_drops(randomize_batchnorm(tiny_segmenter(dropout=0.5), rng), 0).astype(np.float64)
+    x, c = rng.normal(size=(4, 23, 18, 3)), rng.normal(size=(4, 23, 18, 3))
+    with use_backend("numpy"):
+        state = _snapshot(model)
+        _, dx, grads = _loss_and_grads(model, x, c, True)
+        v = {k: rng.normal(size=g.shape) for k, g in grads.items()}
+        vx = rng.normal(size=x.shape)
+        predicted = sum(float((grads[k] * v[k]).sum()) for k in v) + float((dx * vx).sum())
+
+        def loss_at(t):
+            model.load_state_dict({**state, **{k: state[k] + t * v[k] for k in v}})
+            return float((model.forward(x + t * vx, training=True) * c).sum())
+
+        t = np.zeros(1)
+        numeric = float(numerical_gradient(lambda: loss_at(float(t[0])), t)[0])
+    assert numeric == pytest.approx(predicted, rel=1e-6)
+
+
+def test_cpu_backend_matches_the_reference():
+    model = randomize_batchnorm(tiny_segmenter(), np.random.default_rng(5))
+    x = np.random.default_rng(6).normal(size=(2, 20, 17, 3)).astype(np.float32)
+    c = np.random.default_rng(7).normal(size=(2, 20, 17, 3)).astype(np.float32)
+    results = {}
+    for backend in ("numpy", "cpu"):
+        with use_backend(backend):
+            y = model.forward(x, training=True)
+            model.zero_grad()
+            dx = model.backward(c)
+            results[backend] = (y, dx, {k: g.copy() for k, g in model.named_gradients()})
+    (y0, dx0, g0), (y1, dx1, g1) = results["numpy"], results["cpu"]
+    np.testing.assert_allclose(y1, y0, rtol=1e-4, atol=1e-4 * float(np.abs(y0).max()))
+    np.testing.assert_allclose(dx1, dx0, rtol=1e-4, atol=1e-4 * float(np.abs(dx0).max()))
+    scale = max(float(np.abs(g).max()) for g in g0.values())   # project_bn betas: exactly 0 in training mode,
+    for k in g0:                                                 # float32 noise on both backends
+        np.testing.assert_allclose(g1[k], g0[k], rtol=1e-3, atol=1e-5 * scale, err_msg=k)
