@@ -24,10 +24,12 @@ B0 = dict(stackwise_kernel_sizes=[3, 3, 5, 3, 5, 5, 3], stackwise_num_repeats=[1
           batch_norm_momentum=0.9, batch_norm_epsilon=1e-5, dropout=0, projection_activation=None,
           stackwise_width_coefficients=[1.0] * 7, stackwise_depth_coefficients=[1.0] * 7,
           stackwise_squeeze_and_excite_ratios=[0.25] * 7)
-KERAS_PARAMS = {"b0": 4_049_564, "b3": 10_783_528}
+KERAS_PARAMS = {"b0": 4_049_564, "b3": 10_783_528, "lite0": 3_413_024}
 KERAS_PYRAMID = {"b0": {"P1": 16, "P2": 24, "P3": 40, "P4": 112, "P5": 1280},
-                 "b3": {"P1": 24, "P2": 32, "P3": 48, "P4": 136, "P5": 1536}}
+                 "b3": {"P1": 24, "P2": 32, "P3": 48, "P4": 136, "P5": 1536},
+                 "lite0": {"P1": 16, "P2": 24, "P3": 40, "P4": 112, "P5": 1280}}
 B3 = {**B0, "stackwise_width_coefficients": [1.2] * 7, "stackwise_depth_coefficients": [1.4] * 7}
+LITE0 = {**B0, "stackwise_squeeze_and_excite_ratios": [0] * 7, "activation": "relu6"}    # no SE, relu6
 
 
 def tiny(**over):
@@ -48,7 +50,7 @@ def tiny_segmenter(**over):
     return DeepLabV3ImageSegmenter(bb, 3, seed=2)
 
 
-@pytest.mark.parametrize("name,cfg", [("b0", B0), ("b3", B3)])
+@pytest.mark.parametrize("name,cfg", [("b0", B0), ("b3", B3), ("lite0", LITE0)])
 def test_keras_configs_build_with_the_sizes_keras_reports(name, cfg):
     enc = EfficientNetBackbone(**cfg, seed=0)
     assert enc.num_parameters() + sum(b.size for _, b in enc.named_buffers()) == KERAS_PARAMS[name]
@@ -161,12 +163,14 @@ def test_whole_model_gradient_every_entry(training):
     assert checked == model.num_parameters()
 
 
-def test_whole_model_directional_derivative():
+@pytest.mark.parametrize("activation", ["swish", "relu6"])
+def test_whole_model_directional_derivative(activation):
     """d/dt L(theta + t v, x + t vx) at t = 0 equals <grad, v> + <dx, vx>, training mode with drops."""
     from test_model import _loss_and_grads, _snapshot
 
     rng = np.random.default_rng(4)
-    model = _with_fixed_drops(randomize_batchnorm(tiny_segmenter(dropout=0.5), rng), 0).astype(np.float64)
+    model = _with_fixed_drops(randomize_batchnorm(tiny_segmenter(dropout=0.5, activation=activation), rng),
+                              0).astype(np.float64)
     x, c = rng.normal(size=(4, 23, 18, 3)), rng.normal(size=(4, 23, 18, 3))
     with use_backend("numpy"):
         state = _snapshot(model)

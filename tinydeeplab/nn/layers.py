@@ -276,7 +276,7 @@ class StochasticDepth(Dropout):
     op = "stochastic_depth"
 
 
-ACTIVATIONS = {"relu": "relu", "sigmoid": "sigmoid", "swish": "swish", "silu": "swish",
+ACTIVATIONS = {"relu": "relu", "relu6": "relu6", "sigmoid": "sigmoid", "swish": "swish", "silu": "swish",
                "hard_sigmoid": "hard_sigmoid", "hard_swish": "hard_swish", "hard_silu": "hard_swish"}
 """Keras activation name -> tinydeeplab op (``keras.activations``: ``silu`` is ``swish``, ``hard_silu`` is
 ``hard_swish``)."""
