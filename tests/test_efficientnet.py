@@ -24,12 +24,20 @@ B0 = dict(stackwise_kernel_sizes=[3, 3, 5, 3, 5, 5, 3], stackwise_num_repeats=[1
           batch_norm_momentum=0.9, batch_norm_epsilon=1e-5, dropout=0, projection_activation=None,
           stackwise_width_coefficients=[1.0] * 7, stackwise_depth_coefficients=[1.0] * 7,
           stackwise_squeeze_and_excite_ratios=[0.25] * 7)
-KERAS_PARAMS = {"b0": 4_049_564, "b3": 10_783_528, "lite0": 3_413_024}
+KERAS_PARAMS = {"b0": 4_049_564, "b3": 10_783_528, "lite0": 3_413_024, "rw_t": 12_743_412}
 KERAS_PYRAMID = {"b0": {"P1": 16, "P2": 24, "P3": 40, "P4": 112, "P5": 1280},
                  "b3": {"P1": 24, "P2": 32, "P3": 48, "P4": 136, "P5": 1536},
-                 "lite0": {"P1": 16, "P2": 24, "P3": 40, "P4": 112, "P5": 1280}}
+                 "lite0": {"P1": 16, "P2": 24, "P3": 40, "P4": 112, "P5": 1280},
+                 "rw_t": {"P1": 24, "P2": 40, "P3": 48, "P4": 128, "P5": 1024}}
 B3 = {**B0, "stackwise_width_coefficients": [1.2] * 7, "stackwise_depth_coefficients": [1.4] * 7}
 LITE0 = {**B0, "stackwise_squeeze_and_excite_ratios": [0] * 7, "activation": "relu6"}    # no SE, relu6
+RW_T = {**B0, "stackwise_kernel_sizes": [3] * 6, "stackwise_num_repeats": [2, 4, 4, 6, 9, 15],      # EfficientNetV2
+        "stackwise_input_filters": [24, 24, 48, 64, 128, 160], "stackwise_output_filters": [24, 48, 64, 128, 160, 256],
+        "stackwise_expansion_ratios": [1, 4, 4, 4, 6, 6], "stackwise_strides": [1, 2, 2, 2, 1, 2],
+        "stackwise_squeeze_and_excite_ratios": [0, 0, 0, 0.25, 0.25, 0.25],
+        "stackwise_block_types": ["cba"] + ["fused"] * 2 + ["unfused"] * 3, "stackwise_force_input_filters": [0] * 6,
+        "stackwise_nores_option": [False] * 6, "activation": "silu", "stackwise_width_coefficients": [0.8] * 6,
+        "stackwise_depth_coefficients": [0.9] * 6}
 
 
 def tiny(**over):
@@ -50,7 +58,7 @@ def tiny_segmenter(**over):
     return DeepLabV3ImageSegmenter(bb, 3, seed=2)
 
 
-@pytest.mark.parametrize("name,cfg", [("b0", B0), ("b3", B3), ("lite0", LITE0)])
+@pytest.mark.parametrize("name,cfg", [("b0", B0), ("b3", B3), ("lite0", LITE0), ("rw_t", RW_T)])
 def test_keras_configs_build_with_the_sizes_keras_reports(name, cfg):
     enc = EfficientNetBackbone(**cfg, seed=0)
     assert enc.num_parameters() + sum(b.size for _, b in enc.named_buffers()) == KERAS_PARAMS[name]
@@ -93,7 +101,7 @@ def test_preset_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("change,match", [
-    (dict(stackwise_block_types=["v1", "fused"]), "fused.*not supported"),
+    (dict(stackwise_block_types=["v1", "mixed"]), "mixed.*not supported"),
     (dict(activation="gelu"), "gelu"),
     (dict(stackwise_strides=[1]), "stackwise_strides must be a list of 2"),
     (dict(stackwise_input_filters=[4, 6], stackwise_expansion_ratios=[1, 1]), "block2a: input filters 6"),
@@ -111,9 +119,9 @@ def test_unsupported_block_type_in_a_preset_is_one_line(tmp_path):
         warnings.simplefilter("ignore")
         save_keras_preset(model, tmp_path / "p")
     cfg = json.loads((tmp_path / "p" / "config.json").read_text())
-    cfg["config"]["image_encoder"]["config"]["stackwise_block_types"] = ["v1", "cba"]
+    cfg["config"]["image_encoder"]["config"]["stackwise_block_types"] = ["v1", "mixed"]
     (tmp_path / "p" / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(PresetError, match="config.json.*cba.*not supported"):
+    with pytest.raises(PresetError, match="config.json.*mixed.*not supported"):
         load_keras_preset(tmp_path / "p")
 
 
@@ -150,27 +158,32 @@ def _with_fixed_drops(model, seed):
     return model
 
 
+V2_TYPES = [["cba", "fused"], ["fused", "unfused"], ["cba", "unfused"]]   # EfficientNetV2 block layers
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("training", [False, True])
-def test_whole_model_gradient_every_entry(training):
+@pytest.mark.parametrize("training,types", [(False, ["v1"] * 2), (True, ["v1"] * 2), (True, ["fused", "unfused"])])
+def test_whole_model_gradient_every_entry(training, types):
     from test_model import _check_every_entry
 
     rng = np.random.default_rng(3)
-    model = _with_fixed_drops(randomize_batchnorm(tiny_segmenter(dropout=0.5), rng), 0).astype(np.float64)
+    model = _with_fixed_drops(randomize_batchnorm(tiny_segmenter(dropout=0.5, stackwise_block_types=types), rng),
+                              0).astype(np.float64)
     x, c = rng.normal(size=(2, 12, 9, 3)), rng.normal(size=(2, 12, 9, 3))
     with use_backend("numpy"):
         checked = _check_every_entry(model, x, c, training)
     assert checked == model.num_parameters()
 
 
-@pytest.mark.parametrize("activation", ["swish", "relu6"])
-def test_whole_model_directional_derivative(activation):
+@pytest.mark.parametrize("activation,types", [("swish", ["v1"] * 2), ("relu6", ["v1"] * 2)] +
+                         [("silu", t) for t in V2_TYPES])
+def test_whole_model_directional_derivative(activation, types):
     """d/dt L(theta + t v, x + t vx) at t = 0 equals <grad, v> + <dx, vx>, training mode with drops."""
     from test_model import _loss_and_grads, _snapshot
 
     rng = np.random.default_rng(4)
-    model = _with_fixed_drops(randomize_batchnorm(tiny_segmenter(dropout=0.5, activation=activation), rng),
-                              0).astype(np.float64)
+    model = _with_fixed_drops(randomize_batchnorm(tiny_segmenter(dropout=0.5, activation=activation,
+                                                                 stackwise_block_types=types), rng), 0).astype(np.float64)
     x, c = rng.normal(size=(4, 23, 18, 3)), rng.normal(size=(4, 23, 18, 3))
     with use_backend("numpy"):
         state = _snapshot(model)
@@ -188,8 +201,9 @@ def test_whole_model_directional_derivative(activation):
     assert numeric == pytest.approx(predicted, rel=1e-6)
 
 
-def test_cpu_backend_matches_the_reference():
-    model = randomize_batchnorm(tiny_segmenter(), np.random.default_rng(5))
+@pytest.mark.parametrize("types", [["v1"] * 2, ["fused", "unfused"]])
+def test_cpu_backend_matches_the_reference(types):
+    model = randomize_batchnorm(tiny_segmenter(stackwise_block_types=types), np.random.default_rng(5))
     x = np.random.default_rng(6).normal(size=(2, 20, 17, 3)).astype(np.float32)
     c = np.random.default_rng(7).normal(size=(2, 20, 17, 3)).astype(np.float32)
     results = {}

@@ -49,7 +49,9 @@ def keras_weight_paths(segmenter) -> dict[str, tuple[str, str]]:
     seen: dict[str, int] = {}
     for layer in backbone.image_encoder.keras_weight_layers():
         i = seen[layer.name] = seen.get(layer.name, -1) + 1
-        _add_unit(where, f"layers/functional/layers/{_counter_name(layer.name, i)}", layer.module, layer.var_names)
+        prefix = f"layers/functional/layers/{_counter_name(layer.name, i)}"
+        for attribute, module, var_names in layer.inner or (("", layer.module, layer.var_names),):
+            _add_unit(where, f"{prefix}/{attribute}" if attribute else prefix, module, var_names)
 
     # 2. ASPP: a list of Sequentials (branches, pooling last) and a projection Sequential
     aspp = backbone.aspp

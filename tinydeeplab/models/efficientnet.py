@@ -38,10 +38,12 @@ import numpy as np
 from ..nn import (Activation, Add, BatchNorm, ChannelScale, Conv2D, DepthwiseConv2D, GlobalAveragePooling2D,
                   Module, Sequential, StochasticDepth, ZeroPadding2D, sum_gradients)
 from ..nn.layers import ACTIVATIONS
-from .encoder import Encoder, EncoderStage, keras_layer
+from .encoder import Encoder, EncoderStage, KerasLayer, keras_layer
 
 KERAS_BN_MOMENTUM = 0.99      # keras.layers.BatchNormalization's default: the v1 blocks' BNs
-BLOCK_TYPES = ("v1",)
+KERAS_BLOCK_LAYERS = {"unfused": "mb_conv_block", "fused": "fused_mb_conv_block", "cba": "cba_block"}
+"""Block type -> snake-case name of the Keras layer class that holds the block (v1 blocks are inlined)."""
+BLOCK_TYPES = ("v1", *KERAS_BLOCK_LAYERS)
 STACKWISE = ("stackwise_kernel_sizes", "stackwise_num_repeats", "stackwise_input_filters",
              "stackwise_output_filters", "stackwise_expansion_ratios", "stackwise_squeeze_and_excite_ratios",
              "stackwise_strides", "stackwise_block_types")
@@ -114,37 +116,64 @@ class SqueezeExcite(Module):
 
 
 class MBConvBlock(Module):
-    """KerasHub's ``"v1"`` inverted-residual block (see the module docstring); children named as the
-    Keras layers: ``expand``, ``dwconv``, ``se``, ``project`` (and ``drop`` / ``add`` on a residual block)."""
+    """One KerasHub EfficientNet block of ``block_type`` (see the module docstring); children ``expand``,
+    ``dwconv``, ``se``, ``project`` (those the type has), then ``drop`` / ``add`` on a residual block.
 
-    def __init__(self, c_in, filters_in, filters_out, *, kernel_size, strides, expand_ratio, se_ratio, activation,
-                 projection_activation, dropout, bn_epsilon, seed, name="block"):
+    ========== ================================================================ ===================
+    type       branch                                                           BN momentum
+    ========== ================================================================ ===================
+    v1         [1x1 expand] -> pad k//2 + depthwise valid -> [SE] -> 1x1 [-> proj act]  0.99 (Keras default)
+    unfused    [1x1 expand] -> depthwise "same" -> [SE] -> 1x1 (k x k when e == 1)     batch_norm_momentum
+    fused      pad k//2 + k x k conv valid -> [SE] -> 1x1 [-> proj act when e == 1]  batch_norm_momentum
+    cba        pad k//2 + k x k conv valid (f_out) -> BN -> act                    batch_norm_momentum
+    ========== ================================================================ ===================
+
+    The residual add needs stride 1 and ``f_in == f_out`` (and, except for v1, ``nores`` False).
+    """
+
+    def __init__(self, c_in, filters_in, filters_out, *, block_type="v1", kernel_size, strides, expand_ratio,
+                 se_ratio, activation, projection_activation, dropout, bn_epsilon, bn_momentum=0.9, nores=False,
+                 seed, name="block"):
         super().__init__()
-        residual = strides == 1 and filters_in == filters_out
-        if c_in != filters_in and (expand_ratio == 1 or residual):
+        residual = strides == 1 and filters_in == filters_out and (block_type == "v1" or not nores)
+        if c_in != filters_in and (expand_ratio == 1 or residual or block_type == "cba"):
             # Keras sizes the layers from filters_in but reads c_in channels: its graph would not build
             raise ValueError(f"{name}: input filters {filters_in} differ from the {c_in} channels reaching it "
                              "(check stackwise_input_filters / stackwise_force_input_filters)")
         rng = np.random.default_rng(seed)
         seed_ = lambda: int(rng.integers(2**31))  # noqa: E731
-        bn = lambda c: BatchNorm(c, epsilon=bn_epsilon, momentum=KERAS_BN_MOMENTUM)  # noqa: E731
+        momentum = KERAS_BN_MOMENTUM if block_type == "v1" else bn_momentum
+        bn = lambda c: ("bn", BatchNorm(c, epsilon=bn_epsilon, momentum=momentum))  # noqa: E731
+        act = lambda name_=activation: ("act", _activation(name_))  # noqa: E731
+        pad = [("pad", ZeroPadding2D(kernel_size // 2))]
         filters = filters_in * expand_ratio
         if filters != int(filters):
-            raise ValueError(f"input filters {filters_in} x expand ratio {expand_ratio} is not a whole number")
+            raise ValueError(f"{name}: input filters {filters_in} x expand ratio {expand_ratio} is not a whole number")
         filters = int(filters)
-        if expand_ratio != 1:
-            self.expand = Sequential(("conv", Conv2D(c_in, filters, 1, seed=seed_())), ("bn", bn(filters)),
-                                     ("act", _activation(activation)))
-        self.dwconv = Sequential(("pad", ZeroPadding2D(kernel_size // 2)),
-                                 ("conv", DepthwiseConv2D(filters, kernel_size, strides=strides, padding="valid",
-                                                          seed=seed_())),
-                                 ("bn", bn(filters)), ("act", _activation(activation)))
-        if 0 < se_ratio <= 1:
+        self.block_type = block_type
+        if block_type == "cba":
+            self.expand = Sequential(*pad, ("conv", Conv2D(c_in, filters_out, kernel_size, strides=strides,
+                                                           padding="valid", seed=seed_())), bn(filters_out), act())
+        elif block_type == "fused":
+            self.expand = Sequential(*pad, ("conv", Conv2D(c_in, filters, kernel_size, strides=strides,
+                                                           padding="valid", seed=seed_())), bn(filters), act())
+        elif expand_ratio != 1:
+            self.expand = Sequential(("conv", Conv2D(c_in, filters, 1, seed=seed_())), bn(filters), act())
+        if block_type in ("v1", "unfused"):
+            same = block_type == "unfused"
+            self.dwconv = Sequential(*([] if same else pad),
+                                     ("conv", DepthwiseConv2D(filters, kernel_size, strides=strides,
+                                                              padding="same" if same else "valid", seed=seed_())),
+                                     bn(filters), act())
+        if block_type != "cba" and 0 < se_ratio <= 1:
             self.se = SqueezeExcite(filters, max(1, int(filters_in * se_ratio)), activation, seed_())
-        project = [("conv", Conv2D(filters, filters_out, 1, seed=seed_())), ("bn", bn(filters_out))]
-        if projection_activation:
-            project.append(("act", _activation(projection_activation)))
-        self.project = Sequential(*project)
+        if block_type != "cba":
+            k = kernel_size if block_type == "unfused" and expand_ratio == 1 else 1
+            project = ([("pad", ZeroPadding2D(k // 2))] if k > 1 else []) + [
+                ("conv", Conv2D(filters, filters_out, k, padding="valid", seed=seed_())), bn(filters_out)]
+            if projection_activation and (block_type == "v1" or (block_type == "fused" and expand_ratio == 1)):
+                project.append(act(projection_activation))
+            self.project = Sequential(*project)
         self.residual = residual
         if self.residual:
             if dropout > 0:
@@ -166,6 +195,26 @@ class MBConvBlock(Module):
         for layer in reversed(self.branch()):
             d = layer.backward(d)                              # a fresh array: the branch's dx
         return sum_gradients(d, dy) if self.residual else d    # the add sent dy to both
+
+    def keras_layers(self) -> list[KerasLayer]:
+        """v1: its weighted layers, inlined in the backbone's graph, in data-flow order. The other types are
+        one Keras layer each (``CBABlock``, ``FusedMBConvBlock``, ``MBConvBlock``), which saves its sublayers
+        under their attribute names: ``fused_mb_conv_block_3/conv1/vars/0``."""
+        parts = dict(self.children())
+        units = []                                             # (Keras attribute, our layer)
+        if "expand" in parts:
+            units += [("conv1", parts["expand"].conv), ("bn1", parts["expand"].bn)]
+        if "dwconv" in parts:
+            units += [("depthwise", parts["dwconv"].conv), ("bn2", parts["dwconv"].bn)]
+        if "se" in parts:
+            units += [("se_conv1", parts["se"].reduce), ("se_conv2", parts["se"].expand)]
+        if "project" in parts:
+            units += [("output_conv", parts["project"].conv), ("bn3" if "dwconv" in parts else "bn2",
+                                                               parts["project"].bn)]
+        if self.block_type == "v1":
+            return [keras_layer(m) for _, m in units]
+        inner = tuple((attr, m, keras_layer(m).var_names) for attr, m in units)
+        return [KerasLayer(KERAS_BLOCK_LAYERS[self.block_type], None, (), inner)]
 
 
 class EfficientNetBackbone(Encoder):
@@ -189,7 +238,8 @@ class EfficientNetBackbone(Encoder):
                  stackwise_block_types, stackwise_force_input_filters=None, dropout=0.2, depth_divisor=8,
                  min_depth=8, activation="swish", include_stem_padding=True, use_depth_divisor_as_min_depth=False,
                  cap_round_filter_decrease=False, stem_conv_padding="valid", batch_norm_momentum=0.9,
-                 batch_norm_epsilon=1e-5, projection_activation=None, num_features=1280, in_channels=3,
+                 batch_norm_epsilon=1e-5, projection_activation=None, num_features=1280, stackwise_nores_option=None,
+                 in_channels=3,
                  output_stride=None, seed=None):
         super().__init__()
         n = len(stackwise_kernel_sizes)
@@ -226,6 +276,9 @@ class EfficientNetBackbone(Encoder):
                        "stem_conv_padding": stem_conv_padding, "batch_norm_momentum": batch_norm_momentum,
                        "batch_norm_epsilon": batch_norm_epsilon, "projection_activation": projection_activation}
         self.num_features, self.in_channels, self.output_stride = int(num_features), int(in_channels), output_stride
+        self.nores = [bool(v) for v in (stackwise_nores_option or [False] * n)][:n]
+        if len(self.nores) != n:
+            raise ValueError(f"stackwise_nores_option must have {n} values, got {stackwise_nores_option!r}")
         rng = np.random.default_rng(seed)
         seed_ = lambda: int(rng.integers(2**31))  # noqa: E731
         width = stackwise_width_coefficients
@@ -257,11 +310,13 @@ class EfficientNetBackbone(Encoder):
                     self.taps.append((level, name))
                     channels[level], strides_of[level] = c, stride
                     stride *= strides
-                block = MBConvBlock(c, f_in, f_out, name=name, kernel_size=stackwise_kernel_sizes[i], strides=strides,
+                block = MBConvBlock(c, f_in, f_out, name=name, block_type=stackwise_block_types[i],
+                                    kernel_size=stackwise_kernel_sizes[i], strides=strides,
                                     expand_ratio=stackwise_expansion_ratios[i],
                                     se_ratio=stackwise_squeeze_and_excite_ratios[i], activation=activation,
                                     projection_activation=projection_activation,
-                                    dropout=dropout * block_id / total, bn_epsilon=batch_norm_epsilon, seed=seed_())
+                                    dropout=dropout * block_id / total, bn_epsilon=batch_norm_epsilon,
+                                    bn_momentum=batch_norm_momentum, nores=self.nores[i], seed=seed_())
                 setattr(self, name, block)
                 self.block_names.append(name)
                 c = f_out
@@ -311,7 +366,8 @@ class EfficientNetBackbone(Encoder):
         ``num_features`` (its presets rebuild with the default 1280); another value is written too, a key
         KerasHub's constructor accepts, so such a preset also loads in KerasHub."""
         top = {} if self.num_features == 1280 else {"num_features": self.num_features}
-        return {**self.config, "input_shape": [None, None, self.in_channels], **top}
+        nores = {"stackwise_nores_option": self.nores} if any(self.nores) else {}       # idem
+        return {**self.config, "input_shape": [None, None, self.in_channels], **top, **nores}
 
     @classmethod
     def from_config(cls, config: dict, *, output_stride=None, seed=None) -> "EfficientNetBackbone":
@@ -339,7 +395,7 @@ class EfficientNetBackbone(Encoder):
         for key in ("stackwise_force_input_filters", "dropout", "depth_divisor", "min_depth", "activation",
                     "include_stem_padding", "use_depth_divisor_as_min_depth", "cap_round_filter_decrease",
                     "stem_conv_padding", "batch_norm_momentum", "batch_norm_epsilon", "projection_activation",
-                    "num_features"):
+                    "num_features", "stackwise_nores_option"):
             if key in config:
                 kw[key] = config[key]
         if kw.get("stackwise_force_input_filters") is not None:
@@ -350,19 +406,10 @@ class EfficientNetBackbone(Encoder):
     def keras_weight_layers(self):
         """Data-flow order: the graph has no parallel weighted branches (the SE gate and the residual add
         rejoin a chain), so Keras's depth order is the order the layers run in."""
-        units = [self.stem]
+        layers = [keras_layer(self.stem.conv), keras_layer(self.stem.bn)]
         for block in self.blocks():
-            for part in block.branch():
-                if isinstance(part, SqueezeExcite):
-                    units += [part.reduce, part.expand]
-                elif isinstance(part, Sequential):
-                    units.append(part)
-        units.append(self.top)
-        layers = []
-        for unit in units:
-            mods = [unit] if isinstance(unit, Conv2D) else [unit.conv, unit.bn]
-            layers += [keras_layer(m) for m in mods]
-        return layers
+            layers += block.keras_layers()
+        return layers + [keras_layer(self.top.conv), keras_layer(self.top.bn)]
 
     def stages(self):
         """The stem, every block (KerasHub's ``block{i}{x}_add`` or ``..._project_bn``) and the top; each
@@ -384,14 +431,20 @@ class EfficientNetBackbone(Encoder):
 
         add("stem", f"stem: {pad}3x3/2 conv -> BN -> {act}", "stem_activation", "stem")
         for name, block in zip(self.block_names, self.blocks()):
-            dw = block.dwconv.conv
-            k, s = dw.params["kernel"].shape[0], dw.strides[0]
-            what = (f"{name}: " + ("1x1 expand -> " if "expand" in dict(block.children()) else "") +
-                    f"depthwise {k}x{k}" + (f"/{s}" if s > 1 else "") +
-                    (" -> SE" if "se" in dict(block.children()) else "") + f" -> 1x1 {block.out_channels}" +
+            parts = dict(block.children())
+            first = (parts.get("dwconv") or parts["expand"]).conv
+            k, s = first.params["kernel"].shape[0], first.strides[0]
+            kind = "depthwise" if "dwconv" in parts else ("fused conv" if "project" in parts else "conv")
+            what = (f"{name} ({block.block_type}): " + ("1x1 expand -> " if "dwconv" in parts and "expand" in parts
+                                                        else "") + f"{kind} {k}x{k}" + (f"/{s}" if s > 1 else "") +
+                    (" -> SE" if "se" in parts else "") + (f" -> 1x1 {block.out_channels}" if "project" in parts
+                                                           else f" {block.out_channels}") +
                     (", residual" if block.residual else ""))
-            last = "add" if block.residual else ("projection_activation" if "act" in dict(block.project.children())
-                                                 else "project_bn")
-            add(name, what, f"{name}_{last}", name)
+            if block.block_type != "v1":
+                keras_name = f"{name}_"                        # the block is one Keras layer
+            else:
+                keras_name = f"{name}_" + ("add" if block.residual else "projection_activation"
+                                           if "act" in dict(block.project.children()) else "project_bn")
+            add(name, what, keras_name, name)
         add("top", f"top: 1x1 conv {self.pyramid_channels[self.top_level]} -> BN -> {act}", "top_activation", "top")
         return out

@@ -34,11 +34,15 @@ BN_VARS = ("gamma", "beta", "moving_mean", "moving_variance")    # Keras BatchNo
 
 class KerasLayer(NamedTuple):
     """One weighted layer as Keras saves it: ``layers/<name>_<i>/vars/<j>`` holds ``module``'s
-    array ``var_names[j]``; ``name`` is the snake-case Keras class name (``"conv2d"``)."""
+    array ``var_names[j]``; ``name`` is the snake-case Keras class name (``"conv2d"``).
+
+    A Keras layer made of sublayers (KerasHub's ``FusedMBConvBlock``) has ``module`` None and ``inner``
+    ``((attribute, module, var_names), ...)``: ``layers/<name>_<i>/<attribute>/vars/<j>``."""
 
     name: str
-    module: Module
+    module: Module | None
     var_names: tuple[str, ...]
+    inner: tuple = ()
 
 
 class EncoderStage(NamedTuple):
