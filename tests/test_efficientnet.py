@@ -219,3 +219,21 @@ def test_cpu_backend_matches_the_reference(types):
     scale = max(float(np.abs(g).max()) for g in g0.values())   # project_bn betas: exactly 0 in training mode,
     for k in g0:                                                 # float32 noise on both backends
         np.testing.assert_allclose(g1[k], g0[k], rtol=1e-3, atol=1e-5 * scale, err_msg=k)
+
+
+@pytest.mark.parametrize("output_stride,step", [(16, 2), (8, 4)])
+def test_output_stride_is_exact_a_trous_of_the_strided_network(output_stride, step):
+    """Same weights, strides traded for dilation (no SE: its pool averages over the denser map): the dense
+    P5 holds the strided P5 at its even positions, and P5 sits at 1/output_stride."""
+    cfg = {**B0, "stackwise_width_coefficients": [0.25] * 7, "stackwise_num_repeats": [1, 1, 1, 1, 2, 2, 1],
+           "stackwise_squeeze_and_excite_ratios": [0] * 7}
+    strided = EfficientNetBackbone(**cfg, seed=0).astype(np.float64)
+    dense = EfficientNetBackbone(**cfg, output_stride=output_stride, seed=0).astype(np.float64)
+    dense.load_state_dict(strided.state_dict())
+    assert dense.pyramid_strides["P5"] == output_stride
+    assert EfficientNetBackbone.from_config(dense.get_config()).pyramid_strides == dense.pyramid_strides
+    x = np.random.default_rng(1).normal(size=(1, 64, 64, 3))
+    with use_backend("numpy"):
+        p5, q5 = strided.forward(x)["P5"], dense.forward(x)["P5"]
+    assert q5.shape[1] == 64 // output_stride
+    np.testing.assert_allclose(q5[:, ::step, ::step], p5, rtol=1e-10, atol=1e-12)

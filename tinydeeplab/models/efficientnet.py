@@ -26,6 +26,12 @@ are the outputs of stacks 1, 2, 3, 5 (1/2 .. 1/16 of the input) and P5 is ``top_
               (+ divisor when it fell below 0.9 * f * width and cap_round_filter_decrease)
     repeats = ceil(depth * n)
 
+**Atrous** (``output_stride`` 16 or 8, beyond KerasHub, as for ResNet): a strided block that would take the
+total stride past ``output_stride`` keeps stride 1 (and no residual add, as the strided block has none); its
+k x k conv keeps the rate before it and every later k x k conv is dilated by the stride given up (explicit
+pads scale with the rate). Without squeeze-and-excitation (whose global pool sees every position) and
+with explicit pads, the dense network holds the strided one's outputs at the positions the stride kept.
+
 **Batch norm.** The stem and top BNs use ``batch_norm_momentum`` and ``batch_norm_epsilon``; the BNs inside a
 v1 block take only the epsilon and keep Keras's default momentum 0.99 (KerasHub passes no momentum there).
 """
@@ -133,9 +139,11 @@ class MBConvBlock(Module):
 
     def __init__(self, c_in, filters_in, filters_out, *, block_type="v1", kernel_size, strides, expand_ratio,
                  se_ratio, activation, projection_activation, dropout, bn_epsilon, bn_momentum=0.9, nores=False,
-                 seed, name="block"):
+                 dilation=1, first_dilation=None, seed, name="block"):
         super().__init__()
-        residual = strides == 1 and filters_in == filters_out and (block_type == "v1" or not nores)
+        gave_up_stride = first_dilation is not None and first_dilation != dilation   # atrous: was strided
+        residual = (strides == 1 and not gave_up_stride and filters_in == filters_out
+                    and (block_type == "v1" or not nores))
         if c_in != filters_in and (expand_ratio == 1 or residual or block_type == "cba"):
             # Keras sizes the layers from filters_in but reads c_in channels: its graph would not build
             raise ValueError(f"{name}: input filters {filters_in} differ from the {c_in} channels reaching it "
@@ -145,7 +153,8 @@ class MBConvBlock(Module):
         momentum = KERAS_BN_MOMENTUM if block_type == "v1" else bn_momentum
         bn = lambda c: ("bn", BatchNorm(c, epsilon=bn_epsilon, momentum=momentum))  # noqa: E731
         act = lambda name_=activation: ("act", _activation(name_))  # noqa: E731
-        pad = [("pad", ZeroPadding2D(kernel_size // 2))]
+        d0 = dilation if first_dilation is None else first_dilation    # the (formerly) strided k x k conv
+        pad = [("pad", ZeroPadding2D(d0 * (kernel_size // 2)))]        # keeps the size at any rate
         filters = filters_in * expand_ratio
         if filters != int(filters):
             raise ValueError(f"{name}: input filters {filters_in} x expand ratio {expand_ratio} is not a whole number")
@@ -153,24 +162,27 @@ class MBConvBlock(Module):
         self.block_type = block_type
         if block_type == "cba":
             self.expand = Sequential(*pad, ("conv", Conv2D(c_in, filters_out, kernel_size, strides=strides,
-                                                           padding="valid", seed=seed_())), bn(filters_out), act())
+                                                           dilation_rate=d0, padding="valid", seed=seed_())),
+                                     bn(filters_out), act())
         elif block_type == "fused":
             self.expand = Sequential(*pad, ("conv", Conv2D(c_in, filters, kernel_size, strides=strides,
-                                                           padding="valid", seed=seed_())), bn(filters), act())
+                                                           dilation_rate=d0, padding="valid", seed=seed_())),
+                                     bn(filters), act())
         elif expand_ratio != 1:
             self.expand = Sequential(("conv", Conv2D(c_in, filters, 1, seed=seed_())), bn(filters), act())
         if block_type in ("v1", "unfused"):
             same = block_type == "unfused"
             self.dwconv = Sequential(*([] if same else pad),
-                                     ("conv", DepthwiseConv2D(filters, kernel_size, strides=strides,
+                                     ("conv", DepthwiseConv2D(filters, kernel_size, strides=strides, dilation_rate=d0,
                                                               padding="same" if same else "valid", seed=seed_())),
                                      bn(filters), act())
         if block_type != "cba" and 0 < se_ratio <= 1:
             self.se = SqueezeExcite(filters, max(1, int(filters_in * se_ratio)), activation, seed_())
         if block_type != "cba":
             k = kernel_size if block_type == "unfused" and expand_ratio == 1 else 1
-            project = ([("pad", ZeroPadding2D(k // 2))] if k > 1 else []) + [
-                ("conv", Conv2D(filters, filters_out, k, padding="valid", seed=seed_())), bn(filters_out)]
+            project = ([("pad", ZeroPadding2D(dilation * (k // 2)))] if k > 1 else []) + [
+                ("conv", Conv2D(filters, filters_out, k, dilation_rate=dilation, padding="valid", seed=seed_())),
+                bn(filters_out)]
             if projection_activation and (block_type == "v1" or (block_type == "fused" and expand_ratio == 1)):
                 project.append(act(projection_activation))
             self.project = Sequential(*project)
@@ -266,8 +278,8 @@ class EfficientNetBackbone(Encoder):
             raise ValueError(f"stem_conv_padding must be 'valid' or 'same', got {stem_conv_padding!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if output_stride not in (None, 32):
-            raise ValueError(f"output_stride {output_stride}: EfficientNetBackbone supports only 32 (no atrous option)")
+        if output_stride not in (None, 8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
         self.config = {**{k: list(v) for k, v in stackwise.items()},
                        "dropout": dropout, "depth_divisor": depth_divisor, "min_depth": min_depth,
                        "activation": activation, "include_stem_padding": bool(include_stem_padding),
@@ -294,7 +306,7 @@ class EfficientNetBackbone(Encoder):
 
         self.block_names, self.taps = [], []        # taps: (level, name of the block whose input it is)
         total = float(sum(stackwise_num_repeats))
-        block_id, stride, channels, strides_of = 0, 2, {}, {}
+        block_id, stride, channels, strides_of, rate = 0, 2, {}, {}, 1
         for i in range(n):
             f_in, f_out = rf(stackwise_input_filters[i], width[i]), rf(stackwise_output_filters[i], width[i])
             for j in range(round_repeats(stackwise_num_repeats[i], stackwise_depth_coefficients[i])):
@@ -305,18 +317,23 @@ class EfficientNetBackbone(Encoder):
                 if force > 0:
                     f_in = rf(force, width[i])
                 name = f"block{i + 1}{chr(97 + j)}"
+                first_rate = rate
                 if strides != 1:
                     level = f"P{len(self.taps) + 1}"
                     self.taps.append((level, name))
                     channels[level], strides_of[level] = c, stride
-                    stride *= strides
+                    if output_stride and stride * strides > output_stride:
+                        rate, strides = rate * strides, 1       # atrous: trade this stride for dilation
+                    else:
+                        stride *= strides
                 block = MBConvBlock(c, f_in, f_out, name=name, block_type=stackwise_block_types[i],
                                     kernel_size=stackwise_kernel_sizes[i], strides=strides,
                                     expand_ratio=stackwise_expansion_ratios[i],
                                     se_ratio=stackwise_squeeze_and_excite_ratios[i], activation=activation,
                                     projection_activation=projection_activation,
                                     dropout=dropout * block_id / total, bn_epsilon=batch_norm_epsilon,
-                                    bn_momentum=batch_norm_momentum, nores=self.nores[i], seed=seed_())
+                                    bn_momentum=batch_norm_momentum, nores=self.nores[i], dilation=rate,
+                                    first_dilation=first_rate, seed=seed_())
                 setattr(self, name, block)
                 self.block_names.append(name)
                 c = f_out
@@ -366,6 +383,7 @@ class EfficientNetBackbone(Encoder):
         ``num_features`` (its presets rebuild with the default 1280); another value is written too, a key
         KerasHub's constructor accepts, so such a preset also loads in KerasHub."""
         top = {} if self.num_features == 1280 else {"num_features": self.num_features}
+        top.update({} if self.output_stride in (None, 32) else {"output_stride": int(self.output_stride)})
         nores = {"stackwise_nores_option": self.nores} if any(self.nores) else {}       # idem
         return {**self.config, "input_shape": [None, None, self.in_channels], **top, **nores}
 
@@ -401,7 +419,8 @@ class EfficientNetBackbone(Encoder):
         if kw.get("stackwise_force_input_filters") is not None:
             kw["stackwise_force_input_filters"] = list(kw["stackwise_force_input_filters"])[:n]
         shape = config.get("input_shape") or config.get("image_shape") or [None, None, 3]
-        return cls(**kw, in_channels=int(shape[-1] or 3), output_stride=output_stride, seed=seed)
+        return cls(**kw, in_channels=int(shape[-1] or 3), seed=seed,
+                   output_stride=output_stride if output_stride is not None else config.get("output_stride"))
 
     def keras_weight_layers(self):
         """Data-flow order: the graph has no parallel weighted branches (the SE gate and the residual add
