@@ -174,6 +174,41 @@ FIXTURES["effnet_v3plus_tiny"] = dict(
     act_hw=(32, 32),
 )
 
+# The lite0 recipe on the same tiny widths: relu6, no squeeze-and-excitation; a
+# plain DeepLabV3 on P5 (another upsampling factor and rate).
+FIXTURES["effnet_lite_v3_tiny"] = json.loads(json.dumps(FIXTURES["effnet_v3plus_tiny"]))
+FIXTURES["effnet_lite_v3_tiny"]["encoder"].update(
+    activation="relu6", stackwise_squeeze_and_excite_ratios=[0.0] * 5)
+FIXTURES["effnet_lite_v3_tiny"].update(
+    backbone=dict(spatial_pyramid_pooling_key="P5", upsampling_size=4, dilation_rates=[3],
+                  low_level_feature_key=None),
+    cases=[["sq", 64, 64], ["nsq", 64, 96], ["odd", 50, 70]], num_classes=3,
+    # no training-mode gradients: at this size they jump at relu6/ReLU kinks (a 1e-6 relative change
+    # of the input moves the head conv's gradient by ~1 %), so float32 round-off decides them
+    train_grad_cases=[])
+
+# EfficientNetV2 blocks (the rw_t recipe: cba stem stack, fused, unfused; silu,
+# depth 0.9), tiny: a residual CBABlock, a fused block with expansion 4 and
+# fused ones with expansion 1 (projection only), an unfused block with
+# expansion 1 (k x k output conv, depthwise "same" at stride 2) and one with 6 and
+# SE. KerasHub saves these blocks as nested layers (fused_mb_conv_block_1/conv1).
+FIXTURES["effnetv2_v3plus_tiny"] = json.loads(json.dumps(FIXTURES["effnet_v3plus_tiny"]))
+FIXTURES["effnetv2_v3plus_tiny"]["encoder"].update(
+    stackwise_width_coefficients=[0.25, 0.25, 0.25, 0.25, 0.0125],
+    stackwise_depth_coefficients=[0.9] * 5,
+    stackwise_kernel_sizes=[3, 3, 3, 3, 5],
+    stackwise_num_repeats=[2, 1, 2, 1, 1],
+    stackwise_input_filters=[24, 24, 48, 64, 128],
+    stackwise_output_filters=[24, 48, 64, 128, 160],
+    stackwise_expansion_ratios=[1, 4, 1, 1, 6],
+    stackwise_squeeze_and_excite_ratios=[0, 0, 0, 0.25, 0.25],
+    stackwise_strides=[1, 2, 2, 2, 2],
+    stackwise_block_types=["cba", "fused", "fused", "unfused", "unfused"],
+    stackwise_force_input_filters=[0] * 5,
+    activation="silu",
+)
+FIXTURES["effnetv2_v3plus_tiny"]["num_classes"] = 3
+
 FULL = dict(
     encoder=dict(
         input_conv_filters=[64],
@@ -227,7 +262,8 @@ def build_segmenter(cfg, use_preprocessor=True):
 
 def _bn_layers(model):
     keras, _ = _keras()
-    return [l for l in model._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)]
+    # built ones only: KerasHub's MBConvBlock creates an expansion BN it never calls when expand_ratio == 1
+    return [l for l in model._flatten_layers() if isinstance(l, keras.layers.BatchNormalization) and l.built]
 
 
 def randomise(seg, rng, calib_x):
