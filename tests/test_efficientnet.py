@@ -7,7 +7,6 @@ import pytest
 
 from tinydeeplab import load_keras_preset, save_keras_preset, use_backend
 from tinydeeplab.errors import PresetError
-from tinydeeplab.gradcheck import numerical_gradient
 from tinydeeplab.models import DeepLabV3Backbone, DeepLabV3ImageSegmenter, EfficientNetBackbone
 from tinydeeplab.nn import StochasticDepth
 
@@ -179,25 +178,13 @@ def test_whole_model_gradient_every_entry(training, types):
                          [("silu", t) for t in V2_TYPES])
 def test_whole_model_directional_derivative(activation, types):
     """d/dt L(theta + t v, x + t vx) at t = 0 equals <grad, v> + <dx, vx>, training mode with drops."""
-    from test_model import _loss_and_grads, _snapshot
+    from test_model import directional_derivative
 
     rng = np.random.default_rng(4)
     model = _with_fixed_drops(randomize_batchnorm(tiny_segmenter(dropout=0.5, activation=activation,
                                                                  stackwise_block_types=types), rng), 0).astype(np.float64)
     x, c = rng.normal(size=(4, 23, 18, 3)), rng.normal(size=(4, 23, 18, 3))
-    with use_backend("numpy"):
-        state = _snapshot(model)
-        _, dx, grads = _loss_and_grads(model, x, c, True)
-        v = {k: rng.normal(size=g.shape) for k, g in grads.items()}
-        vx = rng.normal(size=x.shape)
-        predicted = sum(float((grads[k] * v[k]).sum()) for k in v) + float((dx * vx).sum())
-
-        def loss_at(t):
-            model.load_state_dict({**state, **{k: state[k] + t * v[k] for k in v}})
-            return float((model.forward(x + t * vx, training=True) * c).sum())
-
-        t = np.zeros(1)
-        numeric = float(numerical_gradient(lambda: loss_at(float(t[0])), t)[0])
+    numeric, predicted = directional_derivative(model, x, c, rng)
     assert numeric == pytest.approx(predicted, rel=1e-6)
 
 

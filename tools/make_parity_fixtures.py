@@ -161,17 +161,8 @@ FIXTURES["effnet_v3plus_tiny"] = dict(
         projection_filters=8,
     ),
     num_classes=4,
-    converter=dict(
-        image_size=(64, 96),
-        scale=1.0 / 127.5,
-        offset=-1.0,
-        crop_to_aspect_ratio=False,
-        interpolation="bilinear",
-    ),
     cases=[("sq", 64, 64), ("nsq", 64, 96), ("odd", 62, 93)],
-    grad_cases=["sq"],
-    train_grad_cases=["sq"],
-    act_hw=(32, 32),
+    **{k: FIXTURES["v3_tiny"][k] for k in ("converter", "grad_cases", "train_grad_cases", "act_hw")},
 )
 
 # The lite0 recipe on the same tiny widths: relu6, no squeeze-and-excitation; a
