@@ -24,7 +24,7 @@ from tinydeeplab.io.keras_layout import keras_weight_paths
 from tinydeeplab.parity import logits_at_size
 
 FIXTURES = Path(__file__).parent / "fixtures"
-NAMES = ["v3_tiny", "v3plus_tiny", "effnet_v3plus_tiny", "effnetv2_v3plus_tiny"]
+NAMES = ["v3_tiny", "v3plus_tiny", "effnet_v3plus_tiny", "effnet_lite_v3_tiny", "effnetv2_v3plus_tiny"]
 LOGIT_TOL, ARGMAX_MIN, GRAD_TOL = 1e-4, 0.9999, 1e-3
 GRAD_FLOOR = 1e-4   # gradients below this fraction of the model's largest are compared with it (see below)
 

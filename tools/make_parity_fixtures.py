@@ -20,6 +20,10 @@ Modes
                           stored inputs and print the max abs diff to the stored
                           logits (cases file: --cases, default DIR/../cases.npz
                           or DIR/cases.npz)
+--full-efficientnet DIR   the same head on a full-size EfficientNet encoder
+                          (--variant b0, lite0 or rw_t: the timm converter's
+                          arguments); DIR/preset and DIR/cases.npz with a 256x256
+                          input, logits, loss and every weight gradient
 --verify-layout           check the HDF5 path rule documented in
                           tinydeeplab/io/keras_layout.py (re-implemented here in plain
                           Python as ``expected_weight_paths``) against what
@@ -824,6 +828,38 @@ def check_roundtrip(preset_dir, cases_path=None, tol=1e-4):
     return 0 if worst <= tol else 1
 
 
+def full_efficientnet(outdir, variant):
+    """``--full-efficientnet DIR --variant b0|lite0|rw_t``: the pascalvoc-shaped DeepLabV3+ head (ASPP on
+    P5, low-level P2) on the full-size encoder config of KerasHub's timm converter, random weights,
+    written to DIR/preset, with DIR/cases.npz holding a 256x256 input, its labels, the inference-mode
+    logits and loss, and the gradient of every trainable weight (keys as in the small fixtures)."""
+    keras, keras_hub = _keras()
+    from keras_hub.src.utils.timm.convert_efficientnet import convert_backbone_config
+
+    keras.utils.set_random_seed(SEED)
+    rng = np.random.default_rng(SEED)
+    arch = {"rw_t": "efficientnetv2_rw_t"}.get(variant, f"efficientnet_{variant}")
+    cfg = dict(FULL, encoder_class="EfficientNetBackbone", encoder=convert_backbone_config({"architecture": arch}))
+    seg = build_segmenter(cfg, use_preprocessor=False)
+    print(f"full DeepLabV3+ EfficientNet {variant}: backbone params {seg.backbone.count_params():,}, "
+          f"encoder {seg.backbone.image_encoder.count_params():,}")
+    randomise(seg, rng, rng.standard_normal((2, 128, 128, 3)).astype("float32"))
+    preset = os.path.join(outdir, "preset")
+    shutil.rmtree(preset, ignore_errors=True)
+    os.makedirs(outdir, exist_ok=True)
+    seg.save_to_preset(preset)
+    seg = keras_hub.models.DeepLabV3ImageSegmenter.from_preset(preset)
+    vmap = variable_paths(seg, preset)
+    x = rng.standard_normal((1, 256, 256, 3)).astype("float32")
+    y = make_labels(rng, 1, 256, 256, cfg["num_classes"])
+    loss, logits, grads, _ = make_loss_and_grad(seg)(x, y, False)
+    arrays = {"input_grad": x, "labels_grad": y, "logits_grad": logits, "loss_grad": np.float32(loss)}
+    for v, g in zip(seg.trainable_variables, grads):
+        arrays["grad_grad/" + "/".join(vmap[id(v)])] = g.astype("float32")
+    np.savez_compressed(os.path.join(outdir, "cases.npz"), **arrays)
+    print("wrote", preset, "and", os.path.join(outdir, "cases.npz"), f"(loss {loss:.6f})")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=DEFAULT_OUT, help="fixture root (default tests/fixtures)")
@@ -835,7 +871,12 @@ def main(argv=None):
     ap.add_argument("--tol", type=float, default=1e-4)
     ap.add_argument("--verify-layout", action="store_true", help="check the documented HDF5 path rule")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--full-efficientnet", metavar="DIR", help="full-size EfficientNet DeepLabV3+ into DIR")
+    ap.add_argument("--variant", default="b0", choices=["b0", "lite0", "rw_t"], help="with --full-efficientnet")
     args = ap.parse_args(argv)
+    if args.full_efficientnet:
+        full_efficientnet(args.full_efficientnet, args.variant)
+        return 0
 
     if args.check_roundtrip:
         return check_roundtrip(args.check_roundtrip, args.cases, args.tol)
