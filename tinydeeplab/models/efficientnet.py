@@ -263,9 +263,9 @@ class EfficientNetBackbone(Encoder):
                          stackwise_strides=stackwise_strides, stackwise_block_types=stackwise_block_types,
                          stackwise_width_coefficients=stackwise_width_coefficients,
                          stackwise_depth_coefficients=stackwise_depth_coefficients,
-                         stackwise_force_input_filters=stackwise_force_input_filters or [0] * n)
-        for key, value in stackwise.items():
-            if value is None or len(value) != n or n == 0:
+                         stackwise_force_input_filters=stackwise_force_input_filters or [0] * 7)
+        for key, value in stackwise.items():      # KerasHub's default force list has 7 entries: longer is fine
+            if value is None or n == 0 or len(value) < n or (len(value) > n and key != "stackwise_force_input_filters"):
                 raise ValueError(f"{key} must be a list of {n} values (one per stack, as stackwise_kernel_sizes), "
                                  f"got {value!r}")
         bad = sorted({t for t in stackwise_block_types if t not in BLOCK_TYPES})
@@ -416,8 +416,6 @@ class EfficientNetBackbone(Encoder):
                     "num_features", "stackwise_nores_option"):
             if key in config:
                 kw[key] = config[key]
-        if kw.get("stackwise_force_input_filters") is not None:
-            kw["stackwise_force_input_filters"] = list(kw["stackwise_force_input_filters"])[:n]
         shape = config.get("input_shape") or config.get("image_shape") or [None, None, 3]
         return cls(**kw, in_channels=int(shape[-1] or 3), seed=seed,
                    output_stride=output_stride if output_stride is not None else config.get("output_stride"))
