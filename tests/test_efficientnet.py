@@ -16,7 +16,8 @@ from model_factories import randomize_batchnorm
 # passes for efficientnet_b0, and what Keras itself reports for them (count_params and pyramid_outputs
 # of keras_hub.models.EfficientNetBackbone(**B0), measured with keras-hub in /work/kerasenv).
 B0 = dict(stackwise_kernel_sizes=[3, 3, 5, 3, 5, 5, 3], stackwise_num_repeats=[1, 2, 2, 3, 3, 4, 1],
-          stackwise_input_filters=[32, 16, 24, 40, 80, 112, 192], stackwise_output_filters=[16, 24, 40, 80, 112, 192, 320],
+          stackwise_input_filters=[32, 16, 24, 40, 80, 112, 192],
+          stackwise_output_filters=[16, 24, 40, 80, 112, 192, 320],
           stackwise_expansion_ratios=[1, 6, 6, 6, 6, 6, 6], stackwise_strides=[1, 2, 2, 2, 1, 2, 1],
           stackwise_block_types=["v1"] * 7, min_depth=None, include_stem_padding=True,
           use_depth_divisor_as_min_depth=True, cap_round_filter_decrease=True, stem_conv_padding="valid",
@@ -181,8 +182,8 @@ def test_whole_model_directional_derivative(activation, types):
     from test_model import directional_derivative
 
     rng = np.random.default_rng(4)
-    model = _with_fixed_drops(randomize_batchnorm(tiny_segmenter(dropout=0.5, activation=activation,
-                                                                 stackwise_block_types=types), rng), 0).astype(np.float64)
+    segmenter = tiny_segmenter(dropout=0.5, activation=activation, stackwise_block_types=types)
+    model = _with_fixed_drops(randomize_batchnorm(segmenter, rng), 0).astype(np.float64)
     x, c = rng.normal(size=(4, 23, 18, 3)), rng.normal(size=(4, 23, 18, 3))
     numeric, predicted = directional_derivative(model, x, c, rng)
     assert numeric == pytest.approx(predicted, rel=1e-6)

@@ -364,7 +364,8 @@ class EfficientNetBackbone(Encoder):
         """A tapped tensor gets the gradient flowing down from the block it feeds plus its level's own."""
         unknown = sorted(set(d_pyramid) - set(self.pyramid_channels))
         if unknown or not d_pyramid:
-            raise ValueError(f"backward needs gradients for some of {list(self.pyramid_channels)}, got {sorted(d_pyramid)}")
+            raise ValueError(f"backward needs gradients for some of {list(self.pyramid_channels)}, "
+                             f"got {sorted(d_pyramid)}")
         tap_of = {name: level for level, name in self.taps}
         dx = d_pyramid.get(self.top_level)
         if dx is not None:
@@ -394,8 +395,9 @@ class EfficientNetBackbone(Encoder):
 
         >>> cfg = EfficientNetBackbone(stackwise_width_coefficients=[0.25], stackwise_depth_coefficients=[1.0],
         ...     stackwise_kernel_sizes=[3], stackwise_num_repeats=[1], stackwise_input_filters=[32],
-        ...     stackwise_output_filters=[16], stackwise_expansion_ratios=[1], stackwise_squeeze_and_excite_ratios=[0.25],
-        ...     stackwise_strides=[2], stackwise_block_types=["v1"], num_features=16, seed=0).get_config()
+        ...     stackwise_output_filters=[16], stackwise_expansion_ratios=[1],
+        ...     stackwise_squeeze_and_excite_ratios=[0.25], stackwise_strides=[2], stackwise_block_types=["v1"],
+        ...     num_features=16, seed=0).get_config()
         >>> EfficientNetBackbone.from_config(cfg).get_config() == cfg
         True
         """
