@@ -225,3 +225,32 @@ def test_output_stride_is_exact_a_trous_of_the_strided_network(output_stride, st
         p5, q5 = strided.forward(x)["P5"], dense.forward(x)["P5"]
     assert q5.shape[1] == 64 // output_stride
     np.testing.assert_allclose(q5[:, ::step, ::step], p5, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["effnet_v3plus_tiny", "effnetv2_v3plus_tiny"])
+def test_export_writes_the_datasets_and_config_keras_wrote(tmp_path, name):
+    """Load a KerasHub-written preset, save it again: the same HDF5 datasets with the same values and the
+    same encoder config (KerasHub loads such an export and reproduces the stored logits exactly:
+    ``tools/make_parity_fixtures.py --check-roundtrip``)."""
+    import json
+    from pathlib import Path
+
+    import h5py
+
+    src = Path(__file__).parent / "fixtures" / name / "preset"
+    save_keras_preset(load_keras_preset(src), tmp_path / "p")
+
+    def datasets(path):
+        out = {}
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda k, v: out.__setitem__(k, v[()]) if isinstance(v, h5py.Dataset) else None)
+        return {k: v for k, v in out.items() if not k.startswith("optimizer")}
+    ours, theirs = datasets(tmp_path / "p" / "model.weights.h5"), datasets(src / "model.weights.h5")
+    assert ours.keys() == theirs.keys()
+    for k in theirs:
+        np.testing.assert_array_equal(ours[k], theirs[k], err_msg=k)
+    config = lambda p: json.loads((p / "config.json").read_text())["config"]["image_encoder"]["config"]  # noqa: E731
+    mine, keras = config(tmp_path / "p"), config(src)
+    assert mine.keys() == keras.keys()
+    assert {k: mine[k] for k in keras if k not in ("name", "trainable", "dtype")} == \
+        {k: v for k, v in keras.items() if k not in ("name", "trainable", "dtype")}
