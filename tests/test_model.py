@@ -159,11 +159,9 @@ def test_whole_model_gradient_every_entry(plus, block_type, pre_activation, trai
     assert checked == model.num_parameters()
 
 
-def test_whole_model_directional_derivative():
-    """Fast check on a bigger input: d/dt L(theta + t v) at t=0 equals <grad, v> for a random direction v."""
-    rng = np.random.default_rng(3)
-    model = randomize_batchnorm(tiny_segmenter(output_stride=8), rng).astype(np.float64)
-    x, c = rng.normal(size=(2, 37, 29, 3)), rng.normal(size=(2, 37, 29, 3))
+def directional_derivative(model, x, c, rng):
+    """``(numeric, predicted)``: d/dt L(theta + t v, x + t vx) at t = 0 by a central difference, and
+    ``<grad, v> + <dx, vx>`` from the hand-written backward, for random directions (training mode)."""
     with use_backend("numpy"):
         state = _snapshot(model)
         _, dx, grads = _loss_and_grads(model, x, c, True)
@@ -178,7 +176,15 @@ def test_whole_model_directional_derivative():
             return float((model.forward(x + t * vx, training=True) * c).sum())
 
         eps = 1e-5
-        numeric = (loss_at(eps) - loss_at(-eps)) / (2 * eps)
+        return (loss_at(eps) - loss_at(-eps)) / (2 * eps), predicted
+
+
+def test_whole_model_directional_derivative():
+    """Fast check on a bigger input: d/dt L(theta + t v) at t=0 equals <grad, v> for a random direction v."""
+    rng = np.random.default_rng(3)
+    model = randomize_batchnorm(tiny_segmenter(output_stride=8), rng).astype(np.float64)
+    x, c = rng.normal(size=(2, 37, 29, 3)), rng.normal(size=(2, 37, 29, 3))
+    numeric, predicted = directional_derivative(model, x, c, rng)
     assert numeric == pytest.approx(predicted, rel=1e-6)
 
 

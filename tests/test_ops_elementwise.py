@@ -1,4 +1,4 @@
-"""Sigmoid, swish, hard sigmoid, hard swish and leaky ReLU on every backend against the NumPy reference:
+"""Sigmoid, swish, hard sigmoid, hard swish, leaky ReLU and ReLU6 on every backend against the NumPy reference:
 any shape, float32 and float64, the gradient conventions at the kinks (as JAX), central differences, and
 the Keras 3 definitions and defaults."""
 import inspect
@@ -13,9 +13,10 @@ from strategies import away_from, normal, seeds
 from tinydeeplab import functional as R
 from tinydeeplab.gradcheck import check_gradients
 
-ACTIVATIONS = ["sigmoid", "swish", "hard_sigmoid", "hard_swish", "leaky_relu"]
-KINKS = {"sigmoid": (), "swish": (), "hard_sigmoid": (-3.0, 3.0), "hard_swish": (-3.0, 3.0), "leaky_relu": (0.0,)}
-SPECIAL = [-3.0, 0.0, 3.0, -60.0, 60.0]     # the kinks, and values where a naive sigmoid overflows in float32
+ACTIVATIONS = ["sigmoid", "swish", "hard_sigmoid", "hard_swish", "leaky_relu", "relu6"]
+KINKS = {"sigmoid": (), "swish": (), "hard_sigmoid": (-3.0, 3.0), "hard_swish": (-3.0, 3.0), "leaky_relu": (0.0,),
+         "relu6": (0.0, 6.0)}
+SPECIAL = [-3.0, 0.0, 3.0, -60.0, 60.0, 6.0]     # the kinks, and values where a naive sigmoid overflows in float32
 
 
 def pair(mod, op):
@@ -56,7 +57,8 @@ def test_gradients_at_the_kinks_follow_jax(name):
     mod = R if name == "numpy" else ops(name)
     x = np.array([-3.0, 0.0, 3.0])
     ones = np.ones(3)
-    expected = {"hard_sigmoid": [0.0, 1 / 6, 0.0], "hard_swish": [0.0, 0.5, 1.0], "leaky_relu": [0.2, 1.0, 1.0]}
+    expected = {"hard_sigmoid": [0.0, 1 / 6, 0.0], "hard_swish": [0.0, 0.5, 1.0], "leaky_relu": [0.2, 1.0, 1.0],
+                "relu6": [0.0, 0.0, 1.0]}
     for op, slopes in expected.items():
         _, dx = run(name, op, x, ones, module=mod)
         np.testing.assert_allclose(host(dx), slopes, rtol=1e-15, err_msg=op)
@@ -108,6 +110,8 @@ def test_keras3_definitions_and_defaults():
     np.testing.assert_array_equal(R.hard_sigmoid_forward(x)[0], np.minimum(np.maximum(x + 3, 0), 6) / 6)
     np.testing.assert_array_equal(R.hard_swish_forward(x)[0], x * (np.minimum(np.maximum(x + 3, 0), 6) / 6))
     np.testing.assert_allclose(R.swish_forward(x)[0], x / (1 + np.exp(-x)), rtol=1e-15)
+    x = np.linspace(-2, 8, 41)                                   # relu6 (EfficientNet-lite): clip to [0, 6]
+    np.testing.assert_array_equal(R.relu6_forward(x)[0], np.clip(x, 0, 6))
 
 
 @pytest.mark.parametrize("name", ["numpy"] + BACKENDS)

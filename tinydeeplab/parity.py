@@ -144,14 +144,16 @@ def verdict(rows, tolerance: float = 1e-4) -> tuple[bool, str]:
     return ok, f"{line}: {'OK' if ok else 'DIFFERENT'} (tolerance {tolerance:g})"
 
 
-def gradient_errors(model, x, labels, keras_grads, *, training=False, ignore_label=255):
+def gradient_errors(model, x, labels, keras_grads, *, training=False, ignore_label=255, floor=0.0):
     """The loss, and ``[(relative error, max |diff|, dotted name)]`` of every trainable weight's gradient.
 
     ``keras_grads`` maps ``"<file>/<HDF5 path>"`` (:func:`~tinydeeplab.io.keras_layout.keras_weight_paths`)
     to Keras's gradient of the mean sparse cross-entropy (``ignore_label`` masked) for inputs ``x``
     (N, H, W, 3) and ``labels`` (N, H, W); the error of a weight ``w`` is
     ``max |dL/dw - dL/dw_keras| / max |dL/dw_keras|``. A training-mode call updates the model's
-    batch-norm moving statistics, as Keras's does.
+    batch-norm moving statistics, as Keras's does. ``floor`` > 0 divides by at least ``floor`` x the largest
+    Keras gradient of the model instead: a gradient that is exactly zero in exact arithmetic (a BN beta
+    whose every path ends in a training-mode BN, e.g. EfficientNet's project_bn) is float32 noise on both sides.
     """
     from . import functional as F
     from .io.keras_layout import keras_weight_paths
@@ -162,6 +164,7 @@ def gradient_errors(model, x, labels, keras_grads, *, training=False, ignore_lab
     model.backward(F.softmax_cross_entropy_backward(1.0, cache))
     paths = keras_weight_paths(model)
     errors = []
+    least = floor * max((float(np.abs(v).max()) for v in keras_grads.values()), default=0.0)
     for dotted, g in model.named_gradients():
         key = "/".join(paths[dotted])
         want = keras_grads.get(key)
@@ -169,7 +172,7 @@ def gradient_errors(model, x, labels, keras_grads, *, training=False, ignore_lab
             raise ValueError(f"{dotted}: Keras gradient {key} is "
                              f"{'missing' if want is None else f'of shape {want.shape}, ours {g.shape}'}")
         diff = float(np.abs(g - want).max())
-        errors.append((diff / max(float(np.abs(want).max()), 1e-12), diff, dotted))
+        errors.append((diff / max(float(np.abs(want).max()), least, 1e-12), diff, dotted))
     return loss, errors
 
 

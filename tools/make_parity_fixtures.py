@@ -24,6 +24,10 @@ Modes
                           stored inputs and print the max abs diff to the stored
                           logits (cases file: --cases, default DIR/../cases.npz
                           or DIR/cases.npz)
+--full-efficientnet DIR   the same head on a full-size EfficientNet encoder
+                          (--variant b0, lite0 or rw_t: the timm converter's
+                          arguments); DIR/preset and DIR/cases.npz with a 256x256
+                          input, logits, loss and every weight gradient
 --verify-layout           check the HDF5 path rule documented in
                           tinydeeplab/io/keras_layout.py (re-implemented here in plain
                           Python as ``expected_weight_paths``) against what
@@ -167,6 +171,83 @@ FIXTURES["v3_basic_tiny"] = _variant(
     cases=[("sq", 64, 64), ("nsq", 48, 80), ("odd", 45, 70)],
 )
 
+# EfficientNet (KerasHub "v1" blocks, the b0 recipe of the timm converter: swish,
+# BN eps 1e-5 / momentum 0.9, min_depth from the divisor, capped rounding) in a
+# DeepLabV3+, tiny. Covers: expand ratio 1 and 6, kernels 3 and 5, SE and no SE,
+# residual blocks (stacks 2, 4, 5), a depth coefficient that rounds 1 repeat up
+# to 2, and a last-stack width so small that block5a's input_filters (8) differ
+# from the channels reaching it (24): Keras sizes the expansion from the former.
+# dropout 0: Keras's stochastic-depth draws cannot be reproduced.
+FIXTURES["effnet_v3plus_tiny"] = dict(
+    encoder_class="EfficientNetBackbone",
+    encoder=dict(
+        stackwise_width_coefficients=[0.25, 0.25, 0.25, 0.25, 0.0125],
+        stackwise_depth_coefficients=[1.0, 1.0, 1.0, 1.0, 1.1],
+        stackwise_kernel_sizes=[3, 3, 5, 3, 5],
+        stackwise_num_repeats=[1, 2, 1, 2, 1],
+        stackwise_input_filters=[32, 16, 24, 40, 80],
+        stackwise_output_filters=[16, 24, 40, 80, 112],
+        stackwise_expansion_ratios=[1, 6, 6, 6, 6],
+        stackwise_squeeze_and_excite_ratios=[0.25, 0.25, 0.0, 0.25, 0.25],
+        stackwise_strides=[1, 2, 2, 2, 2],
+        stackwise_block_types=["v1"] * 5,
+        min_depth=None,
+        include_stem_padding=True,
+        use_depth_divisor_as_min_depth=True,
+        cap_round_filter_decrease=True,
+        stem_conv_padding="valid",
+        batch_norm_momentum=0.9,
+        batch_norm_epsilon=1e-5,
+        dropout=0.0,
+        activation="swish",
+    ),
+    backbone=dict(
+        spatial_pyramid_pooling_key="P5",
+        upsampling_size=8,
+        dilation_rates=[2],
+        low_level_feature_key="P2",
+        projection_filters=8,
+    ),
+    num_classes=4,
+    cases=[("sq", 64, 64), ("nsq", 64, 96), ("odd", 62, 93)],
+    **{k: FIXTURES["v3_tiny"][k] for k in ("converter", "grad_cases", "train_grad_cases", "act_hw")},
+)
+
+# The lite0 recipe on the same tiny widths: relu6, no squeeze-and-excitation; a
+# plain DeepLabV3 on P5 (another upsampling factor and rate).
+FIXTURES["effnet_lite_v3_tiny"] = json.loads(json.dumps(FIXTURES["effnet_v3plus_tiny"]))
+FIXTURES["effnet_lite_v3_tiny"]["encoder"].update(
+    activation="relu6", stackwise_squeeze_and_excite_ratios=[0.0] * 5)
+FIXTURES["effnet_lite_v3_tiny"].update(
+    backbone=dict(spatial_pyramid_pooling_key="P5", upsampling_size=4, dilation_rates=[3],
+                  low_level_feature_key=None),
+    cases=[["sq", 64, 64], ["nsq", 64, 96], ["odd", 50, 70]], num_classes=3,
+    # no training-mode gradients: at this size they jump at relu6/ReLU kinks (a 1e-6 relative change
+    # of the input moves the head conv's gradient by ~1 %), so float32 round-off decides them
+    train_grad_cases=[])
+
+# EfficientNetV2 blocks (the rw_t recipe: cba stem stack, fused, unfused; silu,
+# depth 0.9), tiny: a residual CBABlock, a fused block with expansion 4 and
+# fused ones with expansion 1 (projection only), an unfused block with
+# expansion 1 (k x k output conv, depthwise "same" at stride 2) and one with 6 and
+# SE. KerasHub saves these blocks as nested layers (fused_mb_conv_block_1/conv1).
+FIXTURES["effnetv2_v3plus_tiny"] = json.loads(json.dumps(FIXTURES["effnet_v3plus_tiny"]))
+FIXTURES["effnetv2_v3plus_tiny"]["encoder"].update(
+    stackwise_width_coefficients=[0.25, 0.25, 0.25, 0.25, 0.0125],
+    stackwise_depth_coefficients=[0.9] * 5,
+    stackwise_kernel_sizes=[3, 3, 3, 3, 5],
+    stackwise_num_repeats=[2, 1, 2, 1, 1],
+    stackwise_input_filters=[24, 24, 48, 64, 128],
+    stackwise_output_filters=[24, 48, 64, 128, 160],
+    stackwise_expansion_ratios=[1, 4, 1, 1, 6],
+    stackwise_squeeze_and_excite_ratios=[0, 0, 0, 0.25, 0.25],
+    stackwise_strides=[1, 2, 2, 2, 2],
+    stackwise_block_types=["cba", "fused", "fused", "unfused", "unfused"],
+    stackwise_force_input_filters=[0] * 5,
+    activation="silu",
+)
+FIXTURES["effnetv2_v3plus_tiny"]["num_classes"] = 3
+
 FULL = dict(
     encoder=dict(
         input_conv_filters=[64],
@@ -217,7 +298,7 @@ def _keras():
 
 def build_segmenter(cfg, use_preprocessor=True):
     keras, keras_hub = _keras()
-    enc = keras_hub.models.ResNetBackbone(**cfg["encoder"])
+    enc = getattr(keras_hub.models, cfg.get("encoder_class", "ResNetBackbone"))(**cfg["encoder"])
     bkw = dict(cfg["backbone"])
     if bkw.get("low_level_feature_key") is None:
         bkw.pop("low_level_feature_key", None)
@@ -235,7 +316,8 @@ def build_segmenter(cfg, use_preprocessor=True):
 
 def _bn_layers(model):
     keras, _ = _keras()
-    return [l for l in model._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)]
+    # built ones only: KerasHub's MBConvBlock creates an expansion BN it never calls when expand_ratio == 1
+    return [l for l in model._flatten_layers() if isinstance(l, keras.layers.BatchNormalization) and l.built]
 
 
 def randomise(seg, rng, calib_x):
@@ -737,7 +819,8 @@ def make_fixture(name, cfg, out_root):
     for fn in ("model.weights.h5", "task.weights.h5"):
         for g, n in h5_group_names(os.path.join(preset, fn)).items():
             names[(fn, g)] = n
-    roles = {(fn, p): role for fn, p, _, role, _ in expected_weight_paths(cfg)}
+    resnet = cfg.get("encoder_class", "ResNetBackbone") == "ResNetBackbone"   # the only family with roles
+    roles = {(fn, p): role for fn, p, _, role, _ in expected_weight_paths(cfg)} if resnet else {}
     trainable_ids = {id(v) for v in seg.trainable_variables}
     wl = []
     for v in seg.weights:
@@ -832,6 +915,38 @@ def check_roundtrip(preset_dir, cases_path=None, tol=1e-4):
     return 0 if worst <= tol else 1
 
 
+def full_efficientnet(outdir, variant):
+    """``--full-efficientnet DIR --variant b0|lite0|rw_t``: the pascalvoc-shaped DeepLabV3+ head (ASPP on
+    P5, low-level P2) on the full-size encoder config of KerasHub's timm converter, random weights,
+    written to DIR/preset, with DIR/cases.npz holding a 256x256 input, its labels, the inference-mode
+    logits and loss, and the gradient of every trainable weight (keys as in the small fixtures)."""
+    keras, keras_hub = _keras()
+    from keras_hub.src.utils.timm.convert_efficientnet import convert_backbone_config
+
+    keras.utils.set_random_seed(SEED)
+    rng = np.random.default_rng(SEED)
+    arch = {"rw_t": "efficientnetv2_rw_t"}.get(variant, f"efficientnet_{variant}")
+    cfg = dict(FULL, encoder_class="EfficientNetBackbone", encoder=convert_backbone_config({"architecture": arch}))
+    seg = build_segmenter(cfg, use_preprocessor=False)
+    print(f"full DeepLabV3+ EfficientNet {variant}: backbone params {seg.backbone.count_params():,}, "
+          f"encoder {seg.backbone.image_encoder.count_params():,}")
+    randomise(seg, rng, rng.standard_normal((2, 128, 128, 3)).astype("float32"))
+    preset = os.path.join(outdir, "preset")
+    shutil.rmtree(preset, ignore_errors=True)
+    os.makedirs(outdir, exist_ok=True)
+    seg.save_to_preset(preset)
+    seg = keras_hub.models.DeepLabV3ImageSegmenter.from_preset(preset)
+    vmap = variable_paths(seg, preset)
+    x = rng.standard_normal((1, 256, 256, 3)).astype("float32")
+    y = make_labels(rng, 1, 256, 256, cfg["num_classes"])
+    loss, logits, grads, _ = make_loss_and_grad(seg)(x, y, False)
+    arrays = {"input_grad": x, "labels_grad": y, "logits_grad": logits, "loss_grad": np.float32(loss)}
+    for v, g in zip(seg.trainable_variables, grads):
+        arrays["grad_grad/" + "/".join(vmap[id(v)])] = g.astype("float32")
+    np.savez_compressed(os.path.join(outdir, "cases.npz"), **arrays)
+    print("wrote", preset, "and", os.path.join(outdir, "cases.npz"), f"(loss {loss:.6f})")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=DEFAULT_OUT, help="fixture root (default tests/fixtures)")
@@ -845,7 +960,12 @@ def main(argv=None):
     ap.add_argument("--tol", type=float, default=1e-4)
     ap.add_argument("--verify-layout", action="store_true", help="check the documented HDF5 path rule")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--full-efficientnet", metavar="DIR", help="full-size EfficientNet DeepLabV3+ into DIR")
+    ap.add_argument("--variant", default="b0", choices=["b0", "lite0", "rw_t"], help="with --full-efficientnet")
     args = ap.parse_args(argv)
+    if args.full_efficientnet:
+        full_efficientnet(args.full_efficientnet, args.variant)
+        return 0
 
     if args.check_roundtrip:
         return check_roundtrip(args.check_roundtrip, args.cases, args.tol)

@@ -23,8 +23,8 @@ from .conv import conv2d_backward, conv2d_forward
 from .depthwise import depthwise_conv2d_backward, depthwise_conv2d_forward
 from .dropout import dropout_backward, dropout_forward
 from .elementwise import (hard_sigmoid_backward, hard_sigmoid_forward, hard_swish_backward, hard_swish_forward,
-                          leaky_relu_backward, leaky_relu_forward, sigmoid_backward, sigmoid_forward,
-                          swish_backward, swish_forward)
+                          leaky_relu_backward, leaky_relu_forward, relu6_backward, relu6_forward, sigmoid_backward,
+                          sigmoid_forward, swish_backward, swish_forward)
 from .loss import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from .optim import global_norm, is_device_array, scale_, sgd_update, to_device, to_host, zeros_like
 from .padding import zero_pad2d_backward, zero_pad2d_forward
@@ -37,7 +37,8 @@ from .tensor import add_backward, add_forward, concat_backward, concat_forward, 
 OPS = ("conv2d", "zero_pad2d", "batchnorm", "relu", "max_pool2d", "global_avg_pool", "bilinear_resize",
        "upsample_bilinear", "concat", "split", "add", "softmax_cross_entropy", "dropout",
        "depthwise_conv2d", "sigmoid", "swish", "hard_sigmoid", "hard_swish", "leaky_relu", "avg_pool2d",
-       "channel_scale", "stochastic_depth", "sigmoid_binary_cross_entropy", "dice_loss", "sigmoid_focal_loss")
+       "channel_scale", "stochastic_depth", "sigmoid_binary_cross_entropy", "dice_loss", "sigmoid_focal_loss",
+       "relu6")
 """Names of the op pairs every backend module exports as ``<op>_forward`` / ``<op>_backward``."""
 
 DEVICE_CONTRACT = ("to_device", "to_host", "is_device_array", "zeros_like", "sgd_update", "global_norm", "scale_")

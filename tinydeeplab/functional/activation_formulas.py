@@ -16,14 +16,16 @@ import math
 
 from . import elementwise
 
-SIGMOID, SWISH, HARD_SIGMOID, HARD_SWISH, LEAKY_RELU = 0, 1, 2, 3, 4
+SIGMOID, SWISH, HARD_SIGMOID, HARD_SWISH, LEAKY_RELU, RELU6 = 0, 1, 2, 3, 4, 5
 KINDS = {"sigmoid": SIGMOID, "swish": SWISH, "hard_sigmoid": HARD_SIGMOID, "hard_swish": HARD_SWISH,
-         "leaky_relu": LEAKY_RELU}
+         "leaky_relu": LEAKY_RELU, "relu6": RELU6}
 """Op name -> ``kind`` code."""
 
 
 def activation_value(kind, v, a):
     """``f(v)`` for activation ``kind`` (see :mod:`.elementwise` for the equations)."""
+    if kind == RELU6:
+        return min(max(v, 0.0), 6.0)
     if kind == LEAKY_RELU:
         return v if v >= 0 else a * v
     if kind == HARD_SIGMOID or kind == HARD_SWISH:
@@ -36,6 +38,8 @@ def activation_value(kind, v, a):
 
 def activation_slope(kind, v, a):
     """``f'(v)``; at the kinks the one-sided value JAX uses (relu6 passes gradient only on ``0 < v + 3 < 6``)."""
+    if kind == RELU6:
+        return 1.0 if v > 0.0 and v < 6.0 else 0.0
     if kind == LEAKY_RELU:
         return 1.0 if v >= 0 else a
     if kind == HARD_SIGMOID or kind == HARD_SWISH:
@@ -54,11 +58,11 @@ def activation_pairs(forward, backward):
     """A kernel backend's public activation ops from its two launchers, ``forward(x, op, negative_slope)``
     (``op`` a key of :data:`KINDS`) and ``backward(dy, cache)``.
 
-    Returns ``(sigmoid_forward, sigmoid_backward, swish_forward, ..., leaky_relu_backward)`` in the order of
+    Returns ``(sigmoid_forward, sigmoid_backward, swish_forward, ..., relu6_backward)`` in the order of
     :data:`KINDS`, each wrapping its reference twin of :mod:`.elementwise` (``functools.wraps``: the same
     name, docstring and signature), so the backends do not repeat ten wrappers each.
 
-    >>> fwd, bwd = activation_pairs(lambda x, op, slope=0.0: (op, slope), None)[8:]
+    >>> fwd, bwd = activation_pairs(lambda x, op, slope=0.0: (op, slope), None)[8:10]
     >>> fwd.__name__, fwd(1.0, negative_slope=0.5)
     ('leaky_relu_forward', ('leaky_relu', 0.5))
     """

@@ -7,6 +7,7 @@ All act elementwise on any shape; the cache keeps ``x`` and the backward is ``dx
     hard_sigmoid(x) = relu6(x + 3) / 6                   f' = 1/6 on -3 < x < 3, else 0
     hard_swish(x)   = x * hard_sigmoid(x)                f' = hard_sigmoid(x) + x/6 on -3 < x < 3
     leaky_relu(x)   = x if x >= 0 else a * x             f' = 1 if x >= 0 else a   (Keras default a = 0.2)
+    relu6(x)        = min(max(x, 0), 6)                  f' = 1 on 0 < x < 6, else 0  (EfficientNet-lite)
 
 **At the kinks** (where the function has no derivative) the gradient is the one JAX, Keras 3's
 reference backend, returns: ``relu6`` passes the gradient only strictly inside ``0 < t < 6`` (``t = x + 3``),
@@ -134,6 +135,28 @@ def hard_swish_backward(dy, cache):
     x, dy = _checked_dy(dy, cache)
     hs, inside = _hard_sigmoid(x)
     return dy * (hs + np.where(inside, x / x.dtype.type(6), 0).astype(x.dtype, copy=False))
+
+
+def relu6_forward(x):
+    """``y = min(max(x, 0), 6)`` elementwise (Keras 3's ``relu6``); returns ``(y, cache)``.
+
+    >>> y, cache = relu6_forward(np.array([-1.0, 0.0, 2.5, 6.0, 7.0]))
+    >>> y.tolist()
+    [0.0, 0.0, 2.5, 6.0, 6.0]
+    """
+    check_array(x, "x")
+    return np.minimum(np.maximum(x, 0), 6).astype(x.dtype, copy=False), {"x": x}
+
+
+def relu6_backward(dy, cache):
+    """``dx = dy`` where ``0 < x < 6``, else 0 (0 at both kinks, as JAX's ``relu6``).
+
+    >>> y, cache = relu6_forward(np.array([-1.0, 0.0, 3.0, 6.0]))
+    >>> relu6_backward(np.array([1.0, 1.0, 1.0, 1.0]), cache).tolist()
+    [0.0, 0.0, 1.0, 0.0]
+    """
+    x, dy = _checked_dy(dy, cache)
+    return np.where((x > 0) & (x < 6), dy, 0).astype(dy.dtype, copy=False)
 
 
 def leaky_relu_forward(x, *, negative_slope=0.2):

@@ -79,8 +79,12 @@ def keras_weight_paths(segmenter) -> dict[str, tuple[str, str]]:
     # 1. the image encoder's graph, saved as the nested functional model "functional"; a layer's counter
     #    counts the earlier layers of the same Keras class
     encoder = backbone.image_encoder
-    seen = _add_counted(where, "layers/functional/layers", [(layer.name, layer.module, layer.var_names)
-                                                            for layer in encoder.keras_weight_layers()])
+    seen: dict[str, int] = {}
+    for layer in encoder.keras_weight_layers():
+        i = seen[layer.name] = seen.get(layer.name, -1) + 1
+        prefix = f"layers/functional/layers/{_counter_name(layer.name, i)}"
+        for attribute, module, var_names in layer.inner or (("", layer.module, layer.var_names),):
+            _add_unit(where, f"{prefix}/{attribute}" if attribute else prefix, module, var_names)
     #    ... and the layers outside that graph under image_encoder/, their counters continuing the graph's
     _add_counted(where, "image_encoder/layers", [(layer.name, layer.module, layer.var_names)
                                                  for layer in encoder.keras_unused_weight_layers()], seen)

@@ -29,7 +29,7 @@ recipes, the parity report and the architecture page look encoders up there by c
 
 from typing import NamedTuple
 
-from ..nn import BatchNorm, Conv2D, Module
+from ..nn import BatchNorm, Conv2D, DepthwiseConv2D, Module
 
 CONV_VARS = ("kernel", "bias")                                   # Keras Conv2D: vars/0, vars/1
 BN_VARS = ("gamma", "beta", "moving_mean", "moving_variance")    # Keras BatchNormalization: vars/0..3
@@ -37,11 +37,15 @@ BN_VARS = ("gamma", "beta", "moving_mean", "moving_variance")    # Keras BatchNo
 
 class KerasLayer(NamedTuple):
     """One weighted layer as Keras saves it: ``layers/<name>_<i>/vars/<j>`` holds ``module``'s
-    array ``var_names[j]``; ``name`` is the snake-case Keras class name (``"conv2d"``)."""
+    array ``var_names[j]``; ``name`` is the snake-case Keras class name (``"conv2d"``).
+
+    A Keras layer made of sublayers (KerasHub's ``FusedMBConvBlock``) has ``module`` None and ``inner``
+    ``((attribute, module, var_names), ...)``: ``layers/<name>_<i>/<attribute>/vars/<j>``."""
 
     name: str
-    module: Module
+    module: Module | None
     var_names: tuple[str, ...]
+    inner: tuple = ()
 
 
 class EncoderStage(NamedTuple):
@@ -61,7 +65,9 @@ class EncoderStage(NamedTuple):
 
 
 def keras_layer(module) -> KerasLayer:
-    """The :class:`KerasLayer` of one of tinydeeplab's own weighted layers (Conv2D, BatchNorm)."""
+    """The :class:`KerasLayer` of one of tinydeeplab's own weighted layers (Conv2D, DepthwiseConv2D, BatchNorm)."""
+    if isinstance(module, DepthwiseConv2D):
+        return KerasLayer("depthwise_conv2d", module, CONV_VARS)   # Keras: vars/0 kernel, vars/1 bias
     if isinstance(module, Conv2D):
         return KerasLayer("conv2d", module, CONV_VARS)
     if isinstance(module, BatchNorm):
@@ -138,7 +144,7 @@ def register_encoder(cls: type[Encoder]) -> type[Encoder]:
     (usable as a class decorator).
 
     >>> sorted(ENCODERS)
-    ['ResNetBackbone']
+    ['EfficientNetBackbone', 'ResNetBackbone']
     """
     if not (isinstance(cls, type) and issubclass(cls, Encoder) and cls.keras_class_name):
         raise TypeError(f"{cls!r} is not an Encoder subclass with a keras_class_name")

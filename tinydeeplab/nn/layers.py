@@ -119,6 +119,46 @@ class DepthwiseConv2D(_Convolution):
     op = "depthwise_conv2d"
 
 
+class DepthwiseConv2D(OpLayer):
+    """Depthwise 2-D convolution (Keras ``DepthwiseConv2D``): every input channel ``c`` gets its own
+    ``depth_multiplier`` filters, ``y[..., c*M + m] = sum_taps x_window[..., c] * kernel[i, j, c, m] (+ bias)``,
+    with the (KH, KW, C, M) ``kernel`` of Keras. No sum over channels: ``C * M * KH * KW`` weights instead
+    of a full conv's ``C * F * KH * KW``.
+
+    The op skips every tap that reads only padding (:func:`~tinydeeplab.functional.conv.conv2d_plan`), as
+    :class:`Conv2D` does: a dilated tap that never lands on the map costs nothing and its gradient is 0.
+
+    >>> dw = DepthwiseConv2D(4, 3, dilation_rate=6, seed=0)
+    >>> y = dw(np.ones((1, 5, 5, 4), np.float32))             # rate 6 >= 5: only the centre tap is live
+    >>> y.shape, bool(np.allclose(y[0, 0, 0], dw.params["kernel"][1, 1, :, 0]))
+    ((1, 5, 5, 4), True)
+    """
+
+    def __init__(self, channels: int, kernel_size=3, *, strides=1, dilation_rate=1, padding="same",
+                 depth_multiplier: int = 1, use_bias: bool = False, seed=None):
+        super().__init__()
+        kh, kw = pair(kernel_size, "kernel_size")
+        self.strides = pair(strides, "strides")
+        self.dilation_rate = pair(dilation_rate, "dilation_rate")
+        self.padding = padding
+        # He-normal on the fan-in of one output channel: its KH * KW taps of one input channel
+        w = _rng(seed).normal(0.0, np.sqrt(2.0 / (kh * kw)), size=(kh, kw, channels, depth_multiplier))
+        self.params["kernel"] = w.astype(np.float32)  # (KH, KW, C, M)
+        if use_bias:
+            self.params["bias"] = np.zeros(channels * depth_multiplier, np.float32)
+
+    def forward(self, x, training=False):
+        return self._run("depthwise_conv2d", x, self.params["kernel"], self.params.get("bias"),
+                         stride=self.strides, dilation=self.dilation_rate, padding=self.padding)
+
+    def backward(self, dout):
+        dx, dw, db = self._back("depthwise_conv2d", dout)
+        self.grads["kernel"] = dw
+        if db is not None:
+            self.grads["bias"] = db
+        return dx
+
+
 class BatchNorm(OpLayer):
     """Batch normalisation over N, H, W per channel.
 
@@ -249,10 +289,12 @@ class Dropout(OpLayer):
     (the ``dropout`` op, drawing from this layer's generator); inference ``y = x``. The backward applies
     the same mask."""
 
+    op = "dropout"                        # the op pair it runs (StochasticDepth: "stochastic_depth")
+
     def __init__(self, rate: float = 0.0, seed=None):
         super().__init__()
         if not 0.0 <= rate < 1.0:
-            raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+            raise ValueError(f"{self.op} rate must be in [0, 1), got {rate}")
         self.rate = float(rate)
         self.rng = _rng(seed)             # public: checkpoints save and restore its state
         self._cache = None
@@ -261,10 +303,61 @@ class Dropout(OpLayer):
         if not training or self.rate == 0.0:
             self._cache = None
             return x
-        return self._run("dropout", x, rate=self.rate, rng=self.rng)
+        return self._run(self.op, x, rate=self.rate, rng=self.rng)
 
     def backward(self, dout):
-        return dout if self._cache is None else self._back("dropout", dout)
+        return dout if self._cache is None else self._back(self.op, dout)
+
+
+class StochasticDepth(Dropout):
+    """Stochastic depth / drop-connect on a residual branch, as KerasHub's EfficientNet blocks apply it
+    (``Dropout(rate, noise_shape=(None, 1, 1, 1))``): in training each *sample*'s branch is dropped with
+    probability ``rate`` and kept ones are divided by ``1 - rate``; inference is the identity.
+
+    >>> sd = StochasticDepth(0.5, seed=1)
+    >>> sd(np.ones((4, 1, 1, 1), np.float32), training=True).ravel().tolist()
+    [2.0, 2.0, 0.0, 2.0]
+    """
+
+    op = "stochastic_depth"
+
+
+ACTIVATIONS = {"relu": "relu", "relu6": "relu6", "sigmoid": "sigmoid", "swish": "swish", "silu": "swish",
+               "hard_sigmoid": "hard_sigmoid", "hard_swish": "hard_swish", "hard_silu": "hard_swish"}
+"""Keras activation name -> tinydeeplab op (``keras.activations``: ``silu`` is ``swish``, ``hard_silu`` is
+``hard_swish``)."""
+
+
+class Activation(OpLayer):
+    """Keras ``Activation(name)``: an elementwise activation by its Keras name (:data:`ACTIVATIONS`).
+
+    >>> Activation("silu")(np.array([0.0, 2.0])).round(6).tolist()
+    [0.0, 1.761594]
+    """
+
+    def __init__(self, name: str):
+        super().__init__()
+        if name not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+        self.name, self.op = name, ACTIVATIONS[name]
+
+    def forward(self, x, training=False):
+        return self._run(self.op, x)
+
+    def backward(self, dout):
+        return self._back(self.op, dout)
+
+
+class ChannelScale(OpLayer):
+    """Squeeze-and-excitation's rescaling (Keras ``Multiply()([x, s])``): ``forward([x, s])`` with ``x``
+    (N, H, W, C) and ``s`` (N, 1, 1, C) returns ``x * s``; ``backward(dy)`` returns ``[dx, ds]``."""
+
+    def forward(self, xs, training=False):
+        x, s = xs
+        return self._run("channel_scale", x, s)
+
+    def backward(self, dout):
+        return list(self._back("channel_scale", dout))
 
 
 class Concatenate(OpLayer):

@@ -51,7 +51,7 @@ from .conv import conv2d_backward, conv2d_forward  # noqa: E402
 from .depthwise import depthwise_conv2d_backward, depthwise_conv2d_forward  # noqa: E402
 from .elementwise import (hard_sigmoid_backward, hard_sigmoid_forward, hard_swish_backward,  # noqa: E402
                           hard_swish_forward, leaky_relu_backward, leaky_relu_forward, sigmoid_backward,
-                          sigmoid_forward, swish_backward, swish_forward)
+                          relu6_backward, relu6_forward, sigmoid_forward, swish_backward, swish_forward)
 from .loss import softmax_cross_entropy_backward, softmax_cross_entropy_forward  # noqa: E402
 from .pooling import max_pool2d_backward, max_pool2d_forward  # noqa: E402
 from .resize import (bilinear_resize_backward, bilinear_resize_forward,  # noqa: E402

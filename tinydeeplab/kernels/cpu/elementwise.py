@@ -1,4 +1,4 @@
-"""Sigmoid, swish, hard sigmoid, hard swish and leaky ReLU on the CPU (Numba), Keras 3 definitions.
+"""Sigmoid, swish, hard sigmoid, hard swish, leaky ReLU and ReLU6 on the CPU (Numba), Keras 3 definitions.
 
 Same maths and kink conventions as :mod:`tinydeeplab.functional.elementwise`. Elementwise, so one
 ``prange`` over the flattened array; the scalar formulas are the shared ones of
@@ -51,5 +51,6 @@ def _backward(dy, cache):
 
 
 (sigmoid_forward, sigmoid_backward, swish_forward, swish_backward, hard_sigmoid_forward, hard_sigmoid_backward,
- hard_swish_forward, hard_swish_backward, leaky_relu_forward, leaky_relu_backward) = activation_pairs(_forward, _backward)
+ hard_swish_forward, hard_swish_backward, leaky_relu_forward, leaky_relu_backward, relu6_forward,
+ relu6_backward) = activation_pairs(_forward, _backward)
 """The public ops: the reference's names, signatures and docstrings around :func:`_forward` / :func:`_backward`."""

@@ -50,8 +50,8 @@ from .depthwise import depthwise_conv2d_backward, depthwise_conv2d_forward
 from .device import SIMULATED, is_device_array, to_device, to_host, zeros_like
 from .dropout import dropout_backward, dropout_forward
 from .elementwise import (hard_sigmoid_backward, hard_sigmoid_forward, hard_swish_backward, hard_swish_forward,
-                          leaky_relu_backward, leaky_relu_forward, sigmoid_backward, sigmoid_forward,
-                          swish_backward, swish_forward)
+                          leaky_relu_backward, leaky_relu_forward, relu6_backward, relu6_forward, sigmoid_backward,
+                          sigmoid_forward, swish_backward, swish_forward)
 from .loss import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from .optim import global_norm, scale_, sgd_update
 from .padding import zero_pad2d_backward, zero_pad2d_forward
