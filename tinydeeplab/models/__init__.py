@@ -2,9 +2,11 @@
 from .aspp import ASPP
 from .deeplab import DeepLabV3Backbone, DeepLabV3ImageSegmenter
 from .encoder import ENCODERS, Encoder, EncoderStage, KerasLayer, encoder_class, register_encoder
+from .mobilenet import MobileNetBackbone
 from .resnet import ResNetBackbone
 
 register_encoder(ResNetBackbone)          # the registry: one line per encoder family
+register_encoder(MobileNetBackbone)
 
 __all__ = ["Encoder", "EncoderStage", "KerasLayer", "ENCODERS", "register_encoder", "encoder_class",
-           "ResNetBackbone", "ASPP", "DeepLabV3Backbone", "DeepLabV3ImageSegmenter"]
+           "ResNetBackbone", "MobileNetBackbone", "ASPP", "DeepLabV3Backbone", "DeepLabV3ImageSegmenter"]

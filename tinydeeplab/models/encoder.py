@@ -115,8 +115,8 @@ def register_encoder(cls: type[Encoder]) -> type[Encoder]:
     """Add an :class:`Encoder` subclass to :data:`ENCODERS` under its ``keras_class_name``; returns it
     (usable as a class decorator).
 
-    >>> sorted(ENCODERS)
-    ['ResNetBackbone']
+    >>> ENCODERS["ResNetBackbone"].__name__
+    'ResNetBackbone'
     """
     if not (isinstance(cls, type) and issubclass(cls, Encoder) and cls.keras_class_name):
         raise TypeError(f"{cls!r} is not an Encoder subclass with a keras_class_name")

@@ -277,3 +277,117 @@ def sum_gradients(fresh, other):
     (True, [2.0, 2.0])
     """
     return ops().add_forward(fresh, other, inplace=True)[0]
+
+
+# -- mobile-network layers: activations by name, depthwise convolution, squeeze-and-excitation ---------------
+ACTIVATIONS = {"relu": "relu", "sigmoid": "sigmoid", "swish": "swish", "silu": "swish",
+               "hard_sigmoid": "hard_sigmoid", "hard_swish": "hard_swish", "hard_silu": "hard_swish"}
+"""Keras activation name -> tinydeeplab op (``keras.layers.Activation(name)``)."""
+
+
+class Activation(OpLayer):
+    """``keras.layers.Activation(name)`` for the activations that have an op (keys of :data:`ACTIVATIONS`):
+    ``relu``, ``sigmoid``, ``swish``/``silu``, ``hard_sigmoid`` = relu6(x + 3) / 6 and
+    ``hard_swish``/``hard_silu`` = x * relu6(x + 3) / 6 (Keras 3 definitions).
+
+    >>> Activation("hard_swish")(np.array([-4.0, 0.0, 1.5, 4.0])).tolist()
+    [-0.0, 0.0, 1.125, 4.0]
+    """
+
+    def __init__(self, name: str):
+        super().__init__()
+        if name not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+        self.name, self.op = name, ACTIVATIONS[name]
+
+    def forward(self, x, training=False):
+        return self._run(self.op, x)
+
+    def backward(self, dout):
+        return self._back(self.op, dout)
+
+
+class DepthwiseConv2D(OpLayer):
+    """Depthwise convolution (the ``depthwise_conv2d`` op): every channel convolved with its own filter(s).
+
+    ``y[..., c*M + m] = sum_{i,j} xpad[.., oh*s + i*d, ow*s + j*d, c] * kernel[i, j, c, m] (+ bias)``.
+    ``params["kernel"]`` has Keras ``DepthwiseConv2D``'s shape ``(KH, KW, C, M)``, or with ``grouped=True``
+    the shape ``(KH, KW, 1, C)`` that Keras ``Conv2D(filters=C, groups=C)`` stores for the same operator
+    (M = 1; both layouts hold the same numbers in the same memory order).
+
+    >>> dw = DepthwiseConv2D(4, 3, strides=2, grouped=True, seed=0)
+    >>> dw.params["kernel"].shape, dw(np.zeros((1, 9, 9, 4), np.float32)).shape
+    ((3, 3, 1, 4), (1, 5, 5, 4))
+    """
+
+    def __init__(self, channels: int, kernel_size=3, *, strides=1, dilation_rate=1, padding="same",
+                 depth_multiplier: int = 1, use_bias: bool = False, grouped: bool = False, seed=None):
+        super().__init__()
+        kh, kw = pair(kernel_size, "kernel_size")
+        if grouped and depth_multiplier != 1:
+            raise ValueError(f"a grouped-layout depthwise kernel has depth multiplier 1, got {depth_multiplier}")
+        self.strides, self.dilation_rate = pair(strides, "strides"), pair(dilation_rate, "dilation_rate")
+        self.padding, self.shape = padding, (kh, kw, channels, depth_multiplier)     # (KH, KW, C, M)
+        w = _rng(seed).normal(0.0, np.sqrt(2.0 / (kh * kw)), size=self.shape)        # He-normal, fan-in KH*KW
+        self.params["kernel"] = w.reshape((kh, kw, 1, channels) if grouped else self.shape).astype(np.float32)
+        if use_bias:
+            self.params["bias"] = np.zeros(channels * depth_multiplier, np.float32)
+
+    def forward(self, x, training=False):
+        return self._run("depthwise_conv2d", x, self.params["kernel"].reshape(self.shape), self.params.get("bias"),
+                         stride=self.strides, dilation=self.dilation_rate, padding=self.padding)
+
+    def backward(self, dout):
+        dx, dw, db = self._back("depthwise_conv2d", dout)
+        self.grads["kernel"] = dw.reshape(self.params["kernel"].shape)
+        if db is not None:
+            self.grads["bias"] = db
+        return dx
+
+
+class ChannelScale(OpLayer):
+    """``y = x * s``: ``forward([x, s])`` with ``x`` (N, H, W, C) and ``s`` (N, 1, 1, C); ``backward`` -> ``[dx, ds]``."""
+
+    def forward(self, xs, training=False):
+        x, s = xs
+        return self._run("channel_scale", x, s)
+
+    def backward(self, dout):
+        return list(self._back("channel_scale", dout))
+
+
+class SqueezeExcite(Module):
+    """Squeeze-and-excitation: ``y = x * gate(W2 act(W1 mean_hw(x) + b1) + b2)``, per sample and channel.
+
+    ``conv_reduce`` (C -> bottleneck) and ``conv_expand`` (bottleneck -> C) are 1x1 convolutions with bias
+    (KerasHub's ``SqueezeAndExcite2D``: ``squeeze_activation`` relu, ``excite_activation`` hard_sigmoid;
+    EfficientNet: swish and sigmoid). Backward: ``x`` feeds both the product and the pooled branch, so
+    ``dx = dy * s + broadcast(d mean) / (H W)`` (:func:`sum_gradients` of the two).
+
+    >>> se = SqueezeExcite(8, 2, seed=0)
+    >>> se(np.ones((2, 3, 3, 8), np.float32)).shape
+    (2, 3, 3, 8)
+    """
+
+    def __init__(self, channels: int, bottleneck: int, *, squeeze_activation="relu", excite_activation="hard_sigmoid",
+                 seed=None):
+        super().__init__()
+        rng = _rng(seed)
+        self.pool = GlobalAveragePooling2D()
+        self.conv_reduce = Conv2D(channels, bottleneck, 1, use_bias=True, seed=rng)
+        self.squeeze = Activation(squeeze_activation)
+        self.conv_expand = Conv2D(bottleneck, channels, 1, use_bias=True, seed=rng)
+        self.gate = Activation(excite_activation)
+        self.scale = ChannelScale()
+
+    def forward(self, x, training=False):
+        s = self.pool.forward(x)                                         # (N, 1, 1, C)
+        for layer in (self.conv_reduce, self.squeeze, self.conv_expand, self.gate):
+            s = layer.forward(s, training)                               # (N, 1, 1, C'), then (N, 1, 1, C)
+        return self.scale.forward([x, s])                                # (N, H, W, C)
+
+    def backward(self, dout):
+        dx, ds = self.scale.backward(dout)
+        for layer in (self.gate, self.conv_expand, self.squeeze, self.conv_reduce):
+            ds = layer.backward(ds)
+        return sum_gradients(self.pool.backward(ds), dx)

@@ -1,0 +1,156 @@
+"""MobileNetV3 encoder (KerasHub ``MobileNetBackbone``): pyramid, config round trip, atrous option, whole-model
+gradients, preset round trip, and feature parity with KerasHub's own layer outputs (tests/fixtures/mobilenet_tiny)."""
+import warnings
+
+import numpy as np
+import pytest
+
+from tinydeeplab import load_keras_preset, save_keras_preset, use_backend
+from tinydeeplab.models import DeepLabV3Backbone, DeepLabV3ImageSegmenter, MobileNetBackbone, encoder_class
+from tinydeeplab.models.mobilenet import MOBILENET_V3_LARGE, MOBILENET_V3_SMALL, adjust_channels
+
+from model_factories import randomize_batchnorm
+from test_model import _check_every_entry
+
+
+def tiny_config(**changes):
+    """Two-to-three blocks a stack, every block kind: SE in the depthwise block and in inverted residuals,
+    a residual add, relu and hard_swish, kernels 3 and 5."""
+    cfg = dict(stackwise_num_blocks=[2, 1, 1], stackwise_expansion=[[8, 16], [16], [16]],
+               stackwise_num_filters=[[8, 8], [8], [8]], stackwise_kernel_size=[[3, 5], [3], [5]],
+               stackwise_num_strides=[[2, 1], [2], [2]], stackwise_se_ratio=[[None, 0.25], [None], [0.25]],
+               stackwise_activation=[["relu", "hard_swish"], ["hard_swish"], ["relu"]],
+               stackwise_padding=[[1, 2], [1], [2]], output_num_filters=16, depthwise_filters=8,
+               depthwise_stride=2, depthwise_residual=False, last_layer_filter=8, squeeze_and_excite=0.5,
+               input_activation="hard_swish", output_activation="hard_swish", input_num_filters=8)
+    return {**cfg, **changes}
+
+
+# -- structure -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("config,channels,params", [
+    (MOBILENET_V3_SMALL, {"P2": 16, "P3": 24, "P4": 48, "P5": 576}, 939_120),
+    (MOBILENET_V3_LARGE, {"P2": 24, "P3": 40, "P4": 112, "P5": 960}, 2_996_352)])
+def test_keras_hub_configs_have_the_presets_size_and_a_p2_to_p5_pyramid(config, channels, params):
+    """Weights + BN statistics equal the ``params`` KerasHub's mobilenet_presets.py lists for the preset."""
+    enc = MobileNetBackbone.from_config(config, seed=0)
+    assert enc.num_parameters() + sum(b.size for _, b in enc.named_buffers()) == params
+    assert enc.pyramid_channels == channels
+    assert enc.pyramid_strides == {"P2": 4, "P3": 8, "P4": 16, "P5": 32}
+    x = np.random.default_rng(0).normal(size=(1, 64, 96, 3)).astype(np.float32)
+    out = enc(x)
+    assert {k: v.shape for k, v in out.items()} == {k: (1, 64 // s, 96 // s, channels[k])
+                                                     for k, s in enc.pyramid_strides.items()}
+
+
+def test_taps_are_the_last_block_at_each_stride():
+    small = MobileNetBackbone.from_config(MOBILENET_V3_SMALL)
+    large = MobileNetBackbone.from_config(MOBILENET_V3_LARGE)
+    named = lambda enc: {s.level: s.keras_layer for s in enc.stages() if s.level}   # noqa: E731
+    assert named(small) == {"P2": "block_0_0", "P3": "block_1_1", "P4": "block_3_1", "P5": "block_5_0"}
+    assert named(large) == {"P2": "block_1_1", "P3": "block_2_2", "P4": "block_4_1", "P5": "block_6_0"}
+
+
+def test_adjust_channels_is_keras_hubs_rounding():
+    # round to a multiple of 8 (x + 4 floored), at least 8, one step up when more than 10 % below: 11.9 -> 8 -> 16
+    assert [adjust_channels(v) for v in (1, 4.0, 11.9, 12, 83, 100, 0.25 * 72)] == [8, 8, 16, 16, 80, 104, 24]
+
+
+def test_config_round_trip_and_registry():
+    assert encoder_class("MobileNetBackbone") is MobileNetBackbone
+    for os_ in (None, 16, 8):
+        enc = MobileNetBackbone.from_config(tiny_config(), output_stride=os_, seed=0)
+        cfg = enc.get_config()
+        assert ("output_stride" in cfg) == (os_ is not None)
+        again = MobileNetBackbone.from_config(cfg, seed=0)
+        assert again.get_config() == cfg and again.pyramid_strides == enc.pyramid_strides
+        x = np.random.default_rng(1).normal(size=(1, 32, 32, 3)).astype(np.float32)
+        np.testing.assert_array_equal(again(x)["P5"], enc(x)["P5"])
+
+
+@pytest.mark.parametrize("changes,match", [
+    (dict(stackwise_num_blocks=[2, 1]), "one list per stack"),
+    (dict(stackwise_kernel_size=[[3], [3], [5]]), "stackwise_kernel_size"),
+    (dict(stackwise_activation=[["relu6", "relu"], ["relu"], ["relu"]]), "activation must be one of"),
+    (dict(depthwise_residual=True), "depthwise_residual needs depthwise_stride 1"),
+])
+def test_bad_configs_raise_one_line_errors(changes, match):
+    with pytest.raises(ValueError, match=match):
+        MobileNetBackbone.from_config(tiny_config(**changes))
+    with pytest.raises(ValueError, match="missing keys.*depthwise_filters"):
+        MobileNetBackbone.from_config({k: v for k, v in tiny_config().items() if k != "depthwise_filters"})
+
+
+@pytest.mark.parametrize("os_,strides", [(16, {"P2": 4, "P3": 8, "P4": 16, "P5": 16}),
+                                         (8, {"P2": 4, "P3": 8, "P4": 8, "P5": 8})])
+def test_output_stride_is_exact_a_trous_without_squeeze_excite(os_, strides):
+    """Same weights, the last strides turned into rates: the dense P5 holds the strided one at every
+    (32 / os)-th position (exact where no SE averages over the denser map)."""
+    cfg = tiny_config(stackwise_se_ratio=[[None, 0.25], [None], [None]])
+    strided = randomize_batchnorm(MobileNetBackbone.from_config(cfg, seed=0), np.random.default_rng(0))
+    strided = strided.astype(np.float64)
+    dense = MobileNetBackbone.from_config(cfg, output_stride=os_, seed=0).astype(np.float64)
+    dense.load_state_dict(strided.state_dict())
+    assert dense.pyramid_strides == strides
+    x = np.random.default_rng(1).normal(size=(1, 64, 96, 3))
+    with use_backend("numpy"):
+        p, q = strided.forward(x), dense.forward(x)
+    step = 32 // os_
+    assert q["P5"].shape[1:3] == (64 // os_, 96 // os_)
+    np.testing.assert_allclose(q["P5"][:, ::step, ::step], p["P5"], rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(q["P3"], p["P3"])
+
+
+# -- gradients -------------------------------------------------------------------------------------------------
+def tiny_segmenter(seed=0, output_stride=8):
+    enc = MobileNetBackbone.from_config(tiny_config(), output_stride=output_stride, seed=seed)
+    bb = DeepLabV3Backbone(enc, "P5", 2, [1, 2], low_level_feature_key="P2", projection_filters=2,
+                           num_channels=4, seed=seed + 1)
+    model = randomize_batchnorm(DeepLabV3ImageSegmenter(bb, 3, seed=seed + 2), np.random.default_rng(seed))
+    for _, mod in model.modules():                    # non-zero biases (SE convs) so a lost bias gradient shows
+        if "bias" in mod.params:
+            mod.params["bias"] = np.random.default_rng(7).normal(0, 0.3, mod.params["bias"].shape).astype(np.float32)
+    return model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("training", [False, True])
+def test_whole_model_gradient_every_entry(training):
+    """DeepLabV3+ on the tiny MobileNet at OS8 (dilated depthwise convs): float64 central differences on
+    every input pixel and every parameter."""
+    rng = np.random.default_rng(5)
+    model = tiny_segmenter().astype(np.float64)
+    x, c = rng.normal(size=(2, 16, 24, 3)), rng.normal(size=(2, 16, 24, 3))
+    with use_backend("numpy"):
+        checked = _check_every_entry(model, x, c, training)
+    assert checked == model.num_parameters()
+
+
+@pytest.mark.slow
+def test_kernel_backend_gradients_match_the_reference():
+    """The default (Numba) backend's forward and backward through every MobileNet layer agree with NumPy's
+    (float64, so that round-off amplified by training-mode BN on 4x6 maps cannot hide a difference)."""
+    model = tiny_segmenter().astype(np.float64)
+    x = np.random.default_rng(2).normal(size=(2, 32, 48, 3))
+    results = {}
+    for backend in ("numpy", "cpu"):
+        with use_backend(backend):
+            y = model.forward(x, training=True)
+            dx = model.backward(np.ones_like(y))
+            results[backend] = (y, dx, {k: g.copy() for k, g in model.named_gradients()})
+    (y0, dx0, g0), (y1, dx1, g1) = results["numpy"], results["cpu"]
+    np.testing.assert_allclose(y1, y0, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(dx1, dx0, rtol=1e-9, atol=1e-10)
+    for k in g0:
+        np.testing.assert_allclose(g1[k], g0[k], rtol=1e-8, atol=1e-10, err_msg=k)
+
+
+# -- presets ---------------------------------------------------------------------------------------------------
+def test_deeplab_preset_round_trip(tmp_path):
+    model = tiny_segmenter(output_stride=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                      # 4-channel head: a tinydeeplab-only preset
+        save_keras_preset(model, tmp_path / "preset")
+    again = load_keras_preset(tmp_path / "preset")
+    assert isinstance(again.backbone.image_encoder, MobileNetBackbone)
+    x = np.random.default_rng(3).normal(size=(1, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_array_equal(again.forward(x), model.forward(x))
