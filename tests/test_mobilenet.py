@@ -1,11 +1,14 @@
 """MobileNetV3 encoder (KerasHub ``MobileNetBackbone``): pyramid, config round trip, atrous option, whole-model
 gradients, preset round trip, and feature parity with KerasHub's own layer outputs (tests/fixtures/mobilenet_tiny)."""
+import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tinydeeplab import load_keras_preset, save_keras_preset, use_backend
+from tinydeeplab.io.encoder_preset import load_encoder_preset
 from tinydeeplab.models import DeepLabV3Backbone, DeepLabV3ImageSegmenter, MobileNetBackbone, encoder_class
 from tinydeeplab.models.mobilenet import MOBILENET_V3_LARGE, MOBILENET_V3_SMALL, adjust_channels
 
@@ -101,9 +104,16 @@ def test_output_stride_is_exact_a_trous_without_squeeze_excite(os_, strides):
 
 
 # -- gradients -------------------------------------------------------------------------------------------------
-def tiny_segmenter(seed=0, output_stride=8):
-    enc = MobileNetBackbone.from_config(tiny_config(), output_stride=output_stride, seed=seed)
-    bb = DeepLabV3Backbone(enc, "P5", 2, [1, 2], low_level_feature_key="P2", projection_filters=2,
+GRADIENT_CONFIG = tiny_config(
+    stackwise_num_blocks=[2, 1], stackwise_expansion=[[8, 16], [16]], stackwise_num_filters=[[8, 8], [8]],
+    stackwise_kernel_size=[[3, 5], [3]], stackwise_num_strides=[[2, 1], [2]], stackwise_se_ratio=[[None, 0.25], [0.25]],
+    stackwise_activation=[["relu", "hard_swish"], ["hard_swish"]], stackwise_padding=[[1, 2], [1]])
+"""Fewer blocks (every kind still there), pyramid up to P4: every-entry central differences in about a minute."""
+
+
+def tiny_segmenter(seed=0, output_stride=8, config=None, key="P5"):
+    enc = MobileNetBackbone.from_config(config or tiny_config(), output_stride=output_stride, seed=seed)
+    bb = DeepLabV3Backbone(enc, key, 2, [1, 2], low_level_feature_key="P2", projection_filters=2,
                            num_channels=4, seed=seed + 1)
     model = randomize_batchnorm(DeepLabV3ImageSegmenter(bb, 3, seed=seed + 2), np.random.default_rng(seed))
     for _, mod in model.modules():                    # non-zero biases (SE convs) so a lost bias gradient shows
@@ -115,11 +125,11 @@ def tiny_segmenter(seed=0, output_stride=8):
 @pytest.mark.slow
 @pytest.mark.parametrize("training", [False, True])
 def test_whole_model_gradient_every_entry(training):
-    """DeepLabV3+ on the tiny MobileNet at OS8 (dilated depthwise convs): float64 central differences on
-    every input pixel and every parameter."""
+    """DeepLabV3+ (ASPP on P4 at OS8: dilated depthwise convs) on a tiny MobileNet: float64 central
+    differences on every input pixel and every parameter (about a minute each on a loaded machine)."""
     rng = np.random.default_rng(5)
-    model = tiny_segmenter().astype(np.float64)
-    x, c = rng.normal(size=(2, 16, 24, 3)), rng.normal(size=(2, 16, 24, 3))
+    model = tiny_segmenter(config=GRADIENT_CONFIG, key="P4").astype(np.float64)
+    x, c = rng.normal(size=(2, 8, 16, 3)), rng.normal(size=(2, 8, 16, 3))
     with use_backend("numpy"):
         checked = _check_every_entry(model, x, c, training)
     assert checked == model.num_parameters()
@@ -154,3 +164,65 @@ def test_deeplab_preset_round_trip(tmp_path):
     assert isinstance(again.backbone.image_encoder, MobileNetBackbone)
     x = np.random.default_rng(3).normal(size=(1, 32, 32, 3)).astype(np.float32)
     np.testing.assert_array_equal(again.forward(x), model.forward(x))
+
+
+# -- feature parity with KerasHub (fixture: tools/make_mobilenet_fixtures.py) -----------------------------------
+FIXTURE = Path(__file__).parent / "fixtures" / "mobilenet_tiny"
+
+
+def _max_relative_error(got, want):
+    return float(np.abs(got - want).max() / np.abs(want).max())
+
+
+@pytest.fixture(scope="module")
+def keras_fixture():
+    outputs = dict(np.load(FIXTURE / "outputs.npz", allow_pickle=False))
+    meta = json.loads((FIXTURE / "outputs.json").read_text())
+    return load_encoder_preset(FIXTURE / "preset"), outputs, meta
+
+
+def test_keras_preset_loads_with_keras_taps_and_size(keras_fixture):
+    enc, _, meta = keras_fixture
+    assert {s.level: s.keras_layer for s in enc.stages() if s.level} == meta["taps"]   # chosen in Keras
+    assert enc.num_parameters() + sum(b.size for _, b in enc.named_buffers()) == meta["parameters"]
+    assert [s.keras_layer for s in enc.stages() if s.keras_layer] == meta["layers"]
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_every_block_matches_keras_hub(keras_fixture, training):
+    """Every block output (inference) and every tap (training mode: batch statistics) against KerasHub's own
+    layer outputs, float32: max relative error <= 1e-5."""
+    enc, outputs, meta = keras_fixture
+    from tinydeeplab.nn.hooks import record_outputs
+
+    wanted = {s.module: s.keras_layer for s in enc.stages() if s.keras_layer}
+    mode = "train" if training else "infer"
+    with record_outputs(enc, list(wanted)) as seen:
+        pyramid = enc.forward(outputs["x"], training=training)
+    compared = 0
+    for module, layer in wanted.items():
+        if f"{mode}/{layer}" in outputs:
+            err = _max_relative_error(seen[module], outputs[f"{mode}/{layer}"])
+            assert err <= 1e-5, f"{layer}: max relative error {err:.2e}"
+            compared += 1
+    assert compared == (len(meta["layers"]) if not training else 4)
+    for level, layer in meta["taps"].items():
+        assert _max_relative_error(pyramid[level], outputs[f"{mode}/{layer}"]) <= 1e-5, level
+
+
+def test_bad_encoder_preset_is_a_one_line_error(tmp_path):
+    import shutil
+
+    from tinydeeplab.errors import PresetError
+
+    shutil.copytree(FIXTURE / "preset", tmp_path / "p")
+    cfg = json.loads((tmp_path / "p" / "config.json").read_text())
+    cfg["config"]["stackwise_num_blocks"] = [2, 3, 2]
+    (tmp_path / "p" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(PresetError, match="config.json: stackwise_expansion must have one list per stack"):
+        load_encoder_preset(tmp_path / "p")
+    cfg["config"]["stackwise_num_blocks"] = [2, 3, 2, 2]
+    cfg["config"]["last_layer_filter"] = 48
+    (tmp_path / "p" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(PresetError, match="conv_bn_act_block/conv/vars/0.*has shape"):
+        load_encoder_preset(tmp_path / "p")

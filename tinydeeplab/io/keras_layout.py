@@ -29,6 +29,18 @@ def _add_unit(table, prefix, module, var_names):
             table[(id(module), key)] = f"{prefix}/vars/{j}"
 
 
+def encoder_weight_table(encoder, prefix: str) -> dict[tuple[int, str], str]:
+    """``{(id(module), array key): HDF5 path}`` for the encoder's weights under ``prefix``: ``"layers"`` for
+    a KerasHub backbone saved alone, ``"layers/functional/layers"`` inside a DeepLabV3Backbone. A layer's
+    counter counts the earlier layers of the same Keras class (``conv2d``, ``conv2d_1``, ...)."""
+    where: dict[tuple[int, str], str] = {}
+    seen: dict[str, int] = {}
+    for layer in encoder.keras_weight_layers():
+        i = seen[layer.name] = seen.get(layer.name, -1) + 1
+        _add_unit(where, f"{prefix}/{_counter_name(layer.name, i)}", layer.module, layer.var_names)
+    return where
+
+
 def keras_weight_paths(segmenter) -> dict[str, tuple[str, str]]:
     """``{dotted tinydeeplab name: (file name, HDF5 dataset path)}`` for every parameter and buffer.
 
@@ -42,14 +54,8 @@ def keras_weight_paths(segmenter) -> dict[str, tuple[str, str]]:
     ('task.weights.h5', 'layers/conv2d/vars/0')
     """
     backbone = segmenter.backbone
-    where: dict[tuple[int, str], str] = {}
-
-    # 1. the image encoder's graph, saved as the nested functional model "functional"; a layer's counter
-    #    counts the earlier layers of the same Keras class
-    seen: dict[str, int] = {}
-    for layer in backbone.image_encoder.keras_weight_layers():
-        i = seen[layer.name] = seen.get(layer.name, -1) + 1
-        _add_unit(where, f"layers/functional/layers/{_counter_name(layer.name, i)}", layer.module, layer.var_names)
+    # 1. the image encoder's graph, saved as the nested functional model "functional"
+    where = encoder_weight_table(backbone.image_encoder, "layers/functional/layers")
 
     # 2. ASPP: a list of Sequentials (branches, pooling last) and a projection Sequential
     aspp = backbone.aspp
