@@ -18,6 +18,9 @@ random (tools/make_parity_fixtures.py's ``randomise``: He-normal kernels, random
 parameters, BN moving statistics from a calibration batch, perturbed).
 
 ``--check`` loads the written preset back into KerasHub and compares its outputs with outputs.npz.
+``--full small|large --out DIR`` does the same for KerasHub's full-size MobileNetV3 Small / Large configs
+(``keras_hub/src/utils/timm/convert_mobilenet.py``, random weights, a 224x224 batch of 2; not committed):
+``tinydeeplab``'s side is then ``python tools/make_mobilenet_fixtures.py --compare DIR`` in its own venv.
 """
 import argparse
 import json
@@ -51,12 +54,20 @@ CONFIG = dict(
     input_activation="hard_swish", output_activation="hard_swish", image_shape=(None, None, 3),
 )
 INPUT_SHAPE = (2, 64, 96, 3)
+FULL_INPUT_SHAPE = (2, 224, 224, 3)
 
 
-def build():
+def full_config(size):
+    """KerasHub's own constructor arguments for mobilenetv3_small_100 / mobilenetv3_large_100."""
+    from keras_hub.src.utils.timm.convert_mobilenet import convert_backbone_config
+
+    return {**convert_backbone_config({"architecture": f"mobilenetv3_{size}_100"}), "image_shape": (None, None, 3)}
+
+
+def build(config=None):
     import keras_hub
 
-    return keras_hub.models.MobileNetBackbone(**CONFIG)
+    return keras_hub.models.MobileNetBackbone(**(config or CONFIG))
 
 
 def block_names(model):
@@ -75,11 +86,16 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=OUT)
     ap.add_argument("--check", action="store_true", help="reload the written preset in KerasHub and compare")
+    ap.add_argument("--full", choices=("small", "large"), help="KerasHub's full-size MobileNetV3 config instead")
+    ap.add_argument("--compare", metavar="DIR", help="(tinydeeplab's venv) compare tinydeeplab with DIR's outputs")
     args = ap.parse_args(argv)
+    if args.compare:
+        return compare(args.compare)
     import keras_hub
 
+    shape = FULL_INPUT_SHAPE if args.full else INPUT_SHAPE
     rng = np.random.default_rng(SEED)
-    x = rng.normal(size=INPUT_SHAPE).astype("float32")
+    x = rng.normal(size=shape).astype("float32")
     if args.check:
         model = keras_hub.models.MobileNetBackbone.from_preset(os.path.join(args.out, "preset"))
         saved = np.load(os.path.join(args.out, "outputs.npz"), allow_pickle=False)
@@ -89,11 +105,11 @@ def main(argv=None):
         print(f"reloaded preset: max abs difference over {len(names)} layers = {worst:.3g}")
         return 0 if worst == 0.0 else 1
 
-    model = build()
-    randomise(model, rng, rng.normal(size=INPUT_SHAPE).astype("float32"))
+    model = build(full_config(args.full) if args.full else None)
+    randomise(model, rng, rng.normal(size=shape).astype("float32"))
     names = block_names(model)
     infer = layer_outputs(model, names, x, False)
-    strides = {n: INPUT_SHAPE[1] // infer[n].shape[1] for n in names}
+    strides = {n: shape[1] // infer[n].shape[1] for n in names}
     taps = {}
     for n in names:                                         # the last layer at each stride 4..32
         if strides[n] in (4, 8, 16, 32):
@@ -111,6 +127,29 @@ def main(argv=None):
         f.write("\n")
     print(f"wrote {args.out}: {len(names)} layers, taps {taps}, {model.count_params()} weights")
     return 0
+
+
+def compare(directory):
+    """Load DIR/preset into tinydeeplab and print the max relative error of every layer KerasHub recorded."""
+    sys.path.insert(0, REPO)
+    from tinydeeplab.io.encoder_preset import load_encoder_preset
+    from tinydeeplab.nn.hooks import record_outputs
+
+    enc = load_encoder_preset(os.path.join(directory, "preset"))
+    saved = np.load(os.path.join(directory, "outputs.npz"), allow_pickle=False)
+    wanted = {s.module: s.keras_layer for s in enc.stages() if s.keras_layer}
+    worst = 0.0
+    for mode in ("infer", "train"):
+        with record_outputs(enc, list(wanted)) as seen:
+            enc.forward(saved["x"], training=mode == "train")
+        for module, layer in wanted.items():
+            if f"{mode}/{layer}" in saved:
+                want = saved[f"{mode}/{layer}"]
+                err = float(np.abs(seen[module] - want).max() / np.abs(want).max())
+                worst = max(worst, err)
+                print(f"{mode} {layer:10s} {str(want.shape):18s} max relative error {err:.2e}")
+    print(f"worst {worst:.2e} over {len(wanted)} layers; taps {[s.keras_layer for s in enc.stages() if s.level]}")
+    return 0 if worst <= 1e-5 else 1
 
 
 if __name__ == "__main__":
