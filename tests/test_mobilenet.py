@@ -10,7 +10,8 @@ import pytest
 from tinydeeplab import load_keras_preset, save_keras_preset, use_backend
 from tinydeeplab.io.encoder_preset import load_encoder_preset
 from tinydeeplab.models import DeepLabV3Backbone, DeepLabV3ImageSegmenter, MobileNetBackbone, encoder_class
-from tinydeeplab.models.mobilenet import MOBILENET_V3_LARGE, MOBILENET_V3_SMALL, adjust_channels
+from tinydeeplab.models.mobilenet import adjust_channels
+from tinydeeplab.models.recipes import MOBILENET_V3_LARGE, MOBILENET_V3_SMALL
 
 from model_factories import randomize_batchnorm
 from test_model import _check_every_entry
@@ -226,3 +227,19 @@ def test_bad_encoder_preset_is_a_one_line_error(tmp_path):
     (tmp_path / "p" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(PresetError, match="conv_bn_act_block/conv/vars/0.*has shape"):
         load_encoder_preset(tmp_path / "p")
+
+
+# -- from-scratch recipes ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,last_dilated", [("mobilenetv3-small", "block_4_1"), ("mobilenetv3-large", "block_5_1")])
+def test_mobilenet_recipes_are_os16_on_the_camvid_crop(name, last_dilated):
+    from tinydeeplab.models.recipes import RECIPES, build_model
+
+    model = build_model(name, 11, seed=0)
+    enc = model.backbone.image_encoder
+    assert isinstance(enc, MobileNetBackbone) and RECIPES[name]["crop"] == (256, 352)
+    assert enc.pyramid_strides == {"P2": 4, "P3": 8, "P4": 16, "P5": 16}
+    assert getattr(enc, last_dilated).depthwise.conv.dilation_rate == (2, 2)       # the last stage is atrous
+    x = np.zeros((1, 256, 352, 3), np.float32)
+    assert enc(x)["P5"].shape[1:3] == (16, 22)                                       # the ASPP map
+    assert model.forward(x).shape == (1, 256, 352, 11)
+    assert build_model(name, 11, output_stride=8).backbone.image_encoder.pyramid_strides["P5"] == 8

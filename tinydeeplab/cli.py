@@ -663,7 +663,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-split", help="split to evaluate after every epoch (e.g. val; default: none)")
     t.add_argument("--num-classes", type=POSITIVE_INT, help="classes of a folder dataset")
     _colour_map_args(t)
-    t.add_argument("--model", help="architecture recipe: tiny, small, medium, resnet18, resnet50 (default: small, "
+    t.add_argument("--model", help="architecture recipe: tiny, small, medium, resnet18, resnet50, mobilenetv3-small, "
+                                   "mobilenetv3-large (default: small, "
                                    "or the --init-preset's architecture)")
     t.add_argument("--init-preset", help="start from the weights (and architecture) of this preset directory")
     t.add_argument("--output-stride", type=int, choices=(8, 16, 32),

@@ -281,9 +281,10 @@ class MobileNetBackbone(Encoder):
     def from_config(cls, config: dict, *, output_stride=None, seed=None) -> "MobileNetBackbone":
         """KerasHub's ``MobileNetBackbone`` config -> a MobileNetBackbone (``name``, ``dtype``, ... ignored).
 
-        >>> cfg = MobileNetBackbone.from_config(MOBILENET_V3_SMALL).get_config()
-        >>> MobileNetBackbone.from_config(cfg).get_config() == cfg
-        True
+        >>> from tinydeeplab.models.recipes import MOBILENET_V3_SMALL
+        >>> cfg = MobileNetBackbone.from_config(MOBILENET_V3_SMALL, output_stride=16).get_config()
+        >>> cfg["output_stride"], MobileNetBackbone.from_config(cfg).get_config() == cfg
+        (16, True)
         """
         missing = [k for k in cls.REQUIRED_CONFIG if k not in config]
         if missing:
@@ -331,30 +332,3 @@ class MobileNetBackbone(Encoder):
                                     (f"{name} → {level}", what) if level else None))
         return out
 
-
-def _v3(blocks, expansion, filters, kernels, strides, se, activation, padding, **rest):
-    return dict(stackwise_num_blocks=blocks, stackwise_expansion=expansion, stackwise_num_filters=filters,
-                stackwise_kernel_size=kernels, stackwise_num_strides=strides, stackwise_se_ratio=se,
-                stackwise_activation=activation, stackwise_padding=padding, output_num_filters=1024,
-                input_num_filters=16, input_activation="hard_swish", output_activation="hard_swish", **rest)
-
-
-_R, _H = "relu", "hard_swish"
-MOBILENET_V3_SMALL = _v3(
-    [2, 3, 2, 3], [[72, 88], [96, 240, 240], [120, 144], [288, 576, 576]],
-    [[24, 24], [40, 40, 40], [48, 48], [96, 96, 96]], [[3, 3], [5, 5, 5], [5, 5], [5, 5, 5]],
-    [[2, 1], [2, 1, 1], [1, 1], [2, 1, 1]], [[None, None], [0.25] * 3, [0.25] * 2, [0.25] * 3],
-    [[_R, _R], [_H] * 3, [_H] * 2, [_H] * 3], [[1, 1], [2, 2, 2], [2, 2], [2, 2, 2]],
-    depthwise_filters=16, depthwise_stride=2, depthwise_residual=False, squeeze_and_excite=0.5,
-    last_layer_filter=576)
-"""KerasHub's ``mobilenet_v3_small_100`` backbone config (``keras_hub/src/utils/timm/convert_mobilenet.py``)."""
-
-MOBILENET_V3_LARGE = _v3(
-    [2, 3, 4, 2, 3], [[64, 72], [72, 120, 120], [240, 200, 184, 184], [480, 672], [672, 960, 960]],
-    [[24, 24], [40, 40, 40], [80] * 4, [112, 112], [160] * 3], [[3, 3], [5, 5, 5], [3] * 4, [3, 3], [5, 5, 5]],
-    [[2, 1], [2, 1, 1], [2, 1, 1, 1], [1, 1], [2, 1, 1]],
-    [[None, None], [0.25] * 3, [None] * 4, [0.25] * 2, [0.25] * 3],
-    [[_R, _R], [_R] * 3, [_H] * 4, [_H] * 2, [_H] * 3], [[1, 1], [2, 2, 2], [1] * 4, [1, 1], [2, 2, 2]],
-    depthwise_filters=16, depthwise_stride=1, depthwise_residual=True, squeeze_and_excite=None,
-    last_layer_filter=960)
-"""KerasHub's ``mobilenet_v3_large_100`` backbone config (``keras_hub/src/utils/timm/convert_mobilenet.py``)."""
