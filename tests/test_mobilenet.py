@@ -123,6 +123,30 @@ def tiny_segmenter(seed=0, output_stride=8, config=None, key="P5"):
     return model
 
 
+@pytest.mark.parametrize("kind", ["inverted_residual", "depthwise_block"])
+@pytest.mark.parametrize("training", [False, True])
+def test_block_gradient_every_entry(kind, training):
+    """One block, float64 central differences on every entry: an inverted residual (dilated 3x3, SE with
+    hard-sigmoid gate, hard_swish, residual add) and the depthwise block (strided, SE, ReLU)."""
+    from tinydeeplab.models.mobilenet import MobileBlock
+
+    rng = np.random.default_rng(11)
+    args = (dict(kernel=3, stride=1, dilation=2, pad=2, expansion=16, activation="hard_swish", residual=True)
+            if kind == "inverted_residual" else
+            dict(kernel=3, stride=2, dilation=1, pad=1, expansion=None, activation="relu", residual=False))
+    block = MobileBlock(8, 8, se_ratio=0.25, rng=rng, **args)
+    block = randomize_batchnorm(block, rng)
+    for _, mod in block.modules():
+        if "bias" in mod.params:
+            mod.params["bias"] = rng.normal(0, 0.5, mod.params["bias"].shape).astype(np.float32)
+    block = block.astype(np.float64)
+    x = rng.normal(size=(2, 5, 6, 8))
+    c = rng.normal(size=block.forward(x).shape)
+    with use_backend("numpy"):
+        checked = _check_every_entry(block, x, c, training)
+    assert checked == block.num_parameters()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("training", [False, True])
 def test_whole_model_gradient_every_entry(training):
