@@ -13,6 +13,7 @@ from tinydeeplab.models import DeepLabV3Backbone, DeepLabV3ImageSegmenter, Mobil
 from tinydeeplab.models.mobilenet import adjust_channels
 from tinydeeplab.models.recipes import MOBILENET_V3_LARGE, MOBILENET_V3_SMALL
 
+from backends import BACKENDS
 from model_factories import randomize_batchnorm
 from test_model import _check_every_entry
 
@@ -267,3 +268,29 @@ def test_mobilenet_recipes_are_os16_on_the_camvid_crop(name, last_dilated):
     assert enc(x)["P5"].shape[1:3] == (16, 22)                                       # the ASPP map
     assert model.forward(x).shape == (1, 256, 352, 11)
     assert build_model(name, 11, output_stride=8).backbone.image_encoder.pyramid_strides["P5"] == 8
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_a_block_runs_on_every_backend(name):
+    """An inverted residual block (dilated depthwise conv, SE, hard_swish, residual) in training mode on each
+    kernel backend (cuda: on device arrays; the simulator in CI) against the NumPy reference, float64."""
+    from tinydeeplab import backend
+    from tinydeeplab.models.mobilenet import MobileBlock
+
+    rng = np.random.default_rng(4)
+    block = MobileBlock(8, 8, kernel=3, stride=1, dilation=2, pad=2, expansion=16, se_ratio=0.25,
+                        activation="hard_swish", residual=True, rng=rng)
+    block = randomize_batchnorm(block, rng).astype(np.float64)
+    x, c = rng.normal(size=(2, 3, 4, 8)), rng.normal(size=(2, 3, 4, 8))
+    results = {}
+    for b in ("numpy", name):
+        with use_backend(b):
+            ops = backend.ops()
+            block.to(b)
+            y = block.forward(ops.to_device(x), training=True)
+            dx = block.backward(ops.to_device(c))
+            results[b] = [backend.to_numpy(y), backend.to_numpy(dx)] + \
+                [backend.to_numpy(g) for _, g in sorted(block.named_gradients())]
+            block.to("numpy")
+    for want, got in zip(results["numpy"], results[name]):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-11)
