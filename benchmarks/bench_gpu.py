@@ -28,6 +28,11 @@ every parameter's gradient: the timings compare equal computations.
     python benchmarks/bench_gpu.py                                   # everything, a few minutes
     python benchmarks/bench_gpu.py --workloads train8 --profile      # where tinydeeplab's time goes
     python benchmarks/bench_gpu.py --json docs/data/bench_gpu.json
+    NUMBA_ENABLE_CUDASIM=1 python benchmarks/bench_gpu.py --count-launches   # launches per call, no GPU needed
+
+``--count-launches`` only counts tinydeeplab's kernel launches per call of each workload (at
+``--launch-size``, default 64x64: the count follows the layers, not the image size), after one
+uncounted call, with :func:`tinydeeplab.kernels.cuda.launches.count_launches` (kernels not executed).
 
 Needs a CUDA GPU, ``numba-cuda`` and (for the reference) ``torch``; the run stops with a one-line reason
 when one is missing.
@@ -116,8 +121,9 @@ def build_tinydeeplab():
     return model, cuda.synchronize, notes
 
 
-def tinydeeplab_step(model, workload: dict):
-    """One call of ``workload`` on tinydeeplab's cuda backend, and the phase timings it fills."""
+def tinydeeplab_step(model, workload: dict, check: bool = True):
+    """One call of ``workload`` on tinydeeplab's cuda backend, and the phase timings it fills (``check``:
+    assert the output shape and a finite loss; off when counting launches without running the kernels)."""
     from numba import cuda
 
     from tinydeeplab import backend
@@ -133,7 +139,7 @@ def tinydeeplab_step(model, workload: dict):
         def infer():
             with inference_mode():
                 out = model.forward(xd, training=False)                         # device in, device out
-            assert tuple(out.shape) == (*x.shape[:3], bm.NUM_CLASSES)
+            assert not check or tuple(out.shape) == (*x.shape[:3], bm.NUM_CLASSES)
         return infer, phases
 
     opt = SGD(model, lr=bm.LR, momentum=bm.MOMENTUM)
@@ -155,7 +161,7 @@ def tinydeeplab_step(model, workload: dict):
         opt.step()
         cuda.synchronize()
         phases.update(forward=t1 - t0, loss=t2 - t1, backward=t3 - t2, sgd=time.perf_counter() - t3)
-        assert loss == loss, "loss is NaN"
+        assert not check or loss == loss, "loss is NaN"
     return train, phases
 
 
@@ -182,33 +188,41 @@ def build_torch(tf32: bool, state=None):
 
 
 def torch_step(net, workload: dict):
-    import torch
-    import torch.nn.functional as F
+    """One call of ``workload`` on the torch twin on the GPU (:func:`torch_deeplab.make_step`)."""
+    import torch_deeplab
 
     x, y = make_batch(workload)
-    x_host = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())                 # (N, 3, H, W)
-    y_host = torch.from_numpy(y.astype("int64"))
-    if workload["kind"] == "infer":
-        xd = x_host.cuda()
-        net.eval()
+    return torch_deeplab.make_step(net, x, y, workload["kind"], device="cuda", lr=bm.LR, momentum=bm.MOMENTUM,
+                                   ignore_index=bm.IGNORE_LABEL), {}
 
-        def infer():
-            with torch.inference_mode():
-                out = net(xd)
-            assert tuple(out.shape) == (x.shape[0], bm.NUM_CLASSES, *x.shape[1:3])
-        return infer, {}
 
-    net.train()
-    opt = torch.optim.SGD(net.parameters(), lr=bm.LR, momentum=bm.MOMENTUM)
+def count_launches_per_call(workloads, size: int = 64, execute: bool = False) -> dict:
+    """``{workload: Counter(kernel name -> launches)}`` of one tinydeeplab call of each workload (its batch,
+    images ``size`` x ``size``), counted after one uncounted call. ``execute=False`` counts without running
+    the kernels (:mod:`tinydeeplab.kernels.cuda.launches`: same count, seconds on the simulator)."""
+    from tinydeeplab.kernels.cuda.launches import count_launches
 
-    def train():
-        xd, yd = x_host.cuda(), y_host.cuda()
-        loss = F.cross_entropy(net(xd), yd, ignore_index=bm.IGNORE_LABEL)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        assert loss.item() == loss.item(), "loss is NaN"
-    return train, {}
+    model, _ = bm.build_tinydeeplab("cuda")
+    counts = {}
+    for wl in workloads:
+        step, _ = tinydeeplab_step(model, dict(WORKLOADS[wl], size=size), check=execute)
+        with count_launches(execute=execute):
+            step()                                            # first call: lazily made buffers
+        with count_launches(execute=execute) as c:
+            step()
+        counts[wl] = c
+    return counts
+
+
+def print_launch_counts(counts: dict, size: int, top: int = 8) -> None:
+    from tinydeeplab.kernels.cuda.device import SIMULATED
+
+    where = ("CUDA simulator: automatic split-K off, on a GPU each split GEMM adds one launch" if SIMULATED
+             else "GPU")
+    print(f"# kernel launches per call at {size}x{size} ({where})")
+    for wl, c in counts.items():
+        print(f"{wl}: {sum(c.values())} launches; most launched: "
+              + ", ".join(f"{name} {n}" for name, n in c.most_common(top)))
 
 
 # =============================================================================================
@@ -439,6 +453,10 @@ def parse_args(argv=None):
     p.add_argument("--profile", action="store_true", help="also time every tinydeeplab op (synchronised)")
     p.add_argument("--host-profile", action="store_true", help="also cProfile one tinydeeplab call per workload")
     p.add_argument("--json", metavar="OUT", help="save every number as JSON")
+    p.add_argument("--count-launches", action="store_true",
+                   help="only count tinydeeplab's kernel launches per call of each workload (no timing, no torch; "
+                        "works under NUMBA_ENABLE_CUDASIM=1)")
+    p.add_argument("--launch-size", type=int, default=64, help="image side for --count-launches (default 64)")
     p.add_argument("--timeout", type=float, default=900, help="seconds allowed per subprocess")
     p.add_argument("--verbose", action="store_true", help="pass the subprocesses' stderr through")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -452,6 +470,10 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.worker:
         worker_main(args.worker)
+        return
+    if args.count_launches:
+        sys.path.insert(0, str(HERE.parent))
+        print_launch_counts(count_launches_per_call(args.workloads, args.launch_size), args.launch_size)
         return
     missing = [m for m in ("numba.cuda", "torch") if not _importable(m)]
     if missing:

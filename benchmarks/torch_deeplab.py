@@ -172,3 +172,45 @@ def gradients_as_tinydeeplab(net: DeepLabV3Plus, names) -> dict[str, np.ndarray]
         g = params[torch_name(name)].grad.detach().cpu().numpy()
         out[name] = g.transpose(2, 3, 1, 0) if name.endswith(".kernel") else g   # OIHW -> HWIO
     return out
+
+
+def make_step(net: DeepLabV3Plus, x: np.ndarray, y: np.ndarray, kind: str, *, device: str = "cpu",
+              channels_last: bool = False, lr: float = 0.01, momentum: float = 0.9, ignore_index: int = 255):
+    """A zero-argument callable running one benchmark call of ``net`` on ``device``, from NHWC ``x``
+    (N, H, W, 3) float32 and labels ``y`` (N, H, W):
+
+    - ``kind="infer"``: eval mode, ``inference_mode``, the input already on the device (NCHW, or NHWC
+      memory under ``channels_last``); returns the logits (N, K, H, W) tensor, left on the device;
+    - ``kind="train"``: the images and labels copied to the device (as a training loop does), forward in
+      training mode, mean softmax cross-entropy over the pixels not labelled ``ignore_index``, backward,
+      SGD with ``momentum``; returns the loss (a float).
+    """
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    net = net.to(device, memory_format=fmt)
+    x_host = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).contiguous(memory_format=fmt)
+    y_host = torch.from_numpy(y.astype(np.int64))
+    expected = (x.shape[0], net.output_conv.out_channels, *x.shape[1:3])
+    if kind == "infer":
+        xd = x_host.to(device)
+        net.eval()
+
+        def infer():
+            with torch.inference_mode():
+                out = net(xd)                                             # (N, K, H, W)
+            assert tuple(out.shape) == expected, tuple(out.shape)
+            return out
+        return infer
+
+    net.train()
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum)
+
+    def train():
+        xd, yd = x_host.to(device), y_host.to(device)
+        loss = F.cross_entropy(net(xd), yd, ignore_index=ignore_index)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        value = loss.item()
+        assert value == value, "loss is NaN"
+        return value
+    return train

@@ -147,6 +147,16 @@ def test_architecture_page_ends_in_full_resolution_logits():
 
 
 @pytest.mark.slow
+def test_architecture_separable_section_matches_the_cost_counter():
+    """The separable-head section's parameters and multiply-adds are what :mod:`tinydeeplab.models.cost`
+    counts now (four models, one forward pass each)."""
+    tool = _tool("make_architecture_doc")
+    committed = (DOCS / "architecture.md").read_text(encoding="utf-8")
+    assert tool.separable_section() in committed, \
+        "docs/architecture.md is stale; regenerate it with: python tools/make_architecture_doc.py"
+
+
+@pytest.mark.slow
 def test_architecture_table_matches_a_fresh_forward_pass():
     tool = _tool("make_architecture_doc")
     fresh = tool.generate(doc=None, figure=None, draw=False, quiet=True, repeats=0)

@@ -154,7 +154,7 @@ def test_simulator_shared_array_survives_a_thread_switch(monkeypatch, use_fix):
     class SwitchAfterLookup(dict):
         def get(self, key, default=None):
             value = super().get(key, default)
-            time.sleep(0.002)                                   # every other thread runs here
+            time.sleep(0.02)                                    # every other thread runs here (even on a loaded machine)
             return value
 
     init = kernelapi.FakeCUDAShared.__init__

@@ -142,13 +142,16 @@ def _check_every_entry(model, x, c, training, rtol=1e-5, atol=1e-7):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("plus,block_type,pre_activation,training", [
-    (True, "bottleneck_block", False, False), (True, "bottleneck_block", False, True),
-    (False, "basic_block", False, True), (True, "bottleneck_block", True, True)])
-def test_whole_model_gradient_every_entry(plus, block_type, pre_activation, training):
+@pytest.mark.parametrize("plus,block_type,pre_activation,training,separable", [
+    (True, "bottleneck_block", False, False, False), (True, "bottleneck_block", False, True, False),
+    (False, "basic_block", False, True, False), (True, "bottleneck_block", True, True, False),
+    (True, "bottleneck_block", False, True, True), (False, "basic_block", False, True, True)])
+def test_whole_model_gradient_every_entry(plus, block_type, pre_activation, training, separable):
+    """``separable``: the DeepLabV3+ paper's head (depthwise + pointwise ASPP branches, two-conv separable
+    decoder for V3+); its rate-2 branch on the 2 x 2 P3 map has dead taps, whose gradient must be 0."""
     rng = np.random.default_rng(2)
     model = randomize_batchnorm(tiny_segmenter(plus=plus, block_type=block_type, pre_activation=pre_activation,
-                                               blocks=(1, 1)), rng).astype(np.float64)
+                                               blocks=(1, 1), separable=separable), rng).astype(np.float64)
     x = rng.normal(size=(2, 12, 9, 3))
     c = rng.normal(size=(2, 12, 9, 3))
     with use_backend("numpy"):

@@ -86,6 +86,13 @@ def test_fixture_presets_run_in_onnx_runtime_at_any_size_and_batch(name, tmp_pat
     _export_and_compare(model, tmp_path, [(2, 64, 96, 3), (1, 50, 70, 3), (3, 33, 47, 3)])
 
 
+def test_a_four_channel_model_runs_in_onnx_runtime(tmp_path):
+    """An RGB fixture adapted to 4 input channels (docs/guides/multichannel.md): the graph reads NHWC with C = 4."""
+    model = load_keras_preset(FIXTURES / "v3plus_tiny" / "preset", in_channels=4, adapt="zero")
+    path = _export_and_compare(model, tmp_path, [(2, 64, 96, 4), (1, 33, 47, 4)])
+    assert onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim[3].dim_value == 4
+
+
 def test_fixture_preset_agrees_with_the_stored_keras_logits(tmp_path):
     """The exported graph against Keras itself (the fixture's logits), at the parity suite's tolerance."""
     name = "v3plus_tiny"
@@ -115,7 +122,9 @@ def test_a_fixed_size_graph(tmp_path):
     lambda rng: tiny_segmenter(block_type="basic_block", output_stride=8, seed=4),
     lambda rng: build_model("tiny", 4, decoder="v3"),                              # DeepLabV3, OS16 recipe
     lambda rng: _toy_segmenter(rng),                                               # strided "same" convs, biases
-], ids=["resnet_v2", "basic_os8", "recipe_v3", "toy_encoder"])
+    lambda rng: tiny_segmenter(separable=True, seed=5),                            # depthwise convs (group = C)
+    lambda rng: build_model("tiny", 4, separable=True),                            # the paper's head, OS16
+], ids=["resnet_v2", "basic_os8", "recipe_v3", "toy_encoder", "separable", "recipe_separable"])
 def test_other_model_trees(build, rng, tmp_path):
     model = randomize_batchnorm(build(rng), rng)
     _export_and_compare(model, tmp_path, [(2, 64, 96, 3), (1, 37, 51, 3)])

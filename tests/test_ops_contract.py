@@ -91,6 +91,12 @@ BAD_CALLS = [
      {"class_weights": np.array([1.0, -1.0, 1.0], np.float32)}),
     ("softmax_cross_entropy_forward", (_f32(1, 2, 2, 3), np.zeros((1, 2, 2), np.int64)),
      {"class_weights": _f32(4)}),
+    ("sigmoid_binary_cross_entropy_forward", (_f32(1, 2, 2, 3), np.zeros((1, 2, 2), np.int64)), {}),  # 3 logits
+    ("sigmoid_binary_cross_entropy_forward", (_f32(1, 2, 2, 1), np.zeros((1, 2, 2), np.int64)), {"pos_weight": -1}),
+    ("dice_loss_forward", (_f32(1, 2, 2, 1), np.array([[[0, 1], [2, 0]]])), {}),            # label 2
+    ("dice_loss_forward", (_f32(1, 2, 2, 1), np.zeros((1, 2, 2), np.int64)), {"smooth": -1.0}),
+    ("sigmoid_focal_loss_forward", (_f32(1, 2, 2, 1), np.zeros((1, 2, 2), np.float32)), {}),  # float labels
+    ("sigmoid_focal_loss_forward", (_f32(1, 2, 2, 1), np.zeros((1, 2, 2), np.int64)), {"alpha": 2.0}),
     ("depthwise_conv2d_forward", (_f32(1, 4, 4), _f32(3, 3, 3, 1)), {}),             # x not 4-D
     ("depthwise_conv2d_forward", (_f32(1, 4, 4, 3), _f32(3, 3, 2, 1)), {}),          # channel mismatch
     ("depthwise_conv2d_forward", (_f32(1, 4, 4, 3), _f32(3, 3, 3, 2), _f32(3)), {}),  # bias is C * M long

@@ -17,8 +17,9 @@ from tinydeeplab import functional as R
 FIXTURE = Path(__file__).parent / "fixtures" / "ops_jax.npz"
 
 
-def load_cases():
-    with np.load(FIXTURE, allow_pickle=False) as data:
+def load_cases(fixture=FIXTURE):
+    """``{case: {key: array}}`` of a fixture whose keys are ``<case>/<key>`` (read without pickle)."""
+    with np.load(fixture, allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
     names = sorted({k.split("/")[0] for k in arrays})
     return {name: {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith(name + "/")} for name in names}

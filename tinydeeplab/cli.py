@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import OptionError, TinyDeepLabError
+from .models.head import is_binary, label_classes
+from .train.losses import LOSSES
 
 
 # -- option values: checked where they are parsed, so the error names the option ------------------
@@ -43,6 +45,12 @@ POSITIVE = _number(float, low=0, low_open=True, what="a finite number > 0")
 NON_NEGATIVE = _number(float, low=0, what="a finite number >= 0")
 FRACTION = _number(float, low=0, high=1, high_open=True, what="a number in [0, 1)")
 UNIT = _number(float, low=0, high=1, what="a number in [0, 1]")
+FINITE = _number(float, what="a finite number")
+
+
+def CHANNELS(text: str):
+    """``--in-channels``: a count >= 1, or ``auto`` (the first image's)."""
+    return "auto" if text == "auto" else POSITIVE_INT(text)
 
 
 class UsageError(OptionError):
@@ -94,7 +102,19 @@ def cmd_demo(args) -> int:
 DATASETS = ("voc", "sbd", "camvid", "folder", "shapes")
 
 
-def open_dataset(name, root, split, num_classes=None, colour_map=None, unknown_colour="error"):
+def open_dataset(name, root, split, num_classes=None, colour_map=None, unknown_colour="error", channels=None,
+                 binary_class=None):
+    """The ``split`` of dataset ``name``; ``channels`` (a count or "auto") reads a folder's multi-channel
+    stacks; ``binary_class``: that class (label 1) against the rest (label 0). A folder dataset with
+    ``num_classes=1`` holds binary masks: labels 0 and 1 (and 255, ignored)."""
+    from . import data
+
+    dataset = _open_dataset(name, root, split, 2 if num_classes == 1 else num_classes, colour_map, unknown_colour,
+                            channels)
+    return dataset if binary_class is None else data.OneVsRest(dataset, binary_class)
+
+
+def _open_dataset(name, root, split, num_classes, colour_map, unknown_colour, channels):
     from . import data
 
     if colour_map is None and unknown_colour != "error":
@@ -102,6 +122,8 @@ def open_dataset(name, root, split, num_classes=None, colour_map=None, unknown_c
                           f"mask colours the map lacks)")
     if colour_map is not None and name != "folder":
         raise OptionError(f"--colour-map is for --dataset folder (RGB masks), not --dataset {name}")
+    if channels is not None and name != "folder":
+        raise OptionError(f"--in-channels {channels} needs --dataset folder (the {name} reader is RGB)")
 
     if name == "shapes":
         return data.SyntheticShapes(length=400 if split == "train" else 100, seed=0 if split == "train" else 1000,
@@ -118,7 +140,26 @@ def open_dataset(name, root, split, num_classes=None, colour_map=None, unknown_c
         raise OptionError("--dataset folder needs --num-classes (or --colour-map FILE for RGB masks)")
     base = Path(root) / split if (Path(root) / split).is_dir() else Path(root)
     return data.FolderDataset(base / "images", base / "masks", num_classes, colour_map=colour_map,
-                              unknown_colour=unknown_colour)
+                              unknown_colour=unknown_colour, channels=channels)
+
+
+def _normalisation(args, channels: int, dtype: str):
+    """``(scale, offset)`` from ``--mean``/``--std`` (x = (pixel - mean) / std, per channel), or None to keep
+    the model's own; the files of a dtype other than uint8 need them (one-line OptionError otherwise)."""
+    if args.mean is None and args.std is None:
+        if dtype != "uint8":
+            raise OptionError(f"the images are {dtype}: give --mean and --std (one value, or one per channel of "
+                              f"the {channels}, in the files' units) so that x = (pixel - mean) / std")
+        return None
+    if args.mean is None or args.std is None:
+        raise OptionError("give both --mean and --std, or neither")
+    for option, values in (("--mean", args.mean), ("--std", args.std)):
+        if len(values) not in (1, channels):
+            raise OptionError(f"{option}: {len(values)} values for {channels}-channel images; give 1 or {channels}")
+    mean, std = np.asarray(args.mean, np.float64), np.asarray(args.std, np.float64)
+    if (std <= 0).any():
+        raise OptionError(f"--std must be > 0, got {' '.join(f'{v:g}' for v in args.std)}")
+    return (1 / std).tolist(), (-mean / std).tolist()
 
 
 def load_model(args):
@@ -148,9 +189,10 @@ def _place(model, args):
     return model.to(get_backend())
 
 
-RUN_KEYS = ("model", "init-preset", "output-stride", "atrous-rates", "decoder", "dataset", "data", "split",
-            "num-classes", "colour-map", "unknown-colour", "class-weights", "batch-size", "crop", "min-scale", "max-scale", "lr", "schedule", "warmup",
-            "momentum", "weight-decay", "clip-norm", "seed")
+RUN_KEYS = ("model", "init-preset", "in-channels", "adapt-channels", "mean", "std", "output-stride",
+            "atrous-rates", "decoder", "separable", "dataset", "data", "split", "num-classes", "binary-class",
+            "loss", "colour-map", "unknown-colour", "class-weights", "batch-size", "crop", "min-scale",
+            "max-scale", "lr", "schedule", "warmup", "momentum", "weight-decay", "clip-norm", "seed")
 """The ``train`` options recorded in the checkpoint; a resumed run must repeat them (or ``--override``)."""
 
 
@@ -161,9 +203,27 @@ def _run_config(args, num_classes: int) -> dict:
         if values[key] is not None:
             values[key] = str(Path(values[key]).resolve())
     values["crop"] = list(values["crop"])
+    for key in ("mean", "std"):
+        if values[key] is not None:
+            values[key] = list(values[key])
     if values["atrous-rates"] is not None:
         values["atrous-rates"] = list(values["atrous-rates"])
     return values
+
+
+BINARY_METRICS = ("foreground_iou", "foreground_dice", "background_iou")
+
+
+def _head_channels(args, train_set) -> int:
+    """The model's output channels: the dataset's classes, or 1 (a sigmoid head) for a binary task
+    (``--binary``, ``--binary-class NAME``, or a folder dataset with ``--num-classes 1``)."""
+    k = train_set.num_classes
+    if not (args.binary or args.binary_class is not None or args.num_classes == 1):
+        return k
+    if k != 2:
+        raise OptionError(f"--binary needs two classes (0 rest, 1 foreground), --dataset {args.dataset} has {k} "
+                          f"({', '.join(train_set.class_names)}): choose the foreground with --binary-class NAME")
+    return 1
 
 
 def _output_dir(path, option: str) -> Path:
@@ -195,6 +255,10 @@ def _world(args):
 
     return World.from_environment(True if args.distributed else None)
 
+
+SEPARABLE_HELP = ("the DeepLabV3+ paper's head: atrous separable convs (depthwise 3x3 + BN + ReLU + pointwise 1x1 + "
+                  "BN + ReLU) in the ASPP branches and a two-conv separable V3+ decoder; a tinydeeplab extension, "
+                  "its presets load in tinydeeplab only")
 
 CONFIG_EXCLUDE = ("restart", "override")
 """``train`` options left out of the run's config.toml: what to do with the run directory, not the run."""
@@ -230,8 +294,9 @@ def cmd_train(args) -> int:
     from .train.rundir import RunLock, show_value
 
     if args.init_preset:
-        given = [f"--{k} {show_value(getattr(args, k.replace('-', '_')))}" for k in ("model", "atrous-rates", "decoder")
-                 if getattr(args, k.replace("-", "_")) is not None]
+        given = [f"--{k}" if isinstance(v, bool) else f"--{k} {show_value(v)}"
+                 for k in ("model", "atrous-rates", "decoder", "separable")
+                 if (v := getattr(args, k.replace("-", "_"))) is not None]
         if given:
             raise OptionError(f"{given[0]} conflicts with --init-preset {args.init_preset}: the preset defines "
                               "the architecture; give one of them")
@@ -241,26 +306,38 @@ def cmd_train(args) -> int:
     world = _world(args)
     out = _output_dir(args.out, "--out")
     with RunLock(out) if world.is_root else nullcontext():   # one writer per run directory, first file to preset
-        labels = dict(colour_map=args.colour_map, unknown_colour=args.unknown_colour)
-        train_set = open_dataset(args.dataset, args.data, args.split, args.num_classes, **labels)
-        val_set = (open_dataset(args.dataset, args.data, args.val_split, args.num_classes, **labels)
+        labels = dict(colour_map=args.colour_map, unknown_colour=args.unknown_colour, binary_class=args.binary_class)
+        train_set = open_dataset(args.dataset, args.data, args.split, args.num_classes, **labels,
+                                 channels=args.in_channels)
+        channels, dtype = getattr(train_set, "channels", 3), getattr(train_set, "dtype", "uint8")
+        if args.in_channels is not None:
+            args.in_channels = channels                     # "auto" recorded as the count it found
+        normalise = _normalisation(args, channels, dtype)
+        val_set = (open_dataset(args.dataset, args.data, args.val_split, args.num_classes, **labels,
+                                channels=args.in_channels)
                    if args.val_split else None)
         for split, dataset in ((args.split, train_set), (args.val_split, val_set)):
             if dataset is not None and world.is_root:  # every item read once now: a bad one fails here
                 validate_dataset(dataset, out / ".dataset-check.json", name=f"{args.dataset} {split}",
                                  progress=sys.stderr)
         world.barrier("waiting for rank 0 to check the dataset", timeout=math.inf)
-        k = train_set.num_classes
+        k = _head_channels(args, train_set)            # 1: a binary head (the foreground logit)
         if args.init_preset:
-            model = load_keras_preset(args.init_preset, output_stride=args.output_stride)
+            model = load_keras_preset(args.init_preset, output_stride=args.output_stride, in_channels=channels,
+                                      adapt=args.adapt_channels)
+            if normalise is not None:
+                model.preprocessor = model.preprocessor.with_values(*normalise)       # --mean/--std replace them
             if model.num_classes != k:
                 raise OptionError(f"--init-preset {args.init_preset} has {model.num_classes} classes, the dataset {k}")
         else:
             model = build_model(args.model, k, seed=args.seed, output_stride=args.output_stride,
-                                atrous_rates=args.atrous_rates, decoder=args.decoder or "v3plus")
+                                atrous_rates=args.atrous_rates, decoder=args.decoder or "v3plus",
+                                in_channels=channels, separable=bool(args.separable),
+                                **dict(zip(("scale", "offset"), normalise or ())))
             args.output_stride = args.output_stride or recipe_output_stride(args.model)   # recorded as built
             args.atrous_rates = list(model.backbone.config["dilation_rates"])
             args.decoder = args.decoder or "v3plus"
+            args.separable = bool(args.separable)
         if world.is_root:
             _warn_dead_taps(model, args, val_set)
         weights = median_frequency_weights(train_set) if args.class_weights == "median-frequency" else None
@@ -272,7 +349,7 @@ def cmd_train(args) -> int:
                                 schedule=args.schedule, warmup=args.warmup, momentum=args.momentum,
                                 weight_decay=args.weight_decay, clip_norm=args.clip_norm or None, seed=args.seed,
                                 val_set=val_set, run_config=_run_config(args, k), allow_changes=args.override,
-                                world=world, class_weights=weights)
+                                world=world, class_weights=weights, loss=args.loss)
         sync = world.size > 1 if args.sync_bn is None else args.sync_bn
         sync_batchnorm(model, world, sync)
         loader = trainer.train_loader
@@ -328,11 +405,16 @@ def cmd_evaluate(args) -> int:
             _output_file(path, option)                 # before an hour of evaluation, not after
     world = _world(args)
     model = load_model(args)
+    if args.figure and model.in_channels != 3:
+        raise OptionError(f"--figure draws RGB images; this model reads {model.in_channels} channels")
     dataset = open_dataset(args.dataset, args.data, args.split, args.num_classes, colour_map=args.colour_map,
-                           unknown_colour=args.unknown_colour)
-    if dataset.num_classes != model.num_classes:
-        raise OptionError(f"the model predicts {model.num_classes} classes, --dataset {args.dataset} has "
-                          f"{dataset.num_classes}")
+                           unknown_colour=args.unknown_colour, binary_class=args.binary_class,
+                           channels=None if model.in_channels == 3 else model.in_channels)   # C channels: stacks
+    if dataset.num_classes != label_classes(model.num_classes):
+        binary = (" (a binary model: labels 0 rest, 1 foreground; pick the foreground with --binary-class NAME)"
+                  if is_binary(model.num_classes) else "")
+        raise OptionError(f"the model predicts {label_classes(model.num_classes)} classes{binary}, --dataset "
+                          f"{args.dataset} has {dataset.num_classes}")
     t0 = time.perf_counter()
     r = evaluate(model, dataset, world=world, **_tta(args))
     if not world.is_root:                              # rank 0 prints and writes the results
@@ -345,6 +427,9 @@ def cmd_evaluate(args) -> int:
     else:
         print(f"{args.dataset} {args.split}: {len(dataset)} images, mIoU {r['miou']:.4f}, "
               f"pixel accuracy {r['pixel_accuracy']:.4f} ({time.perf_counter() - t0:.0f} s)")
+        if is_binary(model.num_classes):
+            print(f"foreground {dataset.class_names[1]}: IoU {r['foreground_iou']:.4f}, Dice "
+                  f"{r['foreground_dice']:.4f}; background IoU {r['background_iou']:.4f}")
     if args.figure:
         from .viz import prediction_figure
 
@@ -359,6 +444,7 @@ def cmd_evaluate(args) -> int:
         finite = lambda v: v if isinstance(v, (int, float)) and math.isfinite(v) else None  # noqa: E731
         write_text(args.json, json.dumps({"miou": finite(r["miou"]), "pixel_accuracy": finite(r["pixel_accuracy"]),
                                           "iou": [finite(v) for v in r["iou"]], "labelled_pixels": counted,
+                                          **{k: finite(r[k]) for k in BINARY_METRICS if k in r},
                                           "class_names": dataset.class_names,
                                           "confusion": r["confusion"].matrix.tolist()}, indent=1, allow_nan=False))
         print(f"wrote {args.json}")
@@ -381,12 +467,13 @@ def cmd_predict(args) -> int:
     colour_map = _predict_colour_map(args)
     model = load_model(args)
     out = Path(args.out)
-    if colour_map is not None and len(colour_map) != model.num_classes:
+    labelled = label_classes(model.num_classes)           # a binary head predicts 2 labels
+    if colour_map is not None and len(colour_map) != labelled:
         raise OptionError(f"--colour-map {args.colour_map} has {len(colour_map)} classes, the model predicts "
-                          f"{model.num_classes}")
-    palette = default_palette(model.num_classes) if colour_map is None else colour_map.palette
+                          f"{labelled}")
+    palette = default_palette(labelled) if colour_map is None else colour_map.palette
     for path, name in zip(args.images, names):
-        image = _read_large_image(path)
+        image = _read_large_image(path, model.in_channels)
         tiles = window
         if tiles is None:
             _, (mh, mw) = model_input_size(model.preprocessor, *image.shape[:2], args.full_image)
@@ -399,9 +486,10 @@ def cmd_predict(args) -> int:
                                scales=tuple(args.scales), flip=args.flip,
                                progress=lambda done, total: bar.show(f"{path}: tile {done}/{total}"))
         bar.done()
-        colours = np.empty_like(image)                                               # (H, W, 3) uint8
+        colours = np.empty(image.shape[:2] + (3,), np.uint8)                         # (H, W, 3) uint8
         for r in range(0, image.shape[0], 256):                                      # no float copy of it all
-            colours[r:r + 256] = overlay(image[r:r + 256], labels[r:r + 256], palette)
+            colours[r:r + 256] = (overlay(image[r:r + 256], labels[r:r + 256], palette) if model.in_channels == 3
+                                  else palette[labels[r:r + 256]])                  # not RGB: the colour mask
         labels_png, overlay_png = out / f"{name}_labels.png", out / f"{name}_overlay.png"
         save_png(labels_png, labels)
         save_png(overlay_png, colours)
@@ -483,9 +571,12 @@ def _output_names(images) -> list[str]:
     return names
 
 
-def _read_large_image(path) -> np.ndarray:
-    """:func:`read_image`, without Pillow's decompression-bomb warning for images up to twice its
-    pixel limit (large images are what tiled prediction is for); above that a one-line error."""
+def _read_large_image(path, channels: int = 3) -> np.ndarray:
+    """:func:`read_image` (``channels`` other than 3: the stack, checked to have that many), without Pillow's
+    decompression-bomb warning for images up to twice its pixel limit (large images are what tiled
+    prediction is for); above that a one-line error."""
+    from .data.stacks import read_stack
+
     import warnings
 
     from PIL import Image
@@ -493,7 +584,12 @@ def _read_large_image(path) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            return read_image(path)
+            if channels == 3:
+                return read_image(path)
+            image = read_stack(path)
+            if image.shape[2] != channels:
+                raise OptionError(f"{path}: {image.shape[2]} channels; the model reads {channels}")
+            return image
         except Image.DecompressionBombError as err:
             raise OptionError(f"{path}: {err}") from None
 
@@ -503,8 +599,11 @@ def _preset_or_recipe(args):
     from .io.keras_preset import load_keras_preset
     from .models.recipes import RECIPES, build_model
 
+    separable = getattr(args, "separable", False)
     if args.preset in RECIPES and not Path(args.preset).exists():
-        return build_model(args.preset, args.num_classes)
+        return build_model(args.preset, args.num_classes, separable=separable)
+    if separable:
+        raise OptionError(f"--separable is an option of a recipe; the preset {args.preset} defines its architecture")
     return load_keras_preset(args.preset)
 
 
@@ -518,8 +617,10 @@ def cmd_summary(args) -> int:
         print(f"  {name:70s} {str(p.shape):>22s}")
     if args.size:
         from .models.atrous import atrous_convs, format_atrous_table
+        from .models.cost import format_cost_table
 
         print(format_atrous_table(atrous_convs(model, args.size), args.size))
+        print(format_cost_table(model, args.size))
     return 0
 
 
@@ -571,9 +672,13 @@ def _read_cases(path) -> dict:
 
 def cmd_parity(args) -> int:
     from . import parity
-    from .io.keras_preset import load_keras_preset
+    from .io.keras_preset import keras_incompatibilities, load_keras_preset
 
     model = load_keras_preset(args.preset)
+    unbuildable = keras_incompatibilities(model)
+    if unbuildable and not args.cases:
+        raise OptionError(f"{args.preset}: KerasHub cannot build this model ({'; '.join(unbuildable)}); compare "
+                          "with stored outputs instead (--cases)")
     if args.cases:
         rows = parity.compare_with_cases(model, _read_cases(args.cases))
         print(f"tinydeeplab vs stored Keras logits in {args.cases}")
@@ -582,7 +687,7 @@ def cmd_parity(args) -> int:
             x, _ = model.preprocessor(read_image(args.image))                       # (1, h, w, 3)
         else:
             h, w = args.size or model.preprocessor.image_size or (512, 512)
-            x = np.random.default_rng(0).normal(size=(1, h, w, 3)).astype(np.float32)
+            x = np.random.default_rng(0).normal(size=(1, h, w, model.in_channels)).astype(np.float32)
         try:
             theirs = parity.keras_stages(args.preset, x, model)
         except RuntimeError as err:
@@ -623,6 +728,12 @@ def _colour_map_args(parser) -> None:
                              "label 255")
 
 
+def _binary_class_arg(parser) -> None:
+    parser.add_argument("--binary-class", metavar="NAME",
+                        help="binary task from a multi-class dataset: class NAME (e.g. camvid's Road) is the "
+                             "foreground, every other class the rest; void stays ignored")
+
+
 def _distributed_args(parser) -> None:
     parser.add_argument("--distributed", action="store_true",
                         help="run data parallel over MPI (needs mpi4py: pip install 'tinydeeplab[mpi]'); "
@@ -661,18 +772,31 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", help="dataset root directory (not needed for shapes)")
     t.add_argument("--split", default="train", help="training split")
     t.add_argument("--val-split", help="split to evaluate after every epoch (e.g. val; default: none)")
-    t.add_argument("--num-classes", type=POSITIVE_INT, help="classes of a folder dataset")
+    t.add_argument("--num-classes", type=POSITIVE_INT, help="classes of a folder dataset (1: binary masks, labels "
+                                                            "0 and 1, and a sigmoid head)")
     _colour_map_args(t)
     t.add_argument("--model", help="architecture recipe: tiny, small, medium, resnet18, resnet50, mobilenetv3-small, "
                                    "mobilenetv3-large (default: small, "
                                    "or the --init-preset's architecture)")
     t.add_argument("--init-preset", help="start from the weights (and architecture) of this preset directory")
+    t.add_argument("--in-channels", type=CHANNELS, metavar="C",
+                   help="read a folder dataset's images as C-channel stacks (.npy, TIFF pages, grey PNG...; 'auto': "
+                        "the first image's count); default: RGB images (docs/guides/multichannel.md)")
+    t.add_argument("--adapt-channels", choices=("repeat", "mean", "zero"),
+                   help="how --init-preset's first kernel is re-made for another channel count: repeat (an RGB "
+                        "image repeated into C channels keeps its logits), mean (grey images keep theirs), zero "
+                        "(the first 3 channels are RGB, the extra ones start at zero weight)")
+    t.add_argument("--mean", type=FINITE, nargs="+", metavar="M",
+                   help="per-channel mean of the images (1 or C values, the files' units): x = (pixel - mean) / std "
+                        "replaces the model's scale and offset; needed for uint16 and float32 images")
+    t.add_argument("--std", type=POSITIVE, nargs="+", metavar="S", help="per-channel standard deviation, with --mean")
     t.add_argument("--output-stride", type=int, choices=(8, 16, 32),
                    help="encoder output stride (the last stacks dilated instead of strided; default: the recipe's)")
     t.add_argument("--atrous-rates", type=POSITIVE_INT, nargs="+", metavar="RATE",
                    help="ASPP dilation rates (default: the recipe's, chosen for its design crop)")
     t.add_argument("--decoder", choices=("v3plus", "v3"),
                    help="v3plus: the low-level P2 decoder; v3: head on the ASPP map (default: v3plus)")
+    t.add_argument("--separable", action="store_true", default=None, help=SEPARABLE_HELP)
     t.add_argument("--class-weights", choices=("none", "median-frequency"), default="none",
                    help="loss weight per class; median-frequency: w_c = median(f) / f_c, f_c = pixels of c / pixels "
                         "of the training images that contain c")
@@ -694,6 +818,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--clip-norm", type=NON_NEGATIVE, default=5.0,
                    help="clip the global gradient L2 norm to this value (0: no clipping)")
     t.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="seed of the weights, data order and augmentation")
+    t.add_argument("--binary", action="store_true",
+                   help="one-class segmentation: a sigmoid head (one logit, foreground where it is > 0) on a "
+                        "two-class dataset (0 rest, 1 foreground); implied by --binary-class and by --num-classes 1")
+    _binary_class_arg(t)
+    t.add_argument("--loss", choices=LOSSES,
+                   help="training loss: ce (softmax cross-entropy); for a binary head bce (sigmoid cross-entropy), "
+                        "dice (soft Dice, smoothing 1), focal (gamma 2, alpha 0.25) or bce+dice (default: ce, or "
+                        "bce for a binary head)")
     t.add_argument("--out", required=True, help="output directory (the run directory); gets config.toml, the "
                                                 "run's effective options")
     t.add_argument("--config", metavar="FILE.toml",
@@ -725,6 +857,7 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--split", default="val", help="split to evaluate")
             c.add_argument("--num-classes", type=POSITIVE_INT, help="classes of a folder dataset")
             _colour_map_args(c)
+            _binary_class_arg(c)
             c.add_argument("--json", help="also write the metrics to this JSON file (undefined values as null)")
             c.add_argument("--figure", help="also draw 4 images with ground truth and prediction to this PNG")
             c.add_argument("--expect-miou", type=UNIT, metavar="X",
@@ -755,8 +888,10 @@ def build_parser() -> argparse.ArgumentParser:
                                   "(tiny, small, medium, resnet18, resnet50)")
     s.add_argument("--size", type=POSITIVE_INT, nargs=2, metavar=("H", "W"),
                    help="also list every atrous conv (ASPP branches, dilated encoder convs) with its rate, the map "
-                        "it sees for an H x W input and its fraction of live taps")
+                        "it sees for an H x W input and its fraction of live taps, and the parameters and "
+                        "multiply-adds of each part of the model at that size")
     s.add_argument("--num-classes", type=POSITIVE_INT, default=21, help="classes of a recipe (not of a preset)")
+    s.add_argument("--separable", action="store_true", help=SEPARABLE_HELP + " (of a recipe, not of a preset)")
     s.set_defaults(func=cmd_summary)
     q = sub.add_parser("parity", help="compare a preset's outputs in tinydeeplab and KerasHub, layer by layer",
                        description="Runs the preset in tinydeeplab and in KerasHub (needs keras-hub) on the same "

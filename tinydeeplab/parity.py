@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .models.head import predicted_labels
 from .nn.hooks import record_outputs
 
 
@@ -104,7 +105,8 @@ def compare(ours: dict, theirs: dict) -> list[dict]:
         else:
             diff = float(np.abs(got.astype(np.float64) - want).max()) if want.size else 0.0
             row.update(max_abs=diff, relative=diff / max(float(np.abs(want).max()), 1e-30),
-                       argmax=float((got.argmax(-1) == want.argmax(-1)).mean()) if name.startswith("logits") else None)
+                       argmax=float((predicted_labels(got) == predicted_labels(want)).mean())   # z > 0 if K = 1
+                       if name.startswith("logits") else None)
         rows.append(row)
     return rows
 

@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:          # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
+from tinydeeplab.models.cost import part_costs  # noqa: E402
 from tinydeeplab.models.recipes import build_model  # noqa: E402
 from tinydeeplab.nn.hooks import record_outputs  # noqa: E402
 
@@ -40,6 +41,9 @@ DOC = REPO / "docs" / "architecture.md"
 FIGURE = REPO / "docs" / "figures" / "architecture.png"
 RECIPE, NUM_CLASSES, SIZE = "resnet50", 21, 512
 TABLE_BEGIN, TABLE_END = "<!-- shapes-table:begin -->", "<!-- shapes-table:end -->"
+SEPARABLE_CASES = (("medium", 11, (360, 480)), (RECIPE, NUM_CLASSES, (SIZE, SIZE)))
+"""(recipe, classes, input size) of the separable-head cost table: the CamVid recipe at CamVid's size, and
+the pascalvoc shape."""
 
 
 # -- the model and its recorded stages ------------------------------------------------------------
@@ -296,6 +300,81 @@ def os16_rows(model, outputs, size=SIZE):
     return [r for r in shape_rows(model, outputs, size) if r[1] in keep]
 
 
+def _m(n: int) -> str:
+    return f"{n / 1e6:,.1f} M"
+
+
+def separable_section(cases=SEPARABLE_CASES) -> str:
+    """The "separable head" section: parameters and multiply-adds of the standard and the separable head,
+    counted by :func:`tinydeeplab.models.cost.part_costs` (one inference forward pass per model)."""
+    lines = ["| recipe, input | head | ASPP parameters | ASPP mult-adds | decoder parameters | decoder mult-adds "
+             "| ASPP + decoder: parameters | mult-adds (live) | whole model: parameters | mult-adds |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    commands = []
+    for recipe, classes, (h, w) in cases:
+        costs = {}
+        for separable in (False, True):
+            c = costs[separable] = part_costs(build_model(recipe, classes, separable=separable), (h, w))
+            head_p, head_m = c["ASPP"].params + c["decoder"].params, c["ASPP"].macs + c["decoder"].macs
+            head_live = c["ASPP"].live_macs + c["decoder"].live_macs
+            lines.append(f"| `{recipe}` ({classes} classes), {h}×{w} | {'separable' if separable else 'standard'} "
+                         f"| {c['ASPP'].params:,} | {_m(c['ASPP'].macs)} | {c['decoder'].params:,} "
+                         f"| {_m(c['decoder'].macs)} | {head_p:,} | {_m(head_m)} ({_m(head_live)}) "
+                         f"| {c['total'].params:,} | {_m(c['total'].macs)} |")
+        std, sep = costs[False], costs[True]
+        def ratio(field, *parts):
+            return sum(getattr(sep[p], field) for p in parts) / sum(getattr(std[p], field) for p in parts)
+        lines.append(f"| | separable / standard | {ratio('params', 'ASPP'):.3f} | {ratio('macs', 'ASPP'):.3f} "
+                     f"| {ratio('params', 'decoder'):.2f} | {ratio('macs', 'decoder'):.2f} "
+                     f"| {ratio('params', 'ASPP', 'decoder'):.3f} | {ratio('macs', 'ASPP', 'decoder'):.3f} "
+                     f"| {ratio('params', 'total'):.3f} | {ratio('macs', 'total'):.3f} |")
+        commands.append(f"tinydeeplab summary {recipe} --num-classes {classes} --size {h} {w} [--separable]")
+    table = "\n".join(lines)
+    shown = "\n".join(commands)
+    return f"""## The paper's head: atrous separable convolution (`separable=True`)
+
+KerasHub's DeepLabV3Backbone uses plain 3×3 convolutions in the ASPP and a single 1×1 conv as the
+decoder's head. The DeepLabV3+ paper (Chen et al. 2018, sec. 3.1-3.2) factors every 3×3 conv of the ASPP
+and of the decoder into an *atrous separable convolution*: a depthwise 3×3 conv at the branch's rate
+(one filter per channel) → BN → ReLU → a pointwise 1×1 conv → BN → ReLU, which replaces the 9·C·F
+weights and multiply-adds per pixel of a 3×3 conv by 9·C + C·F. Its decoder is two such 3×3 convs (256
+channels) after the concatenation. tinydeeplab builds that head with `separable=True`
+(`build_model(..., separable=True)`, `DeepLabV3Backbone(..., separable=True)`, `tinydeeplab train
+--separable`): the 1×1 branch, the image pooling, the projections and the encoder are unchanged; without
+the V3+ decoder (`decoder="v3"`) only the ASPP changes. The depthwise convs skip the taps that land only
+in zero padding exactly as the 3×3 convs do (`tinydeeplab summary --size` lists their live taps).
+
+It is a tinydeeplab extension: no KerasHub preset has it. Exported presets record `"separable": true`
+in config.json and store the depthwise kernels as Keras would name them (`depthwise_conv2d`);
+tinydeeplab reloads them (presets and checkpoints); KerasHub cannot: its `DeepLabV3Backbone` ignores
+the unknown `separable` key, builds the standard head and fails on the weights ("objects could not be
+loaded": 1×1 pointwise kernels where it expects 3×3 ones), so it never loads one as a wrong model.
+`save_keras_preset` warns on export. The evidence is a plain JAX graph of
+the same head with the same weights (`tools/make_separable_fixtures.py`, depthwise convs through
+`lax.conv_general_dilated(feature_group_count=C)`), which `tests/test_separable.py` compares with
+tinydeeplab: output, input and weight gradients and moving statistics of a training step agree to
+1e-5 in float32 (1e-11 in float64); `tests/test_model.py` checks the separable model's gradients
+against float64 central differences on every entry.
+
+What it saves, per image (multiply-adds of the convolutions only, M = 10^6; "live" skips the dead taps
+as the ops do; "decoder" is the low-level projection plus the head after the concatenation). Each 3×3
+ASPP branch shrinks to (9 + F) / (9·F) of its weights and work (F = the ASPP width: 0.12 for 256, 0.13
+for 64); the 1×1 and pooling branches and the projection stay. The decoder grows: KerasHub's head is one
+1×1 conv, the paper's two separable 3×3 convs, both at 1/4 of the input size, where most of the
+separable head's work now is. (At 512×512 the rate-18 branch sees a 16×16 map and keeps only its centre
+tap: the standard head's live count drops most of that branch, the separable one only its cheap
+depthwise part.)
+
+{table}
+
+Printed (parameters and multiply-adds per part, with and without `--separable`) by:
+
+```
+{shown}
+```
+"""
+
+
 def page(rows, rows16, model, model16, seconds, seconds16, load=None) -> str:
     enc = model.backbone.image_encoder
     total = model.num_parameters()
@@ -399,6 +478,7 @@ features on, everything is as above:
 
 {t16}
 
+{separable_section()}
 See also: [ops.md](ops.md) for the op contract, [api.md](api.md) for `ResNetBackbone`, `ASPP`,
 `DeepLabV3Backbone` and `DeepLabV3ImageSegmenter`, and [performance.md](performance.md) for speed.
 """

@@ -118,20 +118,30 @@ def make(out: Path) -> None:
         arrays[f"{name}/y"], arrays[f"{name}/dy"] = np.asarray(y), dy
         stored = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in options.items()}
         arrays[f"{name}/options"] = np.array(json.dumps({"op": op, **stored}))
+    save_fixture(out, arrays, f"jax {jax.__version__}")
+
+
+def save_fixture(out: Path, arrays: dict, made_by: str) -> None:
+    """Write ``arrays`` to ``out`` as a compressed ``.npz``, atomically (never a half-written fixture)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".npz")
     os.close(fd)
     np.savez_compressed(tmp, **arrays)
     os.chmod(tmp, 0o644)                                         # mkstemp makes it private
-    os.replace(tmp, out)                                         # atomic: never a half-written fixture
-    print(f"wrote {out} ({len(arrays)} arrays, jax {jax.__version__})")
+    os.replace(tmp, out)
+    print(f"wrote {out} ({len(arrays)} arrays, {made_by})")
+
+
+def fixture_main(make_fixture, default_out: str, doc: str, argv=None) -> None:
+    """The command line of a fixture tool: ``--out PATH`` (default ``default_out``), then ``make_fixture(out)``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(default_out),
+                        help="where to write the fixture (default: %(default)s)")
+    make_fixture(parser.parse_args(argv).out)
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("tests/fixtures/ops_jax.npz"),
-                        help="where to write the fixture (default: %(default)s)")
-    make(parser.parse_args(argv).out)
+    fixture_main(make, "tests/fixtures/ops_jax.npz", __doc__, argv)
 
 
 if __name__ == "__main__":

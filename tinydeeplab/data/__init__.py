@@ -25,8 +25,10 @@ epoch 1.
 :class:`SBDSegmentation`   Semantic Boundaries Dataset (``cls/*.mat``), the same 21 classes
 :class:`CamVid`            CamVid in the SegNet layout, 11 classes (void 11 -> 255)
 :class:`FolderDataset`     any ``images/`` + ``masks/`` folder pair, paired by file stem (index masks, or
-                           RGB masks with a :class:`ColourMap`)
+                           RGB masks with a :class:`ColourMap`); with ``channels``, (H, W, C) image
+                           stacks (``.npy``, TIFF pages: :mod:`.stacks`)
 :class:`SyntheticShapes`   circles, squares and triangles generated on the fly (no files)
+:class:`OneVsRest`         one class of another dataset against the rest (labels 0 / 1, void kept)
 =========================  ==========================================================================
 
 >>> ds = SyntheticShapes(length=3, size=(16, 16))
@@ -35,6 +37,7 @@ epoch 1.
 (3, (16, 16, 3), (16, 16), 4, 255, (4, 3))
 """
 from .base import IGNORE_LABEL, SegmentationDataset, voc_palette
+from .binary import OneVsRest
 from .camvid import CAMVID_CLASSES, CamVid
 from .errors import DatasetError, LoaderError
 from .colour_map import ColourMap
@@ -51,6 +54,6 @@ from .voc import VOC_CLASSES, VOCSegmentation
 __all__ = [
     "IGNORE_LABEL", "SegmentationDataset", "voc_palette", "DatasetError", "LoaderError",
     "VOCSegmentation", "VOC_CLASSES", "SBDSegmentation", "CamVid", "CAMVID_CLASSES", "FolderDataset", "ColourMap",
-    "SyntheticShapes", "SHAPE_CLASSES", "Compose", "RandomScale", "RandomCrop", "RandomHorizontalFlip",
+    "SyntheticShapes", "SHAPE_CLASSES", "OneVsRest", "Compose", "RandomScale", "RandomCrop", "RandomHorizontalFlip",
     "Resize", "PadTo", "to_model_input", "BatchLoader", "validate_dataset", "DatasetCheck", "read_rgb",
 ]

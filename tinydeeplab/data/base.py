@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import check_same_size, read_rgb
+from .files import check_image_file, check_same_size, read_rgb
 from .errors import DatasetError
 
 IGNORE_LABEL = 255
@@ -82,12 +82,20 @@ class SegmentationDataset:
     def _files(self, i: int) -> tuple[Path, ...]:
         return ()
 
+    def read_image_file(self, path) -> np.ndarray:
+        """Decode one of this dataset's image files: (H, W, 3) uint8 RGB (:func:`read_rgb`)."""
+        return read_rgb(path)
+
+    def check_image_file(self, path) -> tuple[int, int]:
+        """(H, W) of an image file, checked cheaply as :meth:`read_image_file` would read it."""
+        return check_image_file(path)
+
     def _label(self, i: int) -> np.ndarray:
         return self._load(i)[1]
 
     def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         image_path, label_path = self._files(i)
-        image = read_rgb(image_path)                                     # (H, W, 3)
+        image = self.read_image_file(image_path)                         # (H, W, 3) (or (H, W, C))
         label = self._label(i)                                           # (H, W)
         check_same_size(image.shape, label.shape, image_path, label_path)
         return image, label

@@ -81,7 +81,7 @@ class ColourMap:
         for k, (name, colour, at) in enumerate(zip(self.names, colours, where)):
             if not name.strip():
                 raise DatasetError(f"{self.source}: {at}: empty class name")
-            colour = tuple(colour) if isinstance(colour, (list, tuple, np.ndarray)) else (colour,)
+            colour = tuple(colour) if isinstance(colour, (list, tuple)) or getattr(colour, "ndim", 0) == 1 else (colour,)
             if len(colour) != 3 or not all(_is_byte(c) for c in colour):
                 raise DatasetError(f"{self.source}: {at}: expected integers 0..255 for r, g, b, got "
                                    f"{list(colour)}")

@@ -6,10 +6,17 @@ Layout::
     masks_dir/{name}.png                       class index per pixel (palette or grey PNG), or, with
                                                a colour map, one colour per class (RGB PNG)
 
+With ``channels`` (a count, or ``"auto"``: the first image's) the images are multi-channel stacks
+instead, read with their values kept by :func:`~tinydeeplab.data.stacks.read_stack`: ``.npy``,
+multi-page TIFF, and PNG / JPEG / BMP / TIFF with their own bands (a grey PNG is C = 1). Every
+image must have the same channel count and dtype, checked from the file headers when the dataset
+is built.
+
 Usage::
 
     ds = FolderDataset("my/images", "my/masks", num_classes=3, class_names=["bg", "cat", "dog"])
     ds = FolderDataset("my/images", "my/masks", colour_map="my/classes.json")     # RGB masks
+    ds = FolderDataset("tiles/images", "tiles/masks", num_classes=2, channels=4)      # RGB-NIR .npy
 """
 from __future__ import annotations
 
@@ -18,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from .colour_map import UNKNOWN_COLOUR_CHOICES, ColourMap, read_colour_mask
-from .files import IMAGE_SUFFIXES, check_label, read_index_png, require_dir
+from .files import IMAGE_SUFFIXES, check_image_file, check_label, read_index_png, read_rgb, require_dir
+from .stacks import STACK_SUFFIXES, read_stack, stack_info
 from .base import IGNORE_LABEL, SegmentationDataset, check_class_names, voc_palette
 from .errors import DatasetError
 
@@ -38,7 +46,7 @@ class FolderDataset(SegmentationDataset):
     """
 
     def __init__(self, images_dir, masks_dir, num_classes: int | None = None, class_names=None,
-                 ignore_label: int = 255, colour_map=None, unknown_colour: str = "error"):
+                 ignore_label: int = 255, colour_map=None, unknown_colour: str = "error", channels=None):
         self.colour_map = None
         if colour_map is not None:
             self.colour_map = colour_map if isinstance(colour_map, ColourMap) else ColourMap.read(colour_map)
@@ -69,9 +77,10 @@ class FolderDataset(SegmentationDataset):
         self.images_dir = require_dir(Path(images_dir).expanduser(), "FolderDataset images")
         self.masks_dir = require_dir(Path(masks_dir).expanduser(), "FolderDataset masks")
 
+        suffixes = IMAGE_SUFFIXES if channels is None else STACK_SUFFIXES
         images: dict[str, Path] = {}
         for p in sorted(self.images_dir.iterdir()):
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+            if p.is_file() and p.suffix.lower() in suffixes:
                 if p.stem in images:
                     raise DatasetError(f"FolderDataset: two images share the name {p.stem!r}: "
                                        f"{images[p.stem].name} and {p.name}")
@@ -79,7 +88,7 @@ class FolderDataset(SegmentationDataset):
         masks = {p.stem: p for p in sorted(self.masks_dir.iterdir())
                  if p.is_file() and p.suffix.lower() == ".png"}
         if not images:
-            raise DatasetError(f"FolderDataset: no images ({', '.join(IMAGE_SUFFIXES)}) in {self.images_dir}")
+            raise DatasetError(f"FolderDataset: no images ({', '.join(suffixes)}) in {self.images_dir}")
         if not masks:
             raise DatasetError(f"FolderDataset: no .png masks in {self.masks_dir}")
         no_mask = sorted(set(images) - set(masks))
@@ -92,6 +101,35 @@ class FolderDataset(SegmentationDataset):
         self.names = sorted(images)
         self._images = images
         self._masks = masks
+        self.multichannel = channels is not None
+        self.channels, self.dtype = (3, "uint8") if channels is None else self._probe(channels)
+
+    def _probe(self, channels) -> tuple[int, str]:
+        """The common (channel count, dtype) of the stacks, from their headers; DatasetError naming the first
+        file that differs from ``channels`` (or from the first file's, for ``"auto"``)."""
+        if channels != "auto" and (isinstance(channels, bool) or not isinstance(channels, int) or channels < 1):
+            raise DatasetError(f"FolderDataset: channels must be a count >= 1 or 'auto', got {channels!r}")
+        first = None
+        for name in self.names:
+            path = self._images[name]
+            c, dtype = stack_info(path)
+            if first is None:
+                first = (path, c if channels == "auto" else channels, dtype)
+            if c != first[1]:
+                told = f"{first[0].name} has {first[1]}" if channels == "auto" else f"expected {first[1]}"
+                raise DatasetError(f"{path}: {c} channels; {told} (every image of the folder needs the same count)")
+            if dtype != first[2]:
+                raise DatasetError(f"{path}: dtype {dtype}; {first[0].name} is {first[2]} (every image of the "
+                                   f"folder needs the same dtype)")
+        return first[1], first[2]
+
+    def read_image_file(self, path) -> np.ndarray:
+        """An image of this folder: (H, W, 3) uint8 RGB, or with ``channels`` the (H, W, C) stack."""
+        return read_stack(path) if self.multichannel else read_rgb(path)
+
+    def check_image_file(self, path) -> tuple[int, int]:
+        """(H, W) of an image, checked as :meth:`read_image_file` reads it (a stack is decoded in full)."""
+        return read_stack(path).shape[:2] if self.multichannel else check_image_file(path)
 
     def _files(self, i: int) -> tuple[Path, Path]:
         return self._images[self.names[i]], self._masks[self.names[i]]

@@ -125,8 +125,9 @@ class BatchLoader:
             rng = np.random.default_rng([self.seed, int(epoch), int(index)])
             image, label = self.transform(image, label, rng)
         image, label = np.asarray(image), np.asarray(label)
-        if image.ndim != 3 or image.shape[2] != 3 or label.shape != image.shape[:2]:
-            raise DatasetError(f"expected image (H, W, 3) and label (H, W), got {image.shape} and "
+        channels = getattr(self.dataset, "channels", 3)
+        if image.ndim != 3 or image.shape[2] != channels or label.shape != image.shape[:2]:
+            raise DatasetError(f"expected image (H, W, {channels}) and label (H, W), got {image.shape} and "
                                f"{label.shape}")
         return image, label
 
@@ -146,9 +147,9 @@ class BatchLoader:
                     f"Resize or PadTo transform, or use batch_size=1")
             images.append(image)
             labels.append(label)
-        x = np.stack(images)                                                  # (N, H, W, 3) uint8
+        x = np.stack(images)                                                  # (N, H, W, C) uint8 (or stack dtype)
         if self.converter is not None:
-            x = self.converter.normalize(x, copy=False)                        # (N, H, W, 3) float32
+            x = self.converter.normalize(x, copy=False)                        # (N, H, W, C) float32
         y = np.stack(labels).astype(np.int32)                                 # (N, H, W)
         return x, y
 

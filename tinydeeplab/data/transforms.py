@@ -1,7 +1,7 @@
 """Joint transforms of an (image, label) pair, for training augmentation and evaluation.
 
 Every transform is a callable ``t(image, label, rng=None) -> (image, label)`` with ``image`` (H, W, 3)
-uint8 and ``label`` (H, W) uint8.  Geometric changes are applied to both, so labels stay on their pixels:
+uint8 (or a multi-channel (H, W, C) stack of uint8, uint16 or float32) and ``label`` (H, W) uint8.  Geometric changes are applied to both, so labels stay on their pixels:
 images are resampled bilinearly, labels with nearest neighbour (a label is never interpolated), and
 padding fills the image with ``pad_value`` and the label with the ignore label.
 
@@ -36,9 +36,12 @@ def _size2(size, what: str = "size") -> tuple[int, int]:
     return h, w
 
 
+IMAGE_DTYPES = ("uint8", "uint16", "float32")
+
+
 def _check_pair(image: np.ndarray, label: np.ndarray) -> None:
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    if image.ndim != 3 or image.shape[2] < 1 or image.dtype.name not in IMAGE_DTYPES:
+        raise ValueError(f"image must be (H, W, C) uint8, uint16 or float32, got {image.shape} {image.dtype}")
     if label.shape != image.shape[:2] or label.dtype != np.uint8:
         raise ValueError(f"label must be (H, W) uint8 matching the image {image.shape[:2]}, "
                          f"got {label.shape} {label.dtype}")
@@ -49,14 +52,43 @@ def _rng(rng) -> np.random.Generator:
 
 
 def resize_pair(image: np.ndarray, label: np.ndarray, size) -> tuple[np.ndarray, np.ndarray]:
-    """Resize to ``size`` = (h, w): the image bilinearly (PIL), the label by nearest neighbour."""
+    """Resize to ``size`` = (h, w): the image bilinearly (PIL), the label by nearest neighbour.
+
+    An RGB uint8 image is resized as one PIL image; any other stack channel by channel (:func:`resize_bands`).
+    """
     h, w = _size2(size)
     _check_pair(image, label)
     if (h, w) == image.shape[:2]:
         return image, label
-    img = Image.fromarray(np.ascontiguousarray(image)).resize((w, h), Image.BILINEAR)
+    if image.shape[2] == 3 and image.dtype == np.uint8:
+        img = np.array(Image.fromarray(np.ascontiguousarray(image)).resize((w, h), Image.BILINEAR))
+    else:
+        img = resize_bands(image, (h, w))
     lab = Image.fromarray(np.ascontiguousarray(label)).resize((w, h), Image.NEAREST)
-    return np.array(img), np.array(lab)                                    # (h, w, 3), (h, w)
+    return img, np.array(lab)                                              # (h, w, C), (h, w)
+
+
+def resize_bands(image: np.ndarray, size) -> np.ndarray:
+    """Bilinear (PIL) resize of an (H, W, C) stack to ``size`` = (h, w), one channel at a time: uint8
+    channels as PIL ``L`` images (the arithmetic of PIL's RGB resize, band by band), uint16 and float32
+    ones as ``F`` (float32) images, uint16 rounded back and clipped to 0..65535.
+
+    >>> rgb = np.random.default_rng(0).integers(0, 256, (9, 7, 3), dtype=np.uint8)
+    >>> whole = np.array(Image.fromarray(rgb).resize((4, 5), Image.BILINEAR))
+    >>> bool((resize_bands(rgb, (5, 4)) == whole).all())
+    True
+    """
+    h, w = size
+    bands = []
+    for c in range(image.shape[2]):
+        band = np.ascontiguousarray(image[:, :, c])
+        if image.dtype != np.uint8:
+            band = band.astype(np.float32)
+        bands.append(np.asarray(Image.fromarray(band).resize((w, h), Image.BILINEAR)))
+    out = np.stack(bands, axis=2)                                          # (h, w, C)
+    if image.dtype == np.uint16:
+        out = np.clip(np.rint(out), 0, 65535)
+    return out.astype(image.dtype)
 
 
 def pad_pair(image, label, height: int, width: int, pad_value=0, ignore_label=IGNORE_LABEL):
@@ -66,7 +98,7 @@ def pad_pair(image, label, height: int, width: int, pad_value=0, ignore_label=IG
     ph, pw = max(height - h, 0), max(width - w, 0)
     if ph == 0 and pw == 0:
         return image, label
-    image = np.pad(image, ((0, ph), (0, pw), (0, 0)), constant_values=pad_value)        # (H+ph, W+pw, 3)
+    image = np.pad(image, ((0, ph), (0, pw), (0, 0)), constant_values=pad_value)        # (H+ph, W+pw, C)
     label = np.pad(label, ((0, ph), (0, pw)), constant_values=ignore_label)             # (H+ph, W+pw)
     return image, label
 

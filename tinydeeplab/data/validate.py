@@ -136,7 +136,8 @@ def _check_item(dataset, i: int, files: tuple[str, ...]) -> tuple[list[int], int
     """Check item ``i``; returns its (H, W) and its number of valid label pixels."""
     ignore = int(getattr(dataset, "ignore_label", 255))
     if files and hasattr(dataset, "read_label"):
-        image_shape = check_image_file(files[0])                          # (H, W) without a full decode
+        check = getattr(dataset, "check_image_file", check_image_file)
+        image_shape = check(files[0])                                     # (H, W) without a full decode
         label = np.asarray(dataset.read_label(i))                         # (H, W), decoded and checked
         where = files
     else:
@@ -147,8 +148,8 @@ def _check_item(dataset, i: int, files: tuple[str, ...]) -> tuple[list[int], int
         except Exception as err:  # noqa: BLE001 - a protocol dataset's own failure, named in one line
             raise DatasetError(f"{type(err).__name__}: {one_line(err)}") from err
         image, label = np.asarray(image), np.asarray(label)
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise DatasetError(f"image has shape {image.shape}; expected (H, W, 3)")
+        if image.ndim != 3 or image.shape[2] != getattr(dataset, "channels", 3):
+            raise DatasetError(f"image has shape {image.shape}; expected (H, W, {getattr(dataset, 'channels', 3)})")
         image_shape, where = image.shape[:2], files or ("the image", "the label")
     if label.ndim != 2:
         raise DatasetError(f"label {where[-1]} has shape {label.shape}; expected (H, W)")
@@ -168,7 +169,8 @@ def _rules(dataset) -> str:
     """What, besides the files, decides whether an item passes: the reader and its label rules."""
     return (f"{CACHE_FORMAT}|{type(dataset).__module__}.{type(dataset).__qualname__}|"
             f"{dataset.num_classes}|{getattr(dataset, 'ignore_label', 255)}|"
-            f"{getattr(dataset, 'file_ignore_label', '')}|{getattr(dataset, 'label_rules', '')}")
+            f"{getattr(dataset, 'file_ignore_label', '')}|{getattr(dataset, 'label_rules', '')}"
+            + (f"|{dataset.channels} channels" if getattr(dataset, "multichannel", False) else ""))
 
 
 def _stamps(files) -> list[list[int]]:

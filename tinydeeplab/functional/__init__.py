@@ -15,6 +15,8 @@ Activations are NHWC, kernels HWIO, float32 (float64 also works, for gradient ch
 """
 from .activation import relu_backward, relu_forward
 from .avg_pool import avg_pool2d_backward, avg_pool2d_forward
+from .binary_loss import (dice_loss_backward, dice_loss_forward, sigmoid_binary_cross_entropy_backward,
+                          sigmoid_binary_cross_entropy_forward, sigmoid_focal_loss_backward, sigmoid_focal_loss_forward)
 from .batchnorm import batchnorm_backward, batchnorm_forward, moving_average
 from .channel_scale import channel_scale_backward, channel_scale_forward
 from .conv import conv2d_backward, conv2d_forward
@@ -35,7 +37,7 @@ from .tensor import add_backward, add_forward, concat_backward, concat_forward, 
 OPS = ("conv2d", "zero_pad2d", "batchnorm", "relu", "max_pool2d", "global_avg_pool", "bilinear_resize",
        "upsample_bilinear", "concat", "split", "add", "softmax_cross_entropy", "dropout",
        "depthwise_conv2d", "sigmoid", "swish", "hard_sigmoid", "hard_swish", "leaky_relu", "avg_pool2d",
-       "channel_scale", "stochastic_depth")
+       "channel_scale", "stochastic_depth", "sigmoid_binary_cross_entropy", "dice_loss", "sigmoid_focal_loss")
 """Names of the op pairs every backend module exports as ``<op>_forward`` / ``<op>_backward``."""
 
 DEVICE_CONTRACT = ("to_device", "to_host", "is_device_array", "zeros_like", "sgd_update", "global_norm", "scale_")

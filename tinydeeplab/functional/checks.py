@@ -12,6 +12,7 @@ from deep inside a loop, and every backend fails with the same message. The chec
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -106,10 +107,11 @@ def check_nhwc_list(xs, name: str = "xs") -> list:
     return list(xs)
 
 
-def check_labels(labels, logits_shape, ignore_label) -> np.ndarray:
+def check_labels(labels, logits_shape, ignore_label, *, binary: bool = False) -> np.ndarray:
     """Validate sparse integer labels ``(N, H, W)`` for logits ``(N, H, W, K)``.
 
     Every label must be in ``[0, K)`` or equal ``ignore_label``; the error lists the offending values.
+    ``binary``: one foreground logit (K = 1) and labels 0 (background) or 1 (foreground).
     """
     check_array(labels, "labels", 3, float_only=False)
     if labels.dtype.kind not in "iu":
@@ -117,14 +119,16 @@ def check_labels(labels, logits_shape, ignore_label) -> np.ndarray:
     if labels.shape != tuple(logits_shape[:3]):
         raise ValueError(f"labels must have shape (N, H, W) = {tuple(logits_shape[:3])} to match logits "
                          f"{tuple(logits_shape)}, got {labels.shape}")
-    k = logits_shape[3]
+    k = 2 if binary else logits_shape[3]
     bad = (labels < 0) | (labels >= k)
     if ignore_label is not None:
         bad &= labels != ignore_label
     if bad.any():
         values = np.unique(labels[bad])
         shown = ", ".join(str(v) for v in values[:10]) + (", ..." if values.size > 10 else "")
-        raise ValueError(f"labels must be in [0, {k}) (K = {k} classes from logits {tuple(logits_shape)}) "
+        what = ("binary: 0 background, 1 foreground" if binary
+                else f"K = {k} classes from logits {tuple(logits_shape)}")
+        raise ValueError(f"labels must be in [0, {k}) ({what}) "
                          f"or equal ignore_label={ignore_label}; found bad values {shown}")
     return labels
 
@@ -220,6 +224,27 @@ def loss_class_weights(logits, labels, ignore_label, class_weights):
     if np.any(class_weights < 0) or not np.all(np.isfinite(class_weights)):
         raise ValueError(f"class_weights must be finite and >= 0, got {class_weights.tolist()}")
     return class_weights.astype(logits.dtype)
+
+
+def check_binary_loss_args(logits, labels, ignore_label) -> None:
+    """The inputs of a binary loss: one foreground logit per pixel ``(N, H, W, 1)`` and labels
+    ``(N, H, W)`` in ``{0, 1}`` or ``ignore_label``."""
+    check_nhwc(logits, "logits")
+    if logits.shape[3] != 1:
+        raise ValueError(f"logits must have one channel (N, H, W, 1) for a binary loss (the foreground logit), "
+                         f"got shape {tuple(logits.shape)}")
+    check_labels(labels, logits.shape, ignore_label, binary=True)
+
+
+def check_loss_option(value, name: str, *, low: float = 0.0, high: float = math.inf, optional: bool = False):
+    """A real-valued loss option in ``[low, high]`` (None allowed when ``optional``); returned as a float."""
+    if value is None and optional:
+        return None
+    if (not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value)
+            or not low <= value <= high):
+        limits = f"in [{low:g}, {high:g}]" if math.isfinite(high) else f">= {low:g}"
+        raise ValueError(f"{name} must be a finite number {limits}{' or None' if optional else ''}, got {value!r}")
+    return float(value)
 
 
 # -- the mobile encoder families' ops (issue 16) ---------------------------------------------------

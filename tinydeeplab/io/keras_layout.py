@@ -11,6 +11,12 @@ e.g. ResNet's shortcut-before-last-conv order); this module adds the ASPP, the d
 
 Variables: a Conv2D has ``vars/0`` = kernel (HWIO) [, ``vars/1`` = bias]; a BatchNormalization has
 ``vars/0..3`` = gamma, beta, moving_mean, moving_variance.
+
+A separable head (``separable=True``, a tinydeeplab extension that KerasHub cannot build) is laid out by
+the same rule, as Keras would save such a Sequential: a separable ASPP branch holds ``depthwise_conv2d``,
+``batch_normalization``, ``conv2d``, ``batch_normalization_1``; the separable decoder's units follow the
+low-level projection at the top level (``depthwise_conv2d``, ``conv2d_1``, ``depthwise_conv2d_1``,
+``conv2d_2`` and their BNs, in data-flow order). Only tinydeeplab reads these paths back.
 """
 from __future__ import annotations
 
@@ -29,15 +35,35 @@ def _add_unit(table, prefix, module, var_names):
             table[(id(module), key)] = f"{prefix}/vars/{j}"
 
 
-def encoder_weight_table(encoder, prefix: str) -> dict[tuple[int, str], str]:
-    """``{(id(module), array key): HDF5 path}`` for the encoder's weights under ``prefix``: ``"layers"`` for
-    a KerasHub backbone saved alone, ``"layers/functional/layers"`` inside a DeepLabV3Backbone. A layer's
-    counter counts the earlier layers of the same Keras class (``conv2d``, ``conv2d_1``, ...)."""
-    where: dict[tuple[int, str], str] = {}
+def _weighted_units(seq) -> list[tuple[str, object, tuple]]:
+    """``(Keras class base name, module, variable names)`` of the weighted layers of a conv -> BN -> ReLU
+    Sequential (``conv``, ``bn``), of a separable one (``depthwise``, ``depthwise_bn``, ``pointwise``,
+    ``pointwise_bn``), or of a Sequential of such blocks (the separable decoder), in data-flow order."""
+    names = dict(seq.children())
+    if "depthwise" in names:
+        return [("depthwise_conv2d", names["depthwise"], CONV_VARS), ("batch_normalization", names["depthwise_bn"],
+                BN_VARS), ("conv2d", names["pointwise"], CONV_VARS), ("batch_normalization", names["pointwise_bn"],
+                BN_VARS)]
+    if "conv" in names:
+        return [("conv2d", names["conv"], CONV_VARS), ("batch_normalization", names["bn"], BN_VARS)]
+    return [unit for block in names.values() for unit in _weighted_units(block)]
+
+
+def _add_counted(table, prefix, units):
+    """Add ``units`` under ``prefix/<base>_<i>``, ``i`` counting the earlier units of the same base (Keras's
+    per-class counter)."""
     seen: dict[str, int] = {}
-    for layer in encoder.keras_weight_layers():
-        i = seen[layer.name] = seen.get(layer.name, -1) + 1
-        _add_unit(where, f"{prefix}/{_counter_name(layer.name, i)}", layer.module, layer.var_names)
+    for base, module, var_names in units:
+        i = seen[base] = seen.get(base, -1) + 1
+        _add_unit(table, f"{prefix}/{_counter_name(base, i)}", module, var_names)
+
+
+def encoder_weight_table(encoder, prefix: str) -> dict[tuple[int, str], str]:
+    """``{(id(module), array key): HDF5 path}`` of the encoder's weights under ``prefix``: ``"layers"`` for a
+    KerasHub backbone saved alone, ``"layers/functional/layers"`` inside a DeepLabV3Backbone (a layer's
+    counter counts the earlier layers of the same Keras class)."""
+    where: dict[tuple[int, str], str] = {}
+    _add_counted(where, prefix, [(layer.name, layer.module, layer.var_names) for layer in encoder.keras_weight_layers()])
     return where
 
 
@@ -62,23 +88,14 @@ def keras_weight_paths(segmenter) -> dict[str, tuple[str, str]]:
     spp = "layers/spatial_pyramid_pooling"
     parallel = aspp.branches() + [aspp.pooling]
     for i, seq in enumerate(parallel):
-        base = f"{spp}/aspp_parallel_channels/{_counter_name('sequential', i)}/layers"
-        _add_unit(where, f"{base}/conv2d", seq.conv, CONV_VARS)
-        _add_unit(where, f"{base}/batch_normalization", seq.bn, BN_VARS)
-    _add_unit(where, f"{spp}/projection/layers/conv2d", aspp.projection.conv, CONV_VARS)
-    _add_unit(where, f"{spp}/projection/layers/batch_normalization", aspp.projection.bn, BN_VARS)
+        _add_counted(where, f"{spp}/aspp_parallel_channels/{_counter_name('sequential', i)}/layers",
+                     _weighted_units(seq))
+    _add_counted(where, f"{spp}/projection/layers", _weighted_units(aspp.projection))
 
-    # 3. top level of DeepLabV3Backbone: the low-level projection (V3+) comes before the head
-    top_convs, top_bns = [], []
-    if backbone.low_key is not None:
-        top_convs.append(backbone.low_level_projection.conv)
-        top_bns.append(backbone.low_level_projection.bn)
-    top_convs.append(backbone.head.conv)
-    top_bns.append(backbone.head.bn)
-    for i, conv in enumerate(top_convs):
-        _add_unit(where, f"layers/{_counter_name('conv2d', i)}", conv, CONV_VARS)
-    for i, bn in enumerate(top_bns):
-        _add_unit(where, f"layers/{_counter_name('batch_normalization', i)}", bn, BN_VARS)
+    # 3. top level of DeepLabV3Backbone: the low-level projection (V3+) comes before the head (one conv -> BN
+    #    -> ReLU, or the two separable convs of the paper's decoder)
+    top = _weighted_units(backbone.low_level_projection) if backbone.low_key is not None else []
+    _add_counted(where, "layers", top + _weighted_units(backbone.head))
 
     # 4. the segmenter's own layer lives in task.weights.h5
     task = {}

@@ -24,7 +24,8 @@ import numpy as np
 
 from ..errors import OptionError
 from ..models import DeepLabV3Backbone, DeepLabV3ImageSegmenter, encoder_class
-from ..models.preprocessor import ImageConverter, converter_config
+from ..models.input_channels import adapt_input_kernel, check_in_channels, tile_channels
+from ..models.preprocessor import ImageConverter, check_channel_values, converter_config
 from .errors import PresetError
 from .keras_layout import TASK_FILE, keras_weight_paths
 
@@ -60,9 +61,17 @@ def _require(cfg: dict, keys, where: str):
         raise PresetError(f"{where}: missing keys {missing}")
 
 
+def _flag(value, key: str, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise PresetError(f"{where}: {key} must be true or false, got {value!r}")
+    return value
+
+
 def build_from_configs(backbone_cfg: dict, task_cfg: dict | None, *, source: str = "config.json",
-                       output_stride=None) -> DeepLabV3ImageSegmenter:
-    """Build a segmenter from the ``config`` dicts of config.json and task.json (no weights)."""
+                       output_stride=None, in_channels=None) -> DeepLabV3ImageSegmenter:
+    """Build a segmenter from the ``config`` dicts of config.json and task.json (no weights).
+
+    ``in_channels`` replaces the channel count of the encoder's ``image_shape`` (KerasHub's key for it)."""
     name = _class_name(backbone_cfg, source)
     if name != SUPPORTED["backbone"]:
         raise PresetError(f"{source}: unsupported backbone class {name!r} (tinydeeplab supports "
@@ -75,13 +84,18 @@ def build_from_configs(backbone_cfg: dict, task_cfg: dict | None, *, source: str
         encoder_cls = encoder_class(enc_name)
     except ValueError as err:
         raise PresetError(f"{source}: {err}") from None
+    enc_cfg = enc["config"] if in_channels is None else {**enc["config"], "image_shape": [None, None, in_channels]}
     try:
-        encoder = encoder_cls.from_config(enc["config"], output_stride=output_stride)
+        encoder = encoder_cls.from_config(enc_cfg, output_stride=output_stride)
+        if in_channels is not None and encoder.in_channels != in_channels:
+            raise PresetError(f"{source}: the {enc_name} encoder does not read image_shape, so it cannot be "
+                              f"built for {in_channels} input channels")
         up = cfg["upsampling_size"]
         backbone = DeepLabV3Backbone(
             encoder, cfg["spatial_pyramid_pooling_key"], up[0] if isinstance(up, (list, tuple)) else up,
             cfg["dilation_rates"], cfg.get("low_level_feature_key"), cfg.get("projection_filters", 48),
-            num_channels=int(cfg.get("num_channels", 256)))   # num_channels: a tinydeeplab extension
+            num_channels=int(cfg.get("num_channels", 256)),   # num_channels, separable: tinydeeplab extensions
+            separable=_flag(cfg.get("separable", False), "separable", source))
         num_classes, activation = 1, None
         if task_cfg is not None:
             task_name = _class_name(task_cfg, "task.json")
@@ -122,12 +136,15 @@ def _datasets(f) -> dict[str, object]:
     return found
 
 
-def load_weights(model: DeepLabV3ImageSegmenter, directory: Path, *, task_weights: bool = True) -> None:
+def load_weights(model: DeepLabV3ImageSegmenter, directory: Path, *, task_weights: bool = True,
+                 adapt=None) -> None:
     """Read every parameter and buffer from the preset's HDF5 files into ``model``.
 
     Raises PresetError naming the file and the parameter for a missing dataset, a dataset whose
     shape differs from the model's, or datasets in the file that no parameter explains.
-    Optimizer variables (``optimizer/...``) in task.weights.h5 are skipped.
+    Optimizer variables (``optimizer/...``) in task.weights.h5 are skipped. ``adapt`` maps parameter
+    names to functions applied to the stored array before its shape is checked (the input kernel of a
+    model built for another channel count).
     """
     paths = keras_weight_paths(model)
     slots = model.slots()
@@ -137,14 +154,15 @@ def load_weights(model: DeepLabV3ImageSegmenter, directory: Path, *, task_weight
             continue
         wanted.setdefault(fname, {})[h5path] = name
     for fname, table in wanted.items():
-        read_weights(directory / fname, table, slots)
+        read_weights(directory / fname, table, slots, adapt=adapt)
 
 
-def read_weights(path: Path, table: dict[str, str], slots: dict) -> None:
+def read_weights(path: Path, table: dict[str, str], slots: dict, *, adapt=None) -> None:
     """Read the HDF5 file ``path`` into a model: ``table`` maps each dataset path to a dotted parameter name,
-    ``slots`` (:meth:`~tinydeeplab.nn.Module.slots`) maps that name to where the array lives. PresetError for
-    a missing dataset, one no parameter explains (optimizer variables skipped), a wrong shape or dtype, or
-    NaN / infinite values."""
+    ``slots`` (:meth:`~tinydeeplab.nn.Module.slots`) maps that name to where the array lives, ``adapt`` as in
+    :func:`load_weights`. PresetError for a missing dataset, one no parameter explains (optimizer variables
+    skipped), a wrong shape or dtype, or NaN / infinite values."""
+    adapt = adapt or {}
     with _open_h5(path) as f:
         try:
             present = _datasets(f)
@@ -161,7 +179,7 @@ def read_weights(path: Path, table: dict[str, str], slots: dict) -> None:
         for h5path, name in table.items():
             dset = present[h5path]
             store, key = slots[name]
-            if tuple(dset.shape) != store[key].shape:
+            if tuple(dset.shape) != store[key].shape and name not in adapt:
                 raise PresetError(f"{path}: {h5path} ({name}) has shape {tuple(dset.shape)}, "
                                   f"the model expects {store[key].shape}")
             try:
@@ -173,6 +191,8 @@ def read_weights(path: Path, table: dict[str, str], slots: dict) -> None:
             if not np.isfinite(value).all():
                 raise PresetError(f"{path}: {h5path} ({name}) holds NaN or infinite values; this preset "
                                   f"cannot be used (written by a diverged run or damaged)")
+            if name in adapt:
+                value = adapt[name](value)
             store[key] = value.astype(np.float32)
 
 
@@ -197,11 +217,16 @@ def resolve_preset(path) -> Path:
     return p
 
 
-def load_keras_preset(path, *, output_stride=None) -> DeepLabV3ImageSegmenter:
+def load_keras_preset(path, *, output_stride=None, in_channels=None, adapt=None) -> DeepLabV3ImageSegmenter:
     """Build a :class:`DeepLabV3ImageSegmenter` from a KerasHub preset and load its weights.
 
     ``output_stride`` (8/16) optionally turns the encoder's last strides into dilation; the
     weights are the same arrays (results then differ from Keras, by design).
+    ``in_channels`` = C builds the encoder for C-channel images; when C differs from the preset's own
+    channel count S, the first kernel (kh, kw, S, F) is re-made as (kh, kw, C, F) by ``adapt``, one of
+    "repeat", "mean", "zero" (:mod:`tinydeeplab.models.input_channels` gives the equations), and S
+    per-channel ``scale``/``offset`` values of the converter are repeated cyclically (channel c takes
+    c mod S). When C equals S the preset loads as stored and ``adapt`` is not used.
     The returned model has ``model.preprocessor`` (an :class:`ImageConverter`) used by
     ``segment``, and ``model.preset_dir``.
     """
@@ -209,21 +234,42 @@ def load_keras_preset(path, *, output_stride=None) -> DeepLabV3ImageSegmenter:
     config = read_json(directory / "config.json")
     task_path = directory / "task.json"
     task = read_json(task_path) if task_path.exists() else None
-    model = build_from_configs(config, task, source=str(directory / "config.json"), output_stride=output_stride)
-    load_weights(model, directory, task_weights=task is not None)
-    model.preprocessor = read_image_converter(directory)
+    source = str(directory / "config.json")
+    kernels, saved_for = {}, {}
+    if in_channels is not None:
+        try:
+            in_channels = check_in_channels(in_channels)
+        except OptionError as err:
+            raise PresetError(f"{directory}: {err}") from None
+    model = build_from_configs(config, task, source=source, output_stride=output_stride, in_channels=in_channels)
+    if in_channels is not None:
+        def adapt_kernel(w):                                         # (kh, kw, S, F) -> (kh, kw, C, F)
+            saved_for["channels"] = w.shape[2]
+            return adapt_input_kernel(w, in_channels, adapt)
+        kernels = {model.input_kernel_name(): adapt_kernel}
+    try:
+        load_weights(model, directory, task_weights=task is not None, adapt=kernels)
+    except OptionError as err:
+        raise PresetError(f"{directory}: {err}") from None
+    model.preprocessor = read_image_converter(directory, channels=saved_for.get("channels", model.in_channels))
+    if in_channels is not None:
+        model.preprocessor.scale = tile_channels(model.preprocessor.scale, in_channels)
+        model.preprocessor.offset = tile_channels(model.preprocessor.offset, in_channels)
     model.preset_dir = directory
     return model
 
 
-def read_image_converter(directory: Path) -> ImageConverter:
+def read_image_converter(directory: Path, channels: int | None = None) -> ImageConverter:
     """The preset's :class:`ImageConverter` from preprocessor.json (or image_converter.json); an identity
-    converter when neither exists."""
+    converter when neither exists. With ``channels``, per-channel scale/offset must have that many values."""
     for name in ("preprocessor.json", "image_converter.json"):
         path = Path(directory) / name
         if path.exists():
             try:
-                return ImageConverter.from_config(converter_config(read_json(path)))
+                converter = ImageConverter.from_config(converter_config(read_json(path)))
+                if channels is not None:
+                    check_channel_values(converter, channels)
+                return converter
             except OptionError as err:
                 raise PresetError(f"{path}: {err}") from None
     return ImageConverter()
@@ -255,9 +301,29 @@ def backbone_config(model: DeepLabV3ImageSegmenter) -> dict:
                         "projection_filters": c["projection_filters"], "dilation_rates": c["dilation_rates"],
                         "upsampling_size": c["upsampling_size"], "low_level_feature_key": c["low_level_feature_key"],
                         "spatial_pyramid_pooling_key": c["spatial_pyramid_pooling_key"],
-                        "image_shape": [None, None, 3],
-                        **({} if bb.out_channels == 256 else {"num_channels": bb.out_channels})},
+                        "image_shape": [None, None, encoder.in_channels],
+                        **({} if bb.out_channels == 256 else {"num_channels": bb.out_channels}),
+                        **({"separable": True} if c["separable"] else {})},
                        "keras_hub>DeepLabV3Backbone")
+
+
+def keras_incompatibilities(model: DeepLabV3ImageSegmenter) -> list[str]:
+    """What in ``model`` KerasHub's ``DeepLabV3Backbone`` cannot build (empty: a KerasHub-loadable preset).
+
+    >>> from tinydeeplab.models.recipes import build_model
+    >>> for problem in keras_incompatibilities(build_model("small", 3, separable=True)):
+    ...     print(problem)
+    it has 64-channel ASPP/head (KerasHub only builds 256)
+    it has separable ASPP/decoder convs (the DeepLabV3+ paper's head; KerasHub has no such option)
+    """
+    bb = model.backbone
+    problems = []
+    if bb.out_channels != 256:
+        problems.append(f"it has {bb.out_channels}-channel ASPP/head (KerasHub only builds 256)")
+    if bb.config["separable"]:
+        problems.append("it has separable ASPP/decoder convs (the DeepLabV3+ paper's head; "
+                        "KerasHub has no such option)")
+    return problems
 
 
 def preprocessor_config(converter: ImageConverter) -> dict:
@@ -296,7 +362,8 @@ def model_from_configs(configs: dict, *, source: str) -> DeepLabV3ImageSegmenter
     prep = configs.get("preprocessor")
     if prep:
         try:
-            model.preprocessor = ImageConverter.from_config(converter_config(prep))
+            model.preprocessor = check_channel_values(ImageConverter.from_config(converter_config(prep)),
+                                                      model.in_channels)
         except OptionError as err:
             raise PresetError(f"{source}: preprocessor: {err}") from None
     return model
@@ -313,9 +380,12 @@ def save_keras_preset(model: DeepLabV3ImageSegmenter, directory, *, overwrite: b
     so an interrupted export never leaves a half-written preset behind. An existing non-empty
     ``directory`` is an error unless ``overwrite``: then the new preset is complete before the old
     one moves aside (:func:`tinydeeplab.atomic.replace_directory`). A model holding a NaN or an
-    infinity is never written. A model whose ASPP and head
-    are narrower than KerasHub's fixed 256 channels (``num_channels``) is written with an extra
-    ``num_channels`` config key: tinydeeplab loads it, KerasHub cannot (a warning says so).
+    infinity is never written. A model that KerasHub cannot build (:func:`keras_incompatibilities`:
+    an ASPP and head narrower than KerasHub's fixed 256 channels, ``num_channels``; the separable head of
+    the DeepLabV3+ paper, ``separable``) is written with those extra config.json keys: tinydeeplab loads
+    it; KerasHub (0.32) ignores the keys, builds its standard head and then fails on the weights (their
+    shapes differ: e.g. a separable branch's 1x1 pointwise kernel where it expects a 3x3 kernel), so such a
+    preset never loads there as a wrong model. A warning says so on export.
     """
     import h5py
 
@@ -328,10 +398,9 @@ def save_keras_preset(model: DeepLabV3ImageSegmenter, directory, *, overwrite: b
     bad = model.first_non_finite()
     if bad is not None:
         raise PresetError(f"{directory}: not written: {bad} holds NaN or infinite values (a diverged model)")
-    if model.backbone.out_channels != 256:
+    for problem in keras_incompatibilities(model):
         import warnings
-        warnings.warn(f"{directory}: this model has {model.backbone.out_channels}-channel ASPP/head; "
-                      "KerasHub only builds 256, so only tinydeeplab can load this preset", stacklevel=2)
+        warnings.warn(f"{directory}: {problem}, so only tinydeeplab can load this preset", stacklevel=2)
     if directory.exists() and any(directory.iterdir()):
         raise PresetError(f"{directory}: exists and is not empty; choose a new directory")
     with build_directory(directory) as tmp:

@@ -23,6 +23,7 @@ always dynamic; H and W are dynamic unless ``size`` fixes them.
 **Nodes**, per layer (NCHW)::
 
     Conv2D                 Conv(x, W[, b])  strides, dilations, pads = [top, left, bottom, right]
+    DepthwiseConv2D        Conv(x, W[, b])  the same, group = C (W: the (KH, KW, C, M) kernel as (C*M, 1, KH, KW))
     BatchNorm              BatchNormalization(x, gamma, beta, moving_mean, moving_variance), epsilon:
                            y = gamma * (x - mean) / sqrt(var + eps) + beta  (inference; not folded here:
                            ONNX Runtime folds it into the preceding Conv when it loads the graph)
@@ -194,14 +195,20 @@ def _pads(graph, call, kernel, stride, dilation, padding):
 
 
 def _conv(graph, call, layer, params):
+    from ..nn import DepthwiseConv2D
+
     kernel = params["kernel"]                                                   # (KH, KW, C_in, C_out)
-    w = graph.const(f"{call.path}.kernel", kernel.transpose(3, 2, 0, 1))         # (C_out, C_in, KH, KW)
+    group = 1
+    if isinstance(layer, DepthwiseConv2D):       # (KH, KW, C, M) -> (KH, KW, 1, C*M), output channel c*M + m
+        kh, kw, group, m = kernel.shape
+        kernel = kernel.reshape(kh, kw, 1, group * m)
+    w = graph.const(f"{call.path}.kernel", kernel.transpose(3, 2, 0, 1))         # (C_out, C_in / group, KH, KW)
     inputs = [call.inputs[0], w]
     if "bias" in params:
         inputs.append(graph.const(f"{call.path}.bias", params["bias"]))
     attrs = _pads(graph, call, kernel.shape[:2], layer.strides, layer.dilation_rate, layer.padding)
     graph.node("Conv", inputs, call.output, call.path, kernel_shape=list(kernel.shape[:2]),
-               strides=list(layer.strides), dilations=list(layer.dilation_rate), group=1, **attrs)
+               strides=list(layer.strides), dilations=list(layer.dilation_rate), group=group, **attrs)
 
 
 def _batchnorm(graph, call, layer, params):
@@ -274,7 +281,8 @@ def _converters():
     """``{layer class: convert(graph, call, layer, params)}``; looked up along the layer's MRO."""
     from .. import nn
 
-    return {nn.Conv2D: _conv, nn.BatchNorm: _batchnorm, nn.ZeroPadding2D: _pad, nn.MaxPool2D: _max_pool,
+    return {nn.Conv2D: _conv, nn.DepthwiseConv2D: _conv, nn.BatchNorm: _batchnorm, nn.ZeroPadding2D: _pad,
+            nn.MaxPool2D: _max_pool,
             nn.ReLU: _simple("Relu"), nn.Add: _simple("Add"), nn.Concatenate: _simple("Concat", axis=1),
             nn.GlobalAveragePooling2D: _simple("GlobalAveragePool"), nn.Dropout: _simple("Identity"),
             nn.Resize: _resize, nn.UpSampling2D: _resize}

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..nn import Conv2D, inference_mode
+from ..nn import Conv2D, DepthwiseConv2D, inference_mode
+from ..nn.hooks import record_shapes
 from .aspp import ASPP
 
 
@@ -77,7 +78,7 @@ def atrous_convs(model, size) -> list[AtrousConv]:
     """Every convolution of ``model`` with dilation > 1 or inside an ASPP branch, for an input of
     ``size`` (H, W), in forward order.
 
-    The map sizes come from one forward pass of a zero image (1, H, W, 3) in inference mode, each
+    The map sizes come from one forward pass of a zero image (1, H, W, C) in inference mode, each
     convolution recording the shape of what it reads.
 
     >>> from tinydeeplab.models.recipes import build_model
@@ -90,32 +91,25 @@ def atrous_convs(model, size) -> list[AtrousConv]:
 
     (At OS8 the last stack's block keeps rate 2, the rate of the stack before it, which gave up its stride
     too; at the recipe's OS16 no encoder conv is dilated: the one block of the last stack keeps rate 1.)
+    A separable ASPP branch (``separable=True``) is listed by its depthwise conv, which holds its taps:
+
+    >>> for c in atrous_convs(build_model("small", 4, separable=True), (48, 48)):
+    ...     print(c.name, c.rate[0], c.map_size, c.live)
+    backbone.aspp.branch1.depthwise 1 (3, 3) 9
+    backbone.aspp.branch2.depthwise 2 (3, 3) 9
+    backbone.aspp.branch3.depthwise 3 (3, 3) 1
     """
     h, w = _pair(size)
-    aspp_names = {f"{name}.{child}.conv" for name, module in model.modules() if isinstance(module, ASPP)
-                  for child, branch in module.children()
-                  if child.startswith("branch") and branch.conv.params["kernel"].shape[0] > 1}   # not the 1x1
+    spatial = (Conv2D, DepthwiseConv2D)                  # a separable branch's spatial conv is its depthwise one
+    aspp_names = {f"{name}.{child}.{sub}" for name, module in model.modules() if isinstance(module, ASPP)
+                  for child, branch in module.children() if child.startswith("branch")
+                  for sub, conv in branch.children()
+                  if isinstance(conv, spatial) and conv.params["kernel"].shape[0] > 1}       # not the 1x1s
     convs = [(name, m) for name, m in model.modules()
-             if isinstance(m, Conv2D) and (max(m.dilation_rate) > 1 or name in aspp_names)]
-    seen: dict[str, tuple[int, int]] = {}
-
-    def recording(name, conv):
-        plain = conv.forward
-
-        def forward(x, *args, **kwargs):
-            seen[name] = tuple(int(s) for s in x.shape[1:3])
-            return plain(x, *args, **kwargs)
-        return forward
-
-    for name, conv in convs:
-        object.__setattr__(conv, "forward", recording(name, conv))
-    try:
-        with inference_mode():
-            model.forward(np.zeros((1, h, w, 3), np.float32))
-    finally:
-        for _, conv in convs:
-            conv.__dict__.pop("forward", None)
-    return [AtrousConv(name, _pair(conv.dilation_rate), tuple(conv.params["kernel"].shape[:2]), seen[name],
+             if isinstance(m, spatial) and (max(m.dilation_rate) > 1 or name in aspp_names)]
+    with record_shapes(model, [name for name, _ in convs]) as seen, inference_mode():
+        model.forward(np.zeros((1, h, w, model.in_channels), np.float32))
+    return [AtrousConv(name, _pair(conv.dilation_rate), tuple(conv.params["kernel"].shape[:2]), seen[name][0][1:3],
                        name in aspp_names) for name, conv in convs if name in seen]
 
 

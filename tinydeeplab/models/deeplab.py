@@ -14,6 +14,15 @@ Data flow (``key`` = ``spatial_pyramid_pooling_key``, ``low`` = ``low_level_feat
 KerasHub's DeepLabV3Backbone ends with that last upsampling (of f, before the classifier); here the
 segmenter owns it, so that it can classify first (below), and the backbone returns f at 1/4 (V3+).
 
+``separable=True`` (a tinydeeplab extension: KerasHub has no such option, so no KerasHub preset holds it)
+is the DeepLabV3+ paper's head (Chen et al. 2018, sec. 3.1-3.2, the choice of its Table 2 and of its
+reference code): the ASPP's 3x3 branches become atrous separable convolutions (:mod:`.aspp`), and for V3+
+the 1x1 head conv becomes the paper's decoder, two separable 3x3 convs::
+
+    f = sep3x3(sep3x3(e))     sep3x3 = depthwise 3x3 -> BN -> ReLU -> pointwise 1x1 (num_channels) -> BN -> ReLU
+
+(without a low-level key there is no decoder, and the head stays KerasHub's 1x1 conv).
+
 KerasHub only runs when H and W are multiples of 2^k (else the concat shapes disagree); here the
 upsamplings are resizes to the exact target size (the low-level map's, then the input's), which are
 the same operation whenever Keras runs and extend the model to any input size.
@@ -28,7 +37,8 @@ import numpy as np
 
 from ..backend import is_device_array, to_device, to_host
 from ..nn import BatchNorm, Concatenate, Conv2D, Module, ReLU, Resize, Sequential, inference_mode, sum_gradients
-from .aspp import ASPP, conv_bn_relu
+from .aspp import ASPP, conv_bn_relu, separable_conv_bn_relu
+from .head import predicted_labels
 from .preprocessor import ImageConverter, resize
 
 ACTIVATIONS = (None, "linear", "softmax", "sigmoid")
@@ -53,10 +63,14 @@ class DeepLabV3Backbone(Module):
     ...                         num_channels=16, seed=0)
     >>> net(np.zeros((1, 64, 64, 3), np.float32)).shape
     (1, 16, 16, 16)
+    >>> sep = DeepLabV3Backbone(enc, "P5", 8, [1, 2], low_level_feature_key="P2", projection_filters=8,
+    ...                         num_channels=16, separable=True, seed=0)
+    >>> [name for name, _ in sep.head.children()], sep(np.zeros((1, 64, 64, 3), np.float32)).shape
+    (['conv0', 'conv1'], (1, 16, 16, 16))
     """
 
     def __init__(self, image_encoder, spatial_pyramid_pooling_key, upsampling_size, dilation_rates,
-                 low_level_feature_key=None, projection_filters=48, *, num_channels=256, seed=None):
+                 low_level_feature_key=None, projection_filters=48, *, num_channels=256, separable=False, seed=None):
         super().__init__()
         rng = np.random.default_rng(seed)
         seed_ = lambda: int(rng.integers(2**31))  # noqa: E731
@@ -71,9 +85,10 @@ class DeepLabV3Backbone(Module):
             raise ValueError(f"upsampling_size must divide 2**{self.level}, got {upsampling_size!r}")
         self.config = dict(spatial_pyramid_pooling_key=spatial_pyramid_pooling_key, upsampling_size=up,
                            dilation_rates=list(dilation_rates), low_level_feature_key=low_level_feature_key,
-                           projection_filters=projection_filters)
+                           projection_filters=projection_filters, separable=bool(separable))
         self.image_encoder = image_encoder
-        self.aspp = ASPP(channels[spatial_pyramid_pooling_key], dilation_rates, num_channels, seed=seed_())
+        self.aspp = ASPP(channels[spatial_pyramid_pooling_key], dilation_rates, num_channels, seed=seed_(),
+                         separable=separable)
         self.encoder_upsample = Resize()
         head_in = num_channels
         if low_level_feature_key is not None:
@@ -82,8 +97,12 @@ class DeepLabV3Backbone(Module):
             self.concat = Concatenate()
             head_in += projection_filters
         # KerasHub fixes both ASPP and head widths at 256; ``num_channels`` shrinks them for small models
-        self.head = Sequential(("conv", Conv2D(head_in, num_channels, 1, seed=seed_())),
-                               ("bn", BatchNorm(num_channels)), ("relu", ReLU(inplace=True)))
+        if separable and low_level_feature_key is not None:          # the paper's decoder: two separable 3x3
+            self.head = Sequential(("conv0", separable_conv_bn_relu(head_in, num_channels, 3, seed=seed_())),
+                                   ("conv1", separable_conv_bn_relu(num_channels, num_channels, 3, seed=seed_())))
+        else:
+            self.head = Sequential(("conv", Conv2D(head_in, num_channels, 1, seed=seed_())),
+                                   ("bn", BatchNorm(num_channels)), ("relu", ReLU(inplace=True)))
         self.out_channels = num_channels
 
     @property
@@ -137,8 +156,18 @@ class DeepLabV3ImageSegmenter(Module):
         self.classify_before_upsample = classify_before_upsample
         self.preprocessor = ImageConverter()  # identity; presets bring their own
 
+    @property
+    def in_channels(self) -> int:
+        """Channels of the images the model reads (3 for RGB)."""
+        return self.backbone.image_encoder.in_channels
+
+    def input_kernel_name(self) -> str:
+        """The parameter name of the kernel that reads the image (``...stem.conv1.conv.kernel`` for ResNet)."""
+        conv = self.backbone.image_encoder.input_conv()
+        return next(f"{name}.kernel" for name, module in self.modules() if module is conv)
+
     def forward(self, x, training=False):
-        """``x`` (N, H, W, 3) model-ready float32 -> logits (N, H, W, num_classes).
+        """``x`` (N, H, W, C) model-ready float32 -> logits (N, H, W, num_classes).
 
         On a device backend a host (NumPy) ``x`` goes to the device and the logits come back: host in, host
         out, which is what ``predict``, ``segment`` and evaluation use; device in, device out for training.
@@ -165,8 +194,10 @@ class DeepLabV3ImageSegmenter(Module):
         images = np.asarray(images)
         if images.ndim == 3:
             images = images[None]
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"images must be (N, H, W, 3) or (H, W, 3), got shape {images.shape}")
+        c = self.in_channels
+        if images.ndim != 4 or images.shape[-1] != c:
+            raise ValueError(f"images must be (N, H, W, {c}) or (H, W, {c}) for this {c}-channel model, "
+                             f"got shape {images.shape}")
         images = images.astype(np.float32, copy=False)
         with inference_mode():                         # keeps no caches: activations freed as they are used
             out = np.concatenate([self.forward(images[i:i + batch_size])
@@ -183,7 +214,8 @@ class DeepLabV3ImageSegmenter(Module):
 
         ``images``: one (H, W, 3) array, a list of them (sizes may differ) or an (N, H, W, 3) array,
         uint8 0..255 as read from disk. Each goes through ``self.preprocessor`` (the preset's crop,
-        resize, scale and offset); the logits are resized back onto the crop and arg-maxed. Pixels
+        resize, scale and offset); the logits are resized back onto the crop and arg-maxed (a binary head,
+        ``num_classes=1``: foreground where the logit is > 0, see :mod:`.head`). Pixels
         outside a centred aspect-ratio crop were never seen by the model and get ``outside_label``.
         Returns a uint8 array (H, W) for one image, else a list of them.
         """
@@ -197,6 +229,6 @@ class DeepLabV3ImageSegmenter(Module):
             if logits.shape[1:3] != (ch, cw):
                 logits = resize(logits, (ch, cw))                                     # (1, ch, cw, K)
             labels = np.full(image.shape[:2], outside_label, np.int32 if self.num_classes > 255 else np.uint8)
-            labels[top:top + ch, left:left + cw] = logits[0].argmax(-1)
+            labels[top:top + ch, left:left + cw] = predicted_labels(logits[0])      # argmax, or z > 0 if K = 1
             out.append(labels)
         return out[0] if single else out

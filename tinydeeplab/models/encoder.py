@@ -18,6 +18,8 @@ Everything else in tinydeeplab reaches an encoder only through this class:
 ``from_config(cfg, ...)``       the inverse: a fresh encoder (random weights) from that dict
 ``keras_weight_layers()``       its weighted layers in the order Keras saves them (the HDF5 layout)
 ``stages()``                    named intermediate outputs: parity report rows and architecture docs
+``in_channels``                 channels of the images it reads: KerasHub's ``image_shape[-1]`` (3)
+``input_conv()``                the Conv2D that reads the image (its kernel is adapted to C channels)
 ==============================  =====================================================================
 
 :func:`register_encoder` adds a class to ``ENCODERS``; the preset reader and writer, the
@@ -78,6 +80,16 @@ class Encoder(Module):
     keras_module: str = ""
     pyramid_channels: dict[str, int]
     pyramid_strides: dict[str, int]
+    in_channels: int = 3          # an encoder that reads other channel counts sets it from image_shape
+
+    def input_conv(self) -> Conv2D:
+        """The convolution that reads the image, whose kernel (kh, kw, in_channels, F) a preset loaded for
+        another channel count adapts (:mod:`tinydeeplab.models.input_channels`). The default is the first
+        Conv2D in :meth:`keras_weight_layers`, which is the image's first layer in a feed-forward encoder."""
+        convs = [layer.module for layer in self.keras_weight_layers() if isinstance(layer.module, Conv2D)]
+        if not convs:
+            raise TypeError(f"{type(self).__name__} has no Conv2D; override input_conv()")
+        return convs[0]
 
     def forward(self, x, training=False) -> dict:
         """``x`` (N, H, W, C) -> ``{"P2": ..., ...}``."""

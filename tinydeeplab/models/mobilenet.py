@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..nn import (Activation, Add, BatchNorm, Conv2D, DepthwiseConv2D, Module, Sequential, SqueezeExcite,
+from ..nn import (Activation, Add, BatchNorm, Conv2D, GroupedDepthwiseConv2D, Module, Sequential, SqueezeExcite,
                   ZeroPadding2D, sum_gradients)
 from .encoder import CONV_VARS, Encoder, EncoderStage, KerasLayer, keras_layer
 
@@ -71,8 +71,8 @@ def _conv1x1(c_in, filters, rng):
 def _depthwise(channels, kernel, stride, dilation, pad, rng):
     """KerasHub's ``ZeroPadding(pad)`` -> ``Conv2D(groups=C)`` "valid": a Sequential pad / conv."""
     return Sequential(("pad", ZeroPadding2D(pad)),
-                      ("conv", DepthwiseConv2D(channels, kernel, strides=stride, dilation_rate=dilation,
-                                               padding="valid", grouped=True, seed=rng)))
+                      ("conv", GroupedDepthwiseConv2D(channels, kernel, strides=stride, dilation_rate=dilation,
+                                                      padding="valid", seed=rng)))
 
 
 def _se(channels, ratio, rng):
@@ -138,7 +138,7 @@ class MobileBlock(Module):
 
 def _keras_layer(path, module):
     """A :class:`KerasLayer` with an explicit Keras path (a Conv2D's variables for the grouped depthwise kernel)."""
-    return KerasLayer(path, module, CONV_VARS if isinstance(module, DepthwiseConv2D) else keras_layer(module).var_names)
+    return KerasLayer(path, module, CONV_VARS if isinstance(module, GroupedDepthwiseConv2D) else keras_layer(module).var_names)
 
 
 class MobileNetBackbone(Encoder):
@@ -321,7 +321,7 @@ class MobileNetBackbone(Encoder):
             level = at.get(u)
             if isinstance(unit, MobileBlock):
                 conv = unit.depthwise.conv
-                k, st, rate = conv.shape[0], conv.strides[0], conv.dilation_rate[0]
+                k, st, rate = conv.params["kernel"].shape[0], conv.strides[0], conv.dilation_rate[0]
                 what = (("inverted residual" if hasattr(unit, "expand") else "depthwise block") +
                         f" {k}x{k}" + (f" /{st}" if st > 1 else "") + (f" rate {rate}" if rate > 1 else "") +
                         (", SE" if hasattr(unit, "se") else "") + f" -> {unit.out_channels}" +

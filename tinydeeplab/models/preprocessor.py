@@ -21,7 +21,11 @@ INTERPOLATIONS = ("bilinear", "nearest")
 
 
 class ImageConverter:
-    """Turns raw RGB images into model-ready float32 batches, as the preset's preprocessor does.
+    """Turns raw images into model-ready float32 batches, as the preset's preprocessor does.
+
+    ``scale`` and ``offset`` are None, one number (every channel), or one value per channel: 3 for
+    RGB, as KerasHub writes them, or C for a C-channel model (e.g. ``scale = 1 / std``,
+    ``offset = -mean / std`` from per-channel statistics).
 
     >>> conv = ImageConverter(image_size=(4, 4), scale=1 / 255)
     >>> x, box = conv(np.full((6, 8, 3), 255, np.uint8))
@@ -56,6 +60,10 @@ class ImageConverter:
         return cls(cfg.get("image_size"), cfg.get("scale"), cfg.get("offset"),
                    cfg.get("interpolation", "bilinear"), cfg.get("crop_to_aspect_ratio", True))
 
+    def with_values(self, scale, offset) -> "ImageConverter":
+        """The same crop and resize with other ``scale`` and ``offset``."""
+        return ImageConverter(self.image_size, scale, offset, self.interpolation, self.crop_to_aspect_ratio)
+
     def get_config(self) -> dict:
         tolist = lambda a: None if a is None else a.tolist()  # noqa: E731
         return {"image_size": None if self.image_size is None else list(self.image_size),
@@ -72,17 +80,17 @@ class ImageConverter:
         return (height - ch) // 2, (width - cw) // 2, ch, cw
 
     def __call__(self, image) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-        """``image`` (H, W, 3) uint8/float -> (``x`` (1, h, w, 3) float32, crop box in the image)."""
+        """``image`` (H, W, C) uint8/uint16/float -> (``x`` (1, h, w, C) float32, crop box in the image)."""
         image = check_image(image)
         top, left, ch, cw = box = self.crop_box(*image.shape[:2])
-        x = image[None, top:top + ch, left:left + cw, :].astype(np.float32)    # (1, ch, cw, 3)
+        x = image[None, top:top + ch, left:left + cw, :].astype(np.float32)    # (1, ch, cw, C)
         if self.image_size is not None and (ch, cw) != self.image_size:
             x = resize(x, self.image_size, self.interpolation)
         return self.normalize(x, copy=False), box
 
     def normalize(self, images, *, copy: bool = True) -> np.ndarray:
-        """``images * scale + offset`` as float32 NHWC, per channel where scale/offset have 3 values;
-        an (H, W, C) image gets a batch axis. No crop, no resize: the batch loader's path for training
+        """``images * scale + offset`` as float32 NHWC, per channel where scale/offset have one value per
+        channel (their count must then equal C); an (H, W, C) image gets a batch axis. No crop, no resize: the batch loader's path for training
         crops, and the last step of :meth:`__call__`.
 
         >>> x = ImageConverter(scale=1 / 127.5, offset=-1).normalize(np.array([[[0, 255, 51]]], np.uint8))
@@ -94,6 +102,10 @@ class ImageConverter:
             x = x[None]
         if x.ndim != 4:
             raise ValueError(f"images must be (H, W, C) or (N, H, W, C), got shape {x.shape}")
+        for key, values in (("scale", self.scale), ("offset", self.offset)):
+            if values is not None and values.size > 1 and values.size != x.shape[-1]:
+                raise ValueError(f"the image converter's {key} has {values.size} values (one per channel) but "
+                                 f"the images have {x.shape[-1]} channels")
         x = x.astype(np.float32, copy=copy)                                   # (N, H, W, C)
         if self.scale is not None:
             x *= self.scale
@@ -143,13 +155,31 @@ def _image_size(value):
 
 
 def _per_channel(value, key: str):
-    """``None``, or a float32 scalar / (1,) / (3,) array of finite numbers, else OptionError naming ``key``."""
+    """``None``, or a float32 scalar / (C,) array of finite numbers, else OptionError naming ``key``."""
     if value is None:
         return None
     arr = _array(value) if not isinstance(value, (str, bytes, dict, bool)) else np.asarray(None)
-    if arr.dtype.kind not in "iuf" or arr.shape not in ((), (1,), (3,)) or not np.isfinite(arr).all():
-        raise OptionError(f"{key} must be a finite number or a list of 3 (one per RGB channel), got {value!r}")
+    if (arr.dtype.kind not in "iuf" or arr.ndim > 1 or (arr.ndim == 1 and arr.size == 0)
+            or not np.isfinite(arr).all()):
+        raise OptionError(f"{key} must be a finite number or a list with one per channel (3 for RGB), got {value!r}")
     return arr.astype(np.float32)
+
+
+def check_channel_values(converter: ImageConverter, channels: int) -> ImageConverter:
+    """``converter`` if its per-channel ``scale``/``offset`` (when not one number) have ``channels`` values,
+    else OptionError naming the key.
+
+    >>> check_channel_values(ImageConverter(scale=[1, 2]), 3)
+    Traceback (most recent call last):
+    ...
+    tinydeeplab.errors.OptionError: scale has 2 values; a 3-channel model needs one number or 3
+    """
+    for key in ("scale", "offset"):
+        values = getattr(converter, key)
+        if values is not None and values.size not in (1, channels):
+            raise OptionError(f"{key} has {values.size} values; a {channels}-channel model needs one number or "
+                              f"{channels}")
+    return converter
 
 
 def _array(value) -> np.ndarray:
@@ -175,13 +205,16 @@ def resize(x, size, interpolation="bilinear"):
 
 
 def check_image(image) -> np.ndarray:
-    """An (H, W, 3) RGB image as an array, or ValueError saying what it is instead."""
+    """An (H, W, C) image as an array (C = 3 for RGB), or ValueError saying what it is instead.
+
+    A 2-D array is refused rather than guessed: a grey image for a 1-channel model is (H, W, 1)."""
     if not isinstance(image, np.ndarray):
-        raise ValueError(f"image must be a numpy array (H, W, 3), got {type(image).__name__}")
+        raise ValueError(f"image must be a numpy array (H, W, C), got {type(image).__name__}")
     if image.ndim == 2:
-        raise ValueError(f"image must be RGB (H, W, 3); got a single-channel image of shape {image.shape}")
-    if image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"image must be RGB with shape (H, W, 3), got shape {image.shape}")
+        raise ValueError(f"image must be (H, W, C), e.g. (H, W, 3) for RGB or (H, W, 1) for grey; got a 2-D "
+                         f"array of shape {image.shape}")
+    if image.ndim != 3 or image.shape[-1] < 1:
+        raise ValueError(f"image must have shape (H, W, C), got shape {image.shape}")
     if image.dtype.kind not in "uif":
         raise ValueError(f"image must hold numbers (uint8 or float), got dtype {image.dtype}")
     if min(image.shape[:2]) < 1:

@@ -63,6 +63,7 @@ from __future__ import annotations
 
 from .deeplab import DeepLabV3Backbone, DeepLabV3ImageSegmenter
 from .encoder import encoder_class
+from .input_channels import check_in_channels
 from .preprocessor import ImageConverter
 
 DECODERS = ("v3plus", "v3")
@@ -142,13 +143,18 @@ def _known(name: str) -> str:
 
 
 def build_model(name: str, num_classes: int, *, seed: int = 0, scale=1 / 127.5, offset=-1.0,
-                image_size=None, output_stride=None, atrous_rates=None, decoder="v3plus") -> DeepLabV3ImageSegmenter:
+                image_size=None, output_stride=None, atrous_rates=None, decoder="v3plus",
+                in_channels: int = 3, separable=False) -> DeepLabV3ImageSegmenter:
     """A randomly initialised DeepLabV3+ of recipe ``name`` with an image converter
-    (``pixel * scale + offset``, optional resize to ``image_size``).
+    (``pixel * scale + offset``, optional resize to ``image_size``), for ``in_channels``-channel images
+    (the encoder's KerasHub ``image_shape`` is ``[None, None, in_channels]``; scale/offset may then
+    have one value per channel).
 
     ``output_stride`` (8, 16, 32) and ``atrous_rates`` replace the recipe's (None keeps them);
     ``decoder="v3"`` drops the V3+ low-level branch: the head runs on the ASPP map and the logits are
-    upsampled bilinearly to the input size (DeepLabV3).
+    upsampled bilinearly to the input size (DeepLabV3). ``separable=True`` gives the DeepLabV3+ paper's head
+    (atrous separable convolutions in the ASPP and, for V3+, two separable 3x3 convs as the decoder; see
+    :class:`~tinydeeplab.models.DeepLabV3Backbone`), a tinydeeplab extension that KerasHub cannot load.
 
     >>> build_model("small", 4, output_stride=8, atrous_rates=[2, 4, 6]).backbone.config["dilation_rates"]
     [2, 4, 6]
@@ -158,6 +164,7 @@ def build_model(name: str, num_classes: int, *, seed: int = 0, scale=1 / 127.5, 
         raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
     class_name, config = r["encoder"]
     stride = r["output_stride"] if output_stride is None else output_stride
+    config = {**config, "image_shape": [None, None, check_in_channels(in_channels)]}
     enc = encoder_class(class_name).from_config(config, output_stride=stride, seed=seed)
     rates = list(r["atrous_rates"] if atrous_rates is None else atrous_rates)
     if not rates or any(not isinstance(d, int) or d < 1 for d in rates):
@@ -165,7 +172,7 @@ def build_model(name: str, num_classes: int, *, seed: int = 0, scale=1 / 127.5, 
     v3plus = decoder == "v3plus"
     backbone = DeepLabV3Backbone(enc, "P5", 8 if v3plus else 1, rates, low_level_feature_key="P2" if v3plus else None,
                                  projection_filters=r["projection_filters"], num_channels=r["channels"],
-                                 seed=seed + 1)
+                                 separable=separable, seed=seed + 1)
     model = DeepLabV3ImageSegmenter(backbone, int(num_classes), seed=seed + 2)
     model.preprocessor = ImageConverter(image_size, scale, offset)
     return model

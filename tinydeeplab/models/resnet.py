@@ -32,6 +32,7 @@ import numpy as np
 
 from ..nn import Add, BatchNorm, Conv2D, MaxPool2D, Module, ReLU, Sequential, ZeroPadding2D, sum_gradients
 from .encoder import Encoder, EncoderStage, keras_layer
+from .input_channels import check_in_channels
 
 BN_EPS, BN_MOMENTUM = 1e-5, 0.9  # KerasHub ResNet batch-norm settings
 BLOCK_TYPES = ("bottleneck_block", "basic_block")
@@ -171,7 +172,7 @@ class ResNetBackbone(Encoder):
                            stackwise_num_blocks=list(stackwise_num_blocks),
                            stackwise_num_strides=list(stackwise_num_strides),
                            block_type=block_type, use_pre_activation=bool(use_pre_activation))
-        self.output_stride, self.in_channels = output_stride, int(in_channels)
+        self.output_stride, self.in_channels = output_stride, check_in_channels(in_channels, "image_shape[-1]")
         rng = np.random.default_rng(seed)
         seed_ = lambda: int(rng.integers(2**31))  # noqa: E731
         strides, dilations = atrous_schedule(list(stackwise_num_strides), output_stride)
@@ -262,7 +263,7 @@ class ResNetBackbone(Encoder):
                    stackwise_num_strides=config["stackwise_num_strides"],
                    block_type=config.get("block_type", "bottleneck_block"),
                    use_pre_activation=config.get("use_pre_activation", False),
-                   in_channels=int(image_shape[-1] or 3),
+                   in_channels=image_shape[-1] or 3,
                    output_stride=output_stride if output_stride is not None else config.get("output_stride"),
                    seed=seed)
 

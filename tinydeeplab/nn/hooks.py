@@ -14,31 +14,64 @@ from contextlib import contextmanager
 
 
 @contextmanager
-def record_outputs(model, names):
-    """Within the block, ``forward`` of each module named in ``names`` (dotted, as in
-    ``model.modules()``) also stores a copy of its output in the yielded dict."""
+def _watch_forward(model, names, note):
+    """Within the block, ``forward`` of each module named in ``names`` also calls ``note(name, args, out)``."""
     modules = dict(model.modules())
     unknown = [n for n in names if n not in modules]
     if unknown:
         raise ValueError(f"no submodules named {unknown}; examples of names: {list(modules)[1:6]}")
-    seen: dict = {}
 
     def wrap(name, module):
         plain = module.forward
 
         def forward(*args, **kwargs):
             out = plain(*args, **kwargs)
-            seen[name] = out.copy() if hasattr(out, "copy") else out
+            note(name, args, out)
             return out
         return forward
 
     for name in names:
         object.__setattr__(modules[name], "forward", wrap(name, modules[name]))
     try:
-        yield seen
+        yield
     finally:
         for name in names:
             modules[name].__dict__.pop("forward", None)
+
+
+@contextmanager
+def record_outputs(model, names):
+    """Within the block, ``forward`` of each module named in ``names`` (dotted, as in
+    ``model.modules()``) also stores a copy of its output in the yielded dict."""
+    seen: dict = {}
+
+    def note(name, args, out):
+        seen[name] = out.copy() if hasattr(out, "copy") else out
+
+    with _watch_forward(model, names, note):
+        yield seen
+
+
+@contextmanager
+def record_shapes(model, names):
+    """Within the block, ``forward`` of each module named in ``names`` also stores ``(input shape, output
+    shape)`` in the yielded dict (nothing is copied: for counting costs and the maps a layer sees).
+
+    >>> import numpy as np
+    >>> from tinydeeplab.nn import Sequential, Conv2D
+    >>> net = Sequential(("a", Conv2D(3, 8, 3, strides=2, seed=0)))
+    >>> with record_shapes(net, ["a"]) as seen:
+    ...     _ = net.forward(np.zeros((1, 9, 9, 3), np.float32))
+    >>> seen["a"]
+    ((1, 9, 9, 3), (1, 5, 5, 8))
+    """
+    seen: dict = {}
+
+    def note(name, args, out):
+        seen[name] = (tuple(int(s) for s in args[0].shape), tuple(int(s) for s in out.shape))
+
+    with _watch_forward(model, names, note):
+        yield seen
 
 
 @contextmanager

@@ -45,7 +45,28 @@ class OpLayer(Module):
         return self._cache
 
 
-class Conv2D(OpLayer):
+class _Convolution(OpLayer):
+    """The forward / backward shared by :class:`Conv2D` and :class:`DepthwiseConv2D`: op ``self.op`` with
+    ``params["kernel"]`` (and ``params["bias"]`` if any), ``strides``, ``dilation_rate``, ``padding``."""
+
+    op = ""
+
+    op_kernel_shape = None      # the op's kernel shape when the stored one differs (same memory order)
+
+    def forward(self, x, training=False):
+        kernel = self.params["kernel"]
+        return self._run(self.op, x, kernel if self.op_kernel_shape is None else kernel.reshape(self.op_kernel_shape),
+                         self.params.get("bias"), stride=self.strides, dilation=self.dilation_rate, padding=self.padding)
+
+    def backward(self, dout):
+        dx, dw, db = self._back(self.op, dout)
+        self.grads["kernel"] = dw if self.op_kernel_shape is None else dw.reshape(self.params["kernel"].shape)
+        if db is not None:
+            self.grads["bias"] = db
+        return dx
+
+
+class Conv2D(_Convolution):
     """2-D convolution, NHWC input, HWIO ``kernel``: ``y = sum_taps x_window @ kernel[i, j] (+ bias)``.
 
     >>> conv = Conv2D(3, 8, kernel_size=3, strides=2, seed=0)
@@ -67,16 +88,38 @@ class Conv2D(OpLayer):
         if use_bias:
             self.params["bias"] = np.zeros(filters, np.float32)
 
-    def forward(self, x, training=False):
-        return self._run("conv2d", x, self.params["kernel"], self.params.get("bias"),
-                         stride=self.strides, dilation=self.dilation_rate, padding=self.padding)
+    op = "conv2d"
 
-    def backward(self, dout):
-        dx, dw, db = self._back("conv2d", dout)
-        self.grads["kernel"] = dw
-        if db is not None:
-            self.grads["bias"] = db
-        return dx
+
+class DepthwiseConv2D(_Convolution):
+    """Depthwise 2-D convolution (Keras ``DepthwiseConv2D``): every input channel ``c`` gets its own
+    ``depth_multiplier`` filters, ``y[..., c*M + m] = sum_taps x_window[..., c] * kernel[i, j, c, m] (+ bias)``,
+    with the (KH, KW, C, M) ``kernel`` of Keras. No sum over channels: ``C * M * KH * KW`` weights instead
+    of a full conv's ``C * F * KH * KW``.
+
+    The op skips every tap that reads only padding (:func:`~tinydeeplab.functional.conv.conv2d_plan`), as
+    :class:`Conv2D` does: a dilated tap that never lands on the map costs nothing and its gradient is 0.
+
+    >>> dw = DepthwiseConv2D(4, 3, dilation_rate=6, seed=0)
+    >>> y = dw(np.ones((1, 5, 5, 4), np.float32))             # rate 6 >= 5: only the centre tap is live
+    >>> y.shape, bool(np.allclose(y[0, 0, 0], dw.params["kernel"][1, 1, :, 0]))
+    ((1, 5, 5, 4), True)
+    """
+
+    def __init__(self, channels: int, kernel_size=3, *, strides=1, dilation_rate=1, padding="same",
+                 depth_multiplier: int = 1, use_bias: bool = False, seed=None):
+        super().__init__()
+        kh, kw = pair(kernel_size, "kernel_size")
+        self.strides = pair(strides, "strides")
+        self.dilation_rate = pair(dilation_rate, "dilation_rate")
+        self.padding = padding
+        # He-normal on the fan-in of one output channel: its KH * KW taps of one input channel
+        w = _rng(seed).normal(0.0, np.sqrt(2.0 / (kh * kw)), size=(kh, kw, channels, depth_multiplier))
+        self.params["kernel"] = w.astype(np.float32)  # (KH, KW, C, M)
+        if use_bias:
+            self.params["bias"] = np.zeros(channels * depth_multiplier, np.float32)
+
+    op = "depthwise_conv2d"
 
 
 class BatchNorm(OpLayer):
@@ -307,42 +350,22 @@ class Activation(OpLayer):
         return self._back(self.op, dout)
 
 
-class DepthwiseConv2D(OpLayer):
-    """Depthwise convolution (the ``depthwise_conv2d`` op): every channel convolved with its own filter(s).
+class GroupedDepthwiseConv2D(DepthwiseConv2D):
+    """:class:`DepthwiseConv2D` (depth multiplier 1) with the kernel as Keras ``Conv2D(filters=C, groups=C)``
+    stores the same operator: ``params["kernel"]`` is ``(KH, KW, 1, C)``, the op reads it as ``(KH, KW, C, 1)``
+    (the same numbers in the same memory order; KerasHub's MobileNet writes its depthwise convs this way).
 
-    ``y[..., c*M + m] = sum_{i,j} xpad[.., oh*s + i*d, ow*s + j*d, c] * kernel[i, j, c, m] (+ bias)``.
-    ``params["kernel"]`` has Keras ``DepthwiseConv2D``'s shape ``(KH, KW, C, M)``, or with ``grouped=True``
-    the shape ``(KH, KW, 1, C)`` that Keras ``Conv2D(filters=C, groups=C)`` stores for the same operator
-    (M = 1; both layouts hold the same numbers in the same memory order).
-
-    >>> dw = DepthwiseConv2D(4, 3, strides=2, grouped=True, seed=0)
+    >>> dw = GroupedDepthwiseConv2D(4, 3, strides=2, seed=0)
     >>> dw.params["kernel"].shape, dw(np.zeros((1, 9, 9, 4), np.float32)).shape
     ((3, 3, 1, 4), (1, 5, 5, 4))
     """
 
-    def __init__(self, channels: int, kernel_size=3, *, strides=1, dilation_rate=1, padding="same",
-                 depth_multiplier: int = 1, use_bias: bool = False, grouped: bool = False, seed=None):
-        super().__init__()
-        kh, kw = pair(kernel_size, "kernel_size")
-        if grouped and depth_multiplier != 1:
-            raise ValueError(f"a grouped-layout depthwise kernel has depth multiplier 1, got {depth_multiplier}")
-        self.strides, self.dilation_rate = pair(strides, "strides"), pair(dilation_rate, "dilation_rate")
-        self.padding, self.shape = padding, (kh, kw, channels, depth_multiplier)     # (KH, KW, C, M)
-        w = _rng(seed).normal(0.0, np.sqrt(2.0 / (kh * kw)), size=self.shape)        # He-normal, fan-in KH*KW
-        self.params["kernel"] = w.reshape((kh, kw, 1, channels) if grouped else self.shape).astype(np.float32)
-        if use_bias:
-            self.params["bias"] = np.zeros(channels * depth_multiplier, np.float32)
-
-    def forward(self, x, training=False):
-        return self._run("depthwise_conv2d", x, self.params["kernel"].reshape(self.shape), self.params.get("bias"),
-                         stride=self.strides, dilation=self.dilation_rate, padding=self.padding)
-
-    def backward(self, dout):
-        dx, dw, db = self._back("depthwise_conv2d", dout)
-        self.grads["kernel"] = dw.reshape(self.params["kernel"].shape)
-        if db is not None:
-            self.grads["bias"] = db
-        return dx
+    def __init__(self, channels: int, kernel_size=3, **kwargs):
+        super().__init__(channels, kernel_size, **kwargs)
+        kh, kw, c, m = self.op_kernel_shape = self.params["kernel"].shape
+        self.params["kernel"] = self.params["kernel"].reshape(kh, kw, m, c)
+        if m != 1:
+            raise ValueError(f"a grouped-layout depthwise kernel has depth multiplier 1, got {m}")
 
 
 class ChannelScale(OpLayer):

@@ -34,13 +34,15 @@ def build_trainer(model, train_set, *, out_dir, epochs: int, batch_size: int = 8
                   schedule: str = "poly", warmup: int = 50, momentum: float = 0.9, weight_decay: float = 1e-4,
                   clip_norm: float | None = 5.0, seed: int = 0, val_set=None, progress: bool = True,
                   checkpoint_meta=None, run_config=None, allow_changes=(), world=None,
-                  class_weights=None) -> Trainer:
+                  class_weights=None, loss=None) -> Trainer:
     """A :class:`Trainer` for ``model`` on ``train_set`` (see the module docstring).
 
     ``crop=None`` trains on whole images (all of one size); ``scale_range=(lo, hi)`` adds a random
     rescale by a factor in ``[lo, hi]`` before the crop; ``warmup`` is capped at half the run; ``val_set`` is evaluated after every
     epoch (mIoU); ``class_weights`` (one per class, e.g. :func:`median_frequency_weights`) weight the
-    cross-entropy. ``checkpoint_meta`` defaults to the model's preset configs, so ``tinydeeplab
+    cross-entropy. ``loss``: a name of :data:`~tinydeeplab.train.losses.LOSSES` or a
+    :class:`~tinydeeplab.train.losses.SegmentationLoss` (None: ``ce``, or ``bce`` for a binary model,
+    ``num_classes=1``). ``checkpoint_meta`` defaults to the model's preset configs, so ``tinydeeplab
     evaluate --checkpoint`` can rebuild the model. ``world``: the ranks of a data-parallel run
     (:mod:`tinydeeplab.train.distributed`): ``batch_size`` is then the global batch, each rank loads its
     shard, and validation is shared out too.
@@ -68,7 +70,7 @@ def build_trainer(model, train_set, *, out_dir, epochs: int, batch_size: int = 8
     return Trainer(model, SGD(model, lr, momentum=momentum, weight_decay=weight_decay), loader, epochs=epochs,
                    lr_schedule=lr_schedule, out_dir=out_dir, clip_norm=clip_norm, val_fn=val_fn, progress=progress,
                    checkpoint_meta=meta, run_config=run_config, allow_changes=allow_changes,
-                   world=world, class_weights=class_weights)
+                   world=world, class_weights=class_weights, loss=loss)
 
 
 def median_frequency_weights(dataset, ignore_label: int = 255) -> np.ndarray:

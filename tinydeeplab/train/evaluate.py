@@ -8,6 +8,9 @@ probabilities::
     p = mean_views softmax(logits_view)          (N, H, W, K)
     predict_logits(...) = log p                  a logit map whose softmax is p (argmax = argmax p)
 
+A binary head (K = 1, the foreground logit) averages ``sigmoid`` instead and returns ``log(p / (1 - p))``
+(:mod:`tinydeeplab.models.head`: the one place the two readings of logits are written).
+
 With a single view (``scales=(1.0,)``, ``flip=False``, no window or one window equal to the image)
 no averaging happens and the model's own logits come back unchanged.
 
@@ -23,24 +26,12 @@ import time
 
 import numpy as np
 
+from ..models.head import is_binary, label_classes, logits_of, predicted_labels, probabilities
+from ..models.head import softmax  # noqa: F401  (its former home: tinydeeplab.train.evaluate.softmax)
 from ..models.preprocessor import resize
 from ..nn import inference_mode
 from ..progress import Progress
 from .metrics import ConfusionMatrix
-
-
-def softmax(z):
-    """Class probabilities of logits ``z`` (..., K): ``exp(z - max z) / sum exp(z - max z)`` (the views' common currency).
-
-    >>> softmax(np.array([0.0, np.log(3.0)])).round(3).tolist()
-    [0.25, 0.75]
-    """
-    e = np.exp(z - z.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
-def _log(p):
-    return np.log(np.maximum(p, np.finfo(p.dtype).tiny))
 
 
 def _starts(size: int, window: int, stride: int) -> list[int]:
@@ -61,7 +52,7 @@ def sliding_window_logits(model, x, window, stride=None):
     """Logits (N, H, W, K) of ``x`` (N, H, W, 3) computed tile by tile (see the module docstring).
 
     One tile: the model's logits of that tile (cropped if the input was padded). Several tiles:
-    ``log`` of the per-pixel mean of the tiles' softmax probabilities.
+    the logit map of the per-pixel mean of the tiles' probabilities (softmax, or sigmoid for K = 1).
     """
     n, H, W, _ = x.shape
     wh, ww = int(window[0]), int(window[1])
@@ -79,12 +70,12 @@ def sliding_window_logits(model, x, window, stride=None):
         return model.forward(np.ascontiguousarray(x[:, :wh, :ww]))[:, :H, :W]
     probs, count = None, np.zeros((1, Hp, Wp, 1), np.float32)
     for t, l in tiles:
-        p = softmax(model.forward(np.ascontiguousarray(x[:, t:t + wh, l:l + ww])))      # (N, wh, ww, K)
+        p = probabilities(model.forward(np.ascontiguousarray(x[:, t:t + wh, l:l + ww])))   # (N, wh, ww, K)
         if probs is None:
             probs = np.zeros((n, Hp, Wp, p.shape[-1]), p.dtype)
         probs[:, t:t + wh, l:l + ww] += p
         count[:, t:t + wh, l:l + ww] += 1
-    return _log(probs / count)[:, :H, :W]
+    return logits_of(probs / count)[:, :H, :W]
 
 
 def predict_logits(model, x, *, scales=(1.0,), flip=False, window=None, stride=None):
@@ -102,8 +93,9 @@ def predict_logits(model, x, *, scales=(1.0,), flip=False, window=None, stride=N
     (1, 32, 32, 3)
     """
     x = np.asarray(x, np.float32)
-    if x.ndim != 4 or x.shape[-1] != 3:
-        raise ValueError(f"x must be (N, H, W, 3), got shape {x.shape}")
+    c = getattr(model, "in_channels", 3)
+    if x.ndim != 4 or x.shape[-1] != c:
+        raise ValueError(f"x must be (N, H, W, {c}) for this model, got shape {x.shape}")
     scales = tuple(float(s) for s in scales)
     if not scales or min(scales) <= 0:
         raise ValueError(f"scales must be a non-empty tuple of positive numbers, got {scales!r}")
@@ -124,8 +116,8 @@ def predict_logits(model, x, *, scales=(1.0,), flip=False, window=None, stride=N
             views.append(z)
     if len(views) == 1:
         return views[0]
-    p = sum(softmax(z) for z in views) / len(views)
-    return _log(p)
+    p = sum(probabilities(z) for z in views) / len(views)
+    return logits_of(p)
 
 
 class _Shard:
@@ -145,6 +137,10 @@ def evaluate(model, dataset, preprocess=None, num_classes=None, ignore_label=255
              **tta) -> dict:
     """Confusion matrix of ``model`` over ``dataset`` -> ``{miou, pixel_accuracy, iou, confusion}``.
 
+    A binary model (``num_classes=1``, labels 0 background / 1 foreground, prediction ``logit > 0``) also
+    gets ``foreground_iou``, ``foreground_dice`` and ``background_iou`` (the 2 x 2 matrix's classes 1 and 0;
+    ``miou`` is their mean).
+
     ``dataset``: iterable of ``(image uint8 (H, W, 3), label (H, W))``. ``preprocess(image)`` ->
     ``(x (1, h, w, 3) float32, (top, left, crop_h, crop_w))`` (default ``model.preprocessor``);
     logits are resized back to the crop and pixels outside it count as ``ignore_label``.
@@ -156,8 +152,8 @@ def evaluate(model, dataset, preprocess=None, num_classes=None, ignore_label=255
     ranks (integer counts: the same mIoU as one process); only rank 0 shows progress.
     """
     preprocess = model.preprocessor if preprocess is None else preprocess
-    num_classes = getattr(model, "num_classes", None) if num_classes is None else num_classes
-    cm = ConfusionMatrix(num_classes, ignore_label)
+    heads = getattr(model, "num_classes", None) if num_classes is None else num_classes
+    cm = ConfusionMatrix(label_classes(heads), ignore_label)        # a binary head predicts 2 labels
     sharded = world is not None and world.size > 1
     if sharded:                                                    # this rank's items, read by index
         dataset = _Shard(dataset, world.rank, world.size)
@@ -180,7 +176,7 @@ def evaluate(model, dataset, preprocess=None, num_classes=None, ignore_label=255
             if logits.shape[1:3] != (ch, cw):
                 logits = resize(np.ascontiguousarray(logits), (ch, cw))  # (1, ch, cw, K)
             pred = np.zeros(label.shape, np.int64)                     # outside the crop: label ignored below
-            pred[top:top + ch, left:left + cw] = logits[0].argmax(-1)
+            pred[top:top + ch, left:left + cw] = predicted_labels(logits[0])   # argmax, or z > 0 if K = 1
             seen = np.zeros(label.shape, bool)
             seen[top:top + ch, left:left + cw] = True
             target = label.astype(np.int64)
@@ -195,7 +191,11 @@ def evaluate(model, dataset, preprocess=None, num_classes=None, ignore_label=255
                      f"pixel acc {cm.pixel_accuracy():.4f}  {rate:.2f} img/s")
     if sharded:
         cm.matrix = world.allreduce(cm.matrix, "the confusion-matrix allreduce")    # (K, K) int64 counts
-    return {"miou": cm.miou(), "pixel_accuracy": cm.pixel_accuracy(), "iou": cm.iou().tolist(), "confusion": cm}
+    result = {"miou": cm.miou(), "pixel_accuracy": cm.pixel_accuracy(), "iou": cm.iou().tolist(), "confusion": cm}
+    if is_binary(heads):
+        (bg_iou, fg_iou), fg_dice = cm.iou().tolist(), float(cm.dice()[1])
+        result.update(foreground_iou=fg_iou, foreground_dice=fg_dice, background_iou=bg_iou)
+    return result
 
 
 def miou_check(measured: float, expected: float, tolerance: float) -> tuple[bool, str]:

@@ -4,6 +4,7 @@
 label are skipped). With ``TP_k = M[k, k]``, ``FN_k = sum_j M[k, j] - TP_k``, ``FP_k = sum_i M[i, k] - TP_k``::
 
     IoU_k          = TP_k / (TP_k + FP_k + FN_k)      NaN when class k is absent from labels and predictions
+    Dice_k         = 2 TP_k / (2 TP_k + FP_k + FN_k)  (= F1; = 2 IoU_k / (1 + IoU_k)), NaN likewise
     mIoU           = nanmean_k IoU_k
     pixel accuracy = sum_k TP_k / sum_ij M[i, j]
 
@@ -81,6 +82,18 @@ class ConfusionMatrix:
         union = self.matrix.sum(0) + self.matrix.sum(1) - tp           # TP + FP + FN
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+
+    def dice(self) -> np.ndarray:
+        """Per-class Dice ``2 TP / (2 TP + FP + FN)``, (K,) float64; NaN for classes never seen nor predicted.
+
+        >>> cm = ConfusionMatrix(2); cm.update(np.array([1, 1, 0, 0]), np.array([1, 0, 0, 1]))
+        >>> cm.dice().tolist(), cm.iou().tolist()                      # TP 1, FP 1, FN 1 for both classes
+        ([0.5, 0.5], [0.3333333333333333, 0.3333333333333333])
+        """
+        tp = np.diag(self.matrix).astype(np.float64)
+        both = self.matrix.sum(0) + self.matrix.sum(1)                 # 2 TP + FP + FN
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(both > 0, 2 * tp / np.maximum(both, 1), np.nan)
 
     def miou(self) -> float:
         """Mean IoU over the classes that occur (NaN before any valid pixel)."""

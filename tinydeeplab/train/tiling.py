@@ -10,8 +10,9 @@ Rule (window, overlap, blending). With window ``(wh, ww)`` (clamped to model spa
 last tile is moved to end at the border, so every pixel is covered. Each tile is preprocessed on
 its own (``x * scale + offset``, and the preset's resize computed for that tile's pixels only),
 run through the model (with :func:`~tinydeeplab.train.predict_logits`' test-time options) and
-turned into probabilities ``p_t = softmax(z_t)``. Overlapping tiles are blended with separable
-ramp weights that fall off linearly inside the overlap, away from the tile's centre::
+turned into probabilities ``p_t = softmax(z_t)`` (a sigmoid for a binary head). Overlapping tiles
+are blended with separable ramp weights that fall off linearly inside the overlap, away from the
+tile's centre::
 
     r(i; n, o) = min(1, (i + 1) / (o + 1), (n - i) / (o + 1))     i = 0 .. n-1 inside a tile
     w_t(y, x)  = r(y - top_t; wh, oh) * r(x - left_t; ww, ow)      (> 0 everywhere; 1 with o = 0)
@@ -39,7 +40,8 @@ import numpy as np
 from ..errors import OptionError
 from ..functional.resize_coeffs import bilinear_coefficients, nearest_indices
 from ..models.preprocessor import ImageConverter, check_image
-from .evaluate import _log, _starts, predict_logits, softmax
+from ..models.head import labels_from_probabilities, logits_of, predicted_labels, probabilities
+from .evaluate import _starts, predict_logits
 
 DEFAULT_WINDOW = (512, 512)          # model-space pixels; each tile costs about one 512x512 forward
 STREAM_ABOVE = 2048 * 2048           # the CLI tiles automatically above this many model-space pixels
@@ -171,7 +173,7 @@ def score_bands(model, inputs, size, window, overlap, tta, progress=None):
     acc, wsum = None, np.zeros((wh, mw, 1), np.float32)                       # one tile row
     for i, t in enumerate(tops):
         for l in lefts:
-            p = softmax(logits(t, l))                                         # (wh, ww, K)
+            p = probabilities(logits(t, l))                                   # (wh, ww, K)
             if acc is None:
                 acc = np.zeros((wh, mw, p.shape[-1]), np.float32)              # (wh, W, K)
             p *= weight
@@ -214,16 +216,17 @@ def segment_tiled(model, image, *, window=None, overlap=None, full_image=False, 
     labels = np.full(image.shape[:2], outside_label, np.int32 if model.num_classes > 255 else np.uint8)
     bands = score_bands(model, inputs, size, window, overlap, {"scales": scales, "flip": flip}, progress)
     if not inputs.resized:
-        for t, b, band, _ in bands:                     # argmax of sum_t w_t p_t = argmax of p
-            labels[top + t:top + b, left:left + rw] = band.argmax(-1)
+        for t, b, band, weight in bands:                # argmax of sum_t w_t p_t = argmax of p
+            labels[top + t:top + b, left:left + rw] = (predicted_labels(band) if weight is None else
+                                                       labels_from_probabilities(band / weight))
         return labels
     scores = None                                       # model-space scores: the preset's image_size
     for t, b, band, weight in bands:
         if scores is None:
             scores = np.empty((size[0], size[1], band.shape[-1]), np.float32)  # (h, w, K)
-        scores[t:b] = band if weight is None else _log(band / weight)         # logits, or log p
+        scores[t:b] = band if weight is None else logits_of(band / weight)    # logits, or log p
     rows, cols = _axis(size[0], rh), _axis(size[1], rw)
     for r in range(0, rh, OUT_BAND):
         band = _bilinear(scores, tuple(a[r:r + OUT_BAND] for a in rows), cols)  # (OUT_BAND, rw, K)
-        labels[top + r:top + r + len(band), left:left + rw] = band.argmax(-1)
+        labels[top + r:top + r + len(band), left:left + rw] = predicted_labels(band)
     return labels

@@ -3,7 +3,7 @@
 One step on a batch ``(x (N, H, W, 3) float32, y (N, H, W) int)`` at global step ``s``::
 
     logits = model.forward(x, training=True)                  (N, H, W, K); BN statistics updated
-    loss   = softmax_cross_entropy(logits, y, ignore_label, class_weights)
+    loss   = softmax_cross_entropy(logits, y, ignore_label, class_weights)     (or a binary loss, see .losses)
     grads  = model.backward(dloss/dlogits)
     [clip the global gradient norm to clip_norm]
     optimizer.step(lr = lr_schedule(s));  s += 1
@@ -45,12 +45,13 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import write_bytes
-from ..backend import get_backend, ops, to_device
+from ..backend import get_backend, to_device
 from ..errors import DivergenceError, TrainingError
 from ..nn.module import first_non_finite
 from ..progress import Progress
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import GradientBuckets, World, average_buffers, broadcast_state, loss_weights
+from .losses import SegmentationLoss
 from .optim import clip_grad_norm
 from .rundir import RunLock, check_same_run
 
@@ -113,6 +114,9 @@ class Trainer:
         lr_schedule: ``step -> lr`` for the global step (e.g. :class:`~tinydeeplab.train.schedules.Poly`).
         out_dir: directory for the checkpoint, metrics and plot (created).
         class_weights, ignore_label: passed to the softmax cross-entropy.
+        loss: a :class:`~tinydeeplab.train.losses.SegmentationLoss`, or the name of one (``"ce"``, ``"bce"``,
+            ``"dice"``, ``"focal"``, ``"bce+dice"``; None: ``ce``, or ``bce`` for a binary ``num_classes=1``
+            model). A one-class model with ``ce`` is refused (a softmax over one class learns nothing).
         clip_norm: clip the global gradient L2 norm to this value (None: no clipping).
         val_fn: ``model -> dict`` of metrics after each epoch (scalars are recorded as ``val_<name>``).
         log_every: redraw the progress line every this many steps.
@@ -126,7 +130,7 @@ class Trainer:
     def __init__(self, model, optimizer, train_loader, *, epochs: int, lr_schedule, out_dir,
                  class_weights=None, ignore_label=255, clip_norm=None, val_fn=None, log_every: int = 1,
                  progress: bool = True, stream=None, checkpoint_meta=None, run_config=None, allow_changes=(),
-                 world=None):
+                 world=None, loss=None):
         if int(epochs) < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
         if not callable(lr_schedule):
@@ -138,6 +142,9 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.class_weights = None if class_weights is None else np.asarray(class_weights, np.float32)
         self.ignore_label, self.clip_norm, self.val_fn = ignore_label, clip_norm, val_fn
+        self.loss = (loss if isinstance(loss, SegmentationLoss) else
+                     SegmentationLoss(loss, model.num_classes, ignore_label=ignore_label,
+                                      class_weights=self.class_weights))
         self.log_every, self.progress = max(int(log_every), 1), bool(progress)
         self.stream = stream
         self.checkpoint_meta = dict(checkpoint_meta or {})   # extra JSON stored in every checkpoint
@@ -209,7 +216,7 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> dict:
         """One pass over the loader (0-based ``epoch``); returns the epoch's metrics row."""
-        loader, ce = self.train_loader, ops()
+        loader = self.train_loader
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
         try:
@@ -224,14 +231,13 @@ class Trainer:
                 lr = float(self.lr_schedule(self.global_step))
                 x = to_device(x)                                      # images where the ops want them
                 logits = self.model.forward(x, training=True)                         # (N, H, W, K)
-                loss, cache = ce.softmax_cross_entropy_forward(logits, y, ignore_label=self.ignore_label,
-                                                               class_weights=self.class_weights)
+                loss, cache = self.loss.forward(logits, y)
                 loss, share = loss_weights(self.world, loss, cache["total"])    # the global batch's loss
                 problem = self.world.agree(monitor.check(float(loss)))          # all ranks stop together
                 if problem is not None:
                     self._diverged(f"the loss {problem}", epoch, i, n_steps, lr)
                 self.model.zero_grad()
-                dlogits = ce.softmax_cross_entropy_backward(share, cache)
+                dlogits = self.loss.backward(share, cache)
                 if self.buckets is None:
                     self.model.backward(dlogits)                                  # fills model grads
                 else:

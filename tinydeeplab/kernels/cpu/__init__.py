@@ -11,7 +11,8 @@ Kernels live next to their wrappers: ``conv.py`` (im2col + BLAS GEMM, col2im gat
 ``depthwise.py`` (depthwise conv: direct loops, gather backward), ``elementwise.py`` (sigmoid, swish,
 hard sigmoid / swish, leaky ReLU), ``avg_pool.py`` (average pooling, gather backward).
 Ops that are a single NumPy call already (concat, split, add, zero padding, global average pooling,
-dropout, the squeeze-and-excitation channel scale, stochastic depth, the moving average) are
+dropout, the squeeze-and-excitation channel scale, stochastic depth, the binary losses of a one-logit
+head (sigmoid cross-entropy, Dice, focal: elementwise NumPy on N*H*W values), the moving average) are
 re-exported from the reference, as is the host device contract (``to_device``/``to_host`` pass
 arrays through; ``sgd_update``, ``global_norm``, ``scale_``).
 
@@ -35,6 +36,9 @@ from . import allocator  # noqa: E402,F401  (keeps freed activation memory in th
 
 from ...functional import (OPS, DEVICE_CONTRACT, add_backward, add_forward, concat_backward,  # noqa: E402
                            concat_forward, dropout_backward, dropout_forward, global_norm, is_device_array,
+                           dice_loss_backward, dice_loss_forward, sigmoid_binary_cross_entropy_backward,
+                           sigmoid_binary_cross_entropy_forward, sigmoid_focal_loss_backward,
+                           sigmoid_focal_loss_forward,
                            channel_scale_backward, channel_scale_forward, stochastic_depth_backward,
                            stochastic_depth_forward,
                            scale_, sgd_update, to_device, to_host, zeros_like,

@@ -15,7 +15,8 @@ around the GEMM), :mod:`.batchnorm`, :mod:`.activation` (ReLU), :mod:`.dropout`,
 :mod:`.pooling`, :mod:`.resize`, :mod:`.loss`, :mod:`.tensor` (concat / split / add), and for the mobile
 encoder families :mod:`.depthwise` (direct depthwise conv), :mod:`.elementwise` (sigmoid, swish, hard
 sigmoid / swish, leaky ReLU), :mod:`.avg_pool`, :mod:`.channel_scale` (the squeeze-and-excitation
-multiply) and :mod:`.stochastic_depth`. They only launch
+multiply) and :mod:`.stochastic_depth`; :mod:`.binary_loss` (the losses of a one-logit head) runs the
+reference on a host copy of the one-channel logits instead. They only launch
 kernels: validation and planning (the conv's live taps, the pooling windows) come from the functional
 modules. Besides them:
 
@@ -41,6 +42,8 @@ from . import allocator, simulator
 from .activation import relu_backward, relu_forward
 from .avg_pool import avg_pool2d_backward, avg_pool2d_forward
 from .batchnorm import batchnorm_backward, batchnorm_forward, moving_average
+from .binary_loss import (dice_loss_backward, dice_loss_forward, sigmoid_binary_cross_entropy_backward,
+                          sigmoid_binary_cross_entropy_forward, sigmoid_focal_loss_backward, sigmoid_focal_loss_forward)
 from .channel_scale import channel_scale_backward, channel_scale_forward
 from .conv import conv2d_backward, conv2d_forward
 from .depthwise import depthwise_conv2d_backward, depthwise_conv2d_forward
