@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tinydeeplab import load_keras_preset, save_keras_preset, use_backend
+from tinydeeplab.errors import PresetError
 from tinydeeplab.io.encoder_preset import load_encoder_preset
 from tinydeeplab.models import DeepLabV3Backbone, DeepLabV3ImageSegmenter, MobileNetBackbone, encoder_class
 from tinydeeplab.models.mobilenet import adjust_channels
@@ -294,3 +295,22 @@ def test_a_block_runs_on_every_backend(name):
             block.to("numpy")
     for want, got in zip(results["numpy"], results[name]):
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-11)
+
+
+def test_encoder_preset_export_round_trip(tmp_path, keras_fixture):
+    """save_encoder_preset writes KerasHub's config (compared with the one Keras wrote) and weights that
+    load back bit for bit (KerasHub loading them: tools/make_mobilenet_fixtures.py --check on the export)."""
+    from tinydeeplab.io.encoder_preset import save_encoder_preset
+
+    enc, outputs, _ = keras_fixture
+    save_encoder_preset(enc, tmp_path / "export")
+    mine = json.loads((tmp_path / "export" / "config.json").read_text())
+    keras = json.loads((FIXTURE / "preset" / "config.json").read_text())
+    assert {k: mine[k] for k in ("module", "class_name", "registered_name")} == \
+        {k: keras[k] for k in ("module", "class_name", "registered_name")}
+    assert mine["config"] == keras["config"]
+    again = load_encoder_preset(tmp_path / "export")
+    for level, y in enc.forward(outputs["x"]).items():
+        np.testing.assert_array_equal(again.forward(outputs["x"])[level], y)
+    with pytest.raises(PresetError, match="exists and is not empty"):
+        save_encoder_preset(enc, tmp_path / "export")

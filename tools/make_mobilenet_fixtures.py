@@ -17,7 +17,9 @@ with channel counts that exercise ``adjust_channels`` (e.g. 20 -> 24, 0.25 * 40 
 random (tools/make_parity_fixtures.py's ``randomise``: He-normal kernels, random biases and BN
 parameters, BN moving statistics from a calibration batch, perturbed).
 
-``--check`` loads the written preset back into KerasHub and compares its outputs with outputs.npz.
+``--check`` loads DIR/preset (``--out DIR``) into KerasHub and compares its outputs with DIR/outputs.npz: for the
+preset written here, or for one tinydeeplab exported (``tinydeeplab.io.encoder_preset.save_encoder_preset``)
+next to a copy of outputs.npz.
 ``--full small|large --out DIR`` does the same for KerasHub's full-size MobileNetV3 Small / Large configs
 (``keras_hub/src/utils/timm/convert_mobilenet.py``, random weights, a 224x224 batch of 2; not committed):
 ``tinydeeplab``'s side is then ``python tools/make_mobilenet_fixtures.py --compare DIR`` in its own venv.
