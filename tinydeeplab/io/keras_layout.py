@@ -63,7 +63,8 @@ def encoder_weight_table(encoder, prefix: str) -> dict[tuple[int, str], str]:
     KerasHub backbone saved alone, ``"layers/functional/layers"`` inside a DeepLabV3Backbone (a layer's
     counter counts the earlier layers of the same Keras class)."""
     where: dict[tuple[int, str], str] = {}
-    _add_counted(where, prefix, [(layer.name, layer.module, layer.var_names) for layer in encoder.keras_weight_layers()])
+    _add_counted(where, prefix, [(layer.name, layer.module, layer.var_names)
+                                 for layer in encoder.keras_weight_layers()])
     return where
 
 

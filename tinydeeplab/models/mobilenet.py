@@ -138,7 +138,8 @@ class MobileBlock(Module):
 
 def _keras_layer(path, module):
     """A :class:`KerasLayer` with an explicit Keras path (a Conv2D's variables for the grouped depthwise kernel)."""
-    return KerasLayer(path, module, CONV_VARS if isinstance(module, GroupedDepthwiseConv2D) else keras_layer(module).var_names)
+    grouped = isinstance(module, GroupedDepthwiseConv2D)
+    return KerasLayer(path, module, CONV_VARS if grouped else keras_layer(module).var_names)
 
 
 class MobileNetBackbone(Encoder):

@@ -19,11 +19,11 @@ mobilenetv3-large  KerasHub MobileNetV3 Large (large_100)       16   3/6/9     2
 =================  ===========================================  ===  ========  =========  ========  ===========
 
 (*) with 21 classes (``medium``: 1,127,040 with CamVid's 11; ``mobilenetv3-small`` / ``-large``: 2,024,864 /
-4,782,768, of which the encoder 0.93 M / 2.97 M and the ASPP on the 576 / 960-channel P5 most of the rest).
+4,782,768 with 11, of which the encoder 0.93 M / 2.97 M and the ASPP on the 576 / 960-channel P5 most of the rest).
 The MobileNet recipes are KerasHub's own encoder configs (so a ``MobileNetBackbone`` preset's weights fit
 them), OS16 by dilating the last stride-2 block and those after it (rate 2), ASPP on P5 (the final 1x1
-ConvBnAct), decoder on P2 (Small: ``block_0_0``, Large: ``block_1_1``); ASPP width 64, like ``medium``. All use the V3+ decoder on P2 (``decoder="v3"``
-drops it); ASPP / head widths are 32, 64, 64 for tiny / small / medium, 256 for the KerasHub-shaped ones.
+ConvBnAct), decoder on P2 (Small: ``block_0_0``, Large: ``block_1_1``); ASPP width 64, like ``medium``.
+All use the V3+ decoder on P2 (``decoder="v3"`` drops it); ASPP / head widths are 32, 64, 64 for tiny / small / medium, 256 for the KerasHub-shaped ones.
 ``resnet18`` / ``resnet50`` are exactly KerasHub's DeepLabV3+ (OS32, rates 6/12/18: the pascalvoc preset's
 shape), so their presets load in Keras; the narrow recipes load in tinydeeplab only. At the design crop of
 each from-scratch recipe every ASPP tap is live; ``tinydeeplab summary NAME --size H W`` lists the live

@@ -55,8 +55,10 @@ class _Convolution(OpLayer):
 
     def forward(self, x, training=False):
         kernel = self.params["kernel"]
-        return self._run(self.op, x, kernel if self.op_kernel_shape is None else kernel.reshape(self.op_kernel_shape),
-                         self.params.get("bias"), stride=self.strides, dilation=self.dilation_rate, padding=self.padding)
+        if self.op_kernel_shape is not None:
+            kernel = kernel.reshape(self.op_kernel_shape)
+        return self._run(self.op, x, kernel, self.params.get("bias"),
+                         stride=self.strides, dilation=self.dilation_rate, padding=self.padding)
 
     def backward(self, dout):
         dx, dw, db = self._back(self.op, dout)
@@ -369,7 +371,7 @@ class GroupedDepthwiseConv2D(DepthwiseConv2D):
 
 
 class ChannelScale(OpLayer):
-    """``y = x * s``: ``forward([x, s])`` with ``x`` (N, H, W, C) and ``s`` (N, 1, 1, C); ``backward`` -> ``[dx, ds]``."""
+    """``y = x * s``: ``forward([x, s])``, ``x`` (N, H, W, C), ``s`` (N, 1, 1, C); ``backward`` -> ``[dx, ds]``."""
 
     def forward(self, xs, training=False):
         x, s = xs
