@@ -61,6 +61,24 @@ def _add_counted(table, prefix, units, seen=None) -> dict[str, int]:
     return seen
 
 
+def encoder_weight_table(encoder, prefix: str) -> dict[tuple[int, str], str]:
+    """``{(id(module), array key): HDF5 path}`` of the encoder's weights under ``prefix``: ``"layers"`` for a
+    KerasHub backbone saved alone, ``"layers/functional/layers"`` inside a DeepLabV3Backbone (a layer's
+    counter counts the earlier layers of the same Keras class; a nested layer's weights lie under
+    ``<layer>/<attribute>``). Layers outside that graph (``keras_unused_weight_layers``, e.g. ResNet v2's
+    post_bn) lie under ``image_encoder/layers``, their counters continuing the graph's."""
+    where: dict[tuple[int, str], str] = {}
+    seen: dict[str, int] = {}
+    for layer in encoder.keras_weight_layers():
+        i = seen[layer.name] = seen.get(layer.name, -1) + 1
+        at = f"{prefix}/{_counter_name(layer.name, i)}"
+        for attribute, module, var_names in layer.inner or (("", layer.module, layer.var_names),):
+            _add_unit(where, f"{at}/{attribute}" if attribute else at, module, var_names)
+    _add_counted(where, "image_encoder/layers", [(layer.name, layer.module, layer.var_names)
+                                                 for layer in encoder.keras_unused_weight_layers()], seen)
+    return where
+
+
 def keras_weight_paths(segmenter) -> dict[str, tuple[str, str]]:
     """``{dotted tinydeeplab name: (file name, HDF5 dataset path)}`` for every parameter and buffer.
 
@@ -74,20 +92,8 @@ def keras_weight_paths(segmenter) -> dict[str, tuple[str, str]]:
     ('task.weights.h5', 'layers/conv2d/vars/0')
     """
     backbone = segmenter.backbone
-    where: dict[tuple[int, str], str] = {}
-
-    # 1. the image encoder's graph, saved as the nested functional model "functional"; a layer's counter
-    #    counts the earlier layers of the same Keras class
-    encoder = backbone.image_encoder
-    seen: dict[str, int] = {}
-    for layer in encoder.keras_weight_layers():
-        i = seen[layer.name] = seen.get(layer.name, -1) + 1
-        prefix = f"layers/functional/layers/{_counter_name(layer.name, i)}"
-        for attribute, module, var_names in layer.inner or (("", layer.module, layer.var_names),):
-            _add_unit(where, f"{prefix}/{attribute}" if attribute else prefix, module, var_names)
-    #    ... and the layers outside that graph under image_encoder/, their counters continuing the graph's
-    _add_counted(where, "image_encoder/layers", [(layer.name, layer.module, layer.var_names)
-                                                 for layer in encoder.keras_unused_weight_layers()], seen)
+    # 1. the image encoder's graph, saved as the nested functional model "functional"
+    where = encoder_weight_table(backbone.image_encoder, "layers/functional/layers")
 
     # 2. ASPP: a list of Sequentials (branches, pooling last) and a projection Sequential
     aspp = backbone.aspp

@@ -146,7 +146,6 @@ def load_weights(model: DeepLabV3ImageSegmenter, directory: Path, *, task_weight
     names to functions applied to the stored array before its shape is checked (the input kernel of a
     model built for another channel count).
     """
-    adapt = adapt or {}
     paths = keras_weight_paths(model)
     slots = model.slots()
     wanted: dict[str, dict[str, str]] = {}
@@ -155,38 +154,46 @@ def load_weights(model: DeepLabV3ImageSegmenter, directory: Path, *, task_weight
             continue
         wanted.setdefault(fname, {})[h5path] = name
     for fname, table in wanted.items():
-        path = directory / fname
-        with _open_h5(path) as f:
+        read_weights(directory / fname, table, slots, adapt=adapt)
+
+
+def read_weights(path: Path, table: dict[str, str], slots: dict, *, adapt=None) -> None:
+    """Read the HDF5 file ``path`` into a model: ``table`` maps each dataset path to a dotted parameter name,
+    ``slots`` (:meth:`~tinydeeplab.nn.Module.slots`) maps that name to where the array lives, ``adapt`` as in
+    :func:`load_weights`. PresetError for a missing dataset, one no parameter explains (optimizer variables
+    skipped), a wrong shape or dtype, or NaN / infinite values."""
+    adapt = adapt or {}
+    with _open_h5(path) as f:
+        try:
+            present = _datasets(f)
+        except Exception as err:  # h5py raises assorted errors on damaged B-trees
+            raise PresetError(f"{path}: cannot walk the HDF5 tree (corrupt?): {err}") from None
+        missing = [f"{table[p]} ({p})" for p in table if p not in present]
+        if missing:
+            raise PresetError(f"{path}: missing weights for {len(missing)} parameters, first: "
+                              f"{missing[:5]} — is this preset for a different architecture?")
+        extra = [p for p in present if p not in table and not p.startswith("optimizer")]
+        if extra:
+            raise PresetError(f"{path}: {len(extra)} datasets that the model built from config.json has "
+                              f"no place for, first: {extra[:5]}")
+        for h5path, name in table.items():
+            dset = present[h5path]
+            store, key = slots[name]
+            if tuple(dset.shape) != store[key].shape and name not in adapt:
+                raise PresetError(f"{path}: {h5path} ({name}) has shape {tuple(dset.shape)}, "
+                                  f"the model expects {store[key].shape}")
             try:
-                present = _datasets(f)
-            except Exception as err:  # h5py raises assorted errors on damaged B-trees
-                raise PresetError(f"{path}: cannot walk the HDF5 tree (corrupt?): {err}") from None
-            missing = [f"{table[p]} ({p})" for p in table if p not in present]
-            if missing:
-                raise PresetError(f"{path}: missing weights for {len(missing)} parameters, first: "
-                                  f"{missing[:5]} — is this preset for a different architecture?")
-            extra = [p for p in present if p not in table and not p.startswith("optimizer")]
-            if extra:
-                raise PresetError(f"{path}: {len(extra)} datasets that the model built from config.json has "
-                                  f"no place for, first: {extra[:5]}")
-            for h5path, name in table.items():
-                dset = present[h5path]
-                store, key = slots[name]
-                if tuple(dset.shape) != store[key].shape and name not in adapt:
-                    raise PresetError(f"{path}: {h5path} ({name}) has shape {tuple(dset.shape)}, "
-                                      f"the model expects {store[key].shape}")
-                try:
-                    value = np.asarray(dset[()])
-                except Exception as err:
-                    raise PresetError(f"{path}: cannot read {h5path} ({name}): {err}") from None
-                if value.dtype.kind != "f":
-                    raise PresetError(f"{path}: {h5path} ({name}) has dtype {value.dtype}, expected floats")
-                if not np.isfinite(value).all():
-                    raise PresetError(f"{path}: {h5path} ({name}) holds NaN or infinite values; this preset "
-                                      f"cannot be used (written by a diverged run or damaged)")
-                if name in adapt:
-                    value = adapt[name](value)
-                store[key] = value.astype(np.float32)
+                value = np.asarray(dset[()])
+            except Exception as err:
+                raise PresetError(f"{path}: cannot read {h5path} ({name}): {err}") from None
+            if value.dtype.kind != "f":
+                raise PresetError(f"{path}: {h5path} ({name}) has dtype {value.dtype}, expected floats")
+            if not np.isfinite(value).all():
+                raise PresetError(f"{path}: {h5path} ({name}) holds NaN or infinite values; this preset "
+                                  f"cannot be used (written by a diverged run or damaged)")
+            if name in adapt:
+                value = adapt[name](value)
+            store[key] = value.astype(np.float32)
 
 
 def resolve_preset(path) -> Path:

@@ -3,10 +3,13 @@ from .aspp import ASPP
 from .deeplab import DeepLabV3Backbone, DeepLabV3ImageSegmenter
 from .encoder import ENCODERS, Encoder, EncoderStage, KerasLayer, encoder_class, register_encoder
 from .efficientnet import EfficientNetBackbone
+from .mobilenet import MobileNetBackbone
 from .resnet import ResNetBackbone
 
 register_encoder(ResNetBackbone)          # the registry: one line per encoder family
 register_encoder(EfficientNetBackbone)
+register_encoder(MobileNetBackbone)
 
 __all__ = ["Encoder", "EncoderStage", "KerasLayer", "ENCODERS", "register_encoder", "encoder_class",
-           "ResNetBackbone", "EfficientNetBackbone", "ASPP", "DeepLabV3Backbone", "DeepLabV3ImageSegmenter"]
+           "ResNetBackbone", "EfficientNetBackbone", "MobileNetBackbone", "ASPP", "DeepLabV3Backbone",
+           "DeepLabV3ImageSegmenter"]

@@ -6,18 +6,24 @@ chosen so that every atrous tap lands on the feature map it will see there (Deep
 while ``d < h``; the paper's 6/12/18 at OS16 sit at 0.2-0.55 of its 33x33 map). The rates here follow the
 same proportions of the map at the design crop, and stay alive at larger evaluation sizes.
 
-=========  ===========================================  ===  ========  =========  =============  ===========
-name       ResNet encoder                               OS   rates     crop       ASPP map       parameters*
-=========  ===========================================  ===  ========  =========  =============  ===========
-tiny       stem 16, bottleneck 16 x 4 stacks, 1 block   16   1/2/3     64x64      4x4            0.10 M
-small      stem 32, bottleneck 32 x 4 stacks, 1 block   16   1/2/3     96x96      6x6            0.40 M
-medium     stem 32, basic 32-48-96-160, 2-2-2-1 blocks  16   3/6/9     256x352    16x22          1.13 M
-resnet18   KerasHub ResNet18 (basic blocks 2-2-2-2)     32   6/12/18   (512x512)  (16x16)        16 M
-resnet50   KerasHub ResNet50 v1 (pascalvoc preset)      32   6/12/18   (512x512)  (16x16)        39 M
-=========  ===========================================  ===  ========  =========  =============  ===========
+=================  ===========================================  ===  ========  =========  ========  ===========
+name               encoder                                      OS   rates     crop       ASPP map  parameters*
+=================  ===========================================  ===  ========  =========  ========  ===========
+tiny               ResNet stem 16, bottleneck 16 x 4, 1 block   16   1/2/3     64x64      4x4       0.10 M
+small              ResNet stem 32, bottleneck 32 x 4, 1 block   16   1/2/3     96x96      6x6       0.40 M
+medium             ResNet basic 32-48-96-160, 2-2-2-1 blocks    16   3/6/9     256x352    16x22     1.13 M
+resnet18           KerasHub ResNet18 (basic blocks 2-2-2-2)     32   6/12/18   (512x512)  (16x16)   16 M
+resnet50           KerasHub ResNet50 v1 (pascalvoc preset)      32   6/12/18   (512x512)  (16x16)   39 M
+mobilenetv3-small  KerasHub MobileNetV3 Small (small_100)       16   3/6/9     256x352    16x22     2.03 M
+mobilenetv3-large  KerasHub MobileNetV3 Large (large_100)       16   3/6/9     256x352    16x22     4.78 M
+=================  ===========================================  ===  ========  =========  ========  ===========
 
-(*) with 21 classes (``medium``: 1,127,040 with CamVid's 11). All use the V3+ decoder on P2 (``decoder="v3"``
-drops it); ASPP / head widths are 32, 64, 64 for tiny / small / medium, 256 for the KerasHub-shaped ones.
+(*) with 21 classes (``medium``: 1,127,040 with CamVid's 11; ``mobilenetv3-small`` / ``-large``: 2,024,864 /
+4,782,768 with 11, of which the encoder 0.93 M / 2.97 M and the ASPP on the 576 / 960-channel P5 most of the rest).
+The MobileNet recipes are KerasHub's own encoder configs (so a ``MobileNetBackbone`` preset's weights fit
+them), OS16 by dilating the last stride-2 block and those after it (rate 2), ASPP on P5 (the final 1x1
+ConvBnAct), decoder on P2 (Small: ``block_0_0``, Large: ``block_1_1``); ASPP width 64, like ``medium``.
+All use the V3+ decoder on P2 (``decoder="v3"`` drops it); ASPP / head widths are 32, 64, 64 for tiny / small / medium, 256 for the KerasHub-shaped ones.
 ``resnet18`` / ``resnet50`` are exactly KerasHub's DeepLabV3+ (OS32, rates 6/12/18: the pascalvoc preset's
 shape), so their presets load in Keras; the narrow recipes load in tinydeeplab only. At the design crop of
 each from-scratch recipe every ASPP tap is live; ``tinydeeplab summary NAME --size H W`` lists the live
@@ -70,6 +76,35 @@ def _resnet(stem, filters, blocks, block_type):
                                    stackwise_num_strides=[1, 2, 2, 2], block_type=block_type))
 
 
+def _v3(blocks, expansion, filters, kernels, strides, se, activation, padding, **rest):
+    """A KerasHub ``MobileNetBackbone`` config of the MobileNetV3 family (hard_swish stem, 16 stem filters)."""
+    return dict(stackwise_num_blocks=blocks, stackwise_expansion=expansion, stackwise_num_filters=filters,
+                stackwise_kernel_size=kernels, stackwise_num_strides=strides, stackwise_se_ratio=se,
+                stackwise_activation=activation, stackwise_padding=padding, output_num_filters=1024,
+                input_num_filters=16, input_activation="hard_swish", output_activation="hard_swish", **rest)
+
+
+_R, _H = "relu", "hard_swish"                       # MobileNetV3 activations
+MOBILENET_V3_SMALL = _v3(
+    [2, 3, 2, 3], [[72, 88], [96, 240, 240], [120, 144], [288, 576, 576]],
+    [[24, 24], [40, 40, 40], [48, 48], [96, 96, 96]], [[3, 3], [5, 5, 5], [5, 5], [5, 5, 5]],
+    [[2, 1], [2, 1, 1], [1, 1], [2, 1, 1]], [[None, None], [0.25] * 3, [0.25] * 2, [0.25] * 3],
+    [[_R, _R], [_H] * 3, [_H] * 2, [_H] * 3], [[1, 1], [2, 2, 2], [2, 2], [2, 2, 2]],
+    depthwise_filters=16, depthwise_stride=2, depthwise_residual=False, squeeze_and_excite=0.5,
+    last_layer_filter=576)
+"""KerasHub's ``mobilenet_v3_small_100`` backbone config (``keras_hub/src/utils/timm/convert_mobilenet.py``)."""
+
+MOBILENET_V3_LARGE = _v3(
+    [2, 3, 4, 2, 3], [[64, 72], [72, 120, 120], [240, 200, 184, 184], [480, 672], [672, 960, 960]],
+    [[24, 24], [40, 40, 40], [80] * 4, [112, 112], [160] * 3], [[3, 3], [5, 5, 5], [3] * 4, [3, 3], [5, 5, 5]],
+    [[2, 1], [2, 1, 1], [2, 1, 1, 1], [1, 1], [2, 1, 1]],
+    [[None, None], [0.25] * 3, [None] * 4, [0.25] * 2, [0.25] * 3],
+    [[_R, _R], [_R] * 3, [_H] * 4, [_H] * 2, [_H] * 3], [[1, 1], [2, 2, 2], [1] * 4, [1, 1], [2, 2, 2]],
+    depthwise_filters=16, depthwise_stride=1, depthwise_residual=True, squeeze_and_excite=None,
+    last_layer_filter=960)
+"""KerasHub's ``mobilenet_v3_large_100`` backbone config (``keras_hub/src/utils/timm/convert_mobilenet.py``)."""
+
+
 RECIPES = {
     # encoder: (Keras class name, its config); channels: ASPP / head width; projection_filters: V3+ P2 projection;
     # output_stride: None = KerasHub's 32 (no dilation); crop: the training crop the rates were chosen for
@@ -83,6 +118,12 @@ RECIPES = {
                      projection_filters=48, output_stride=None, atrous_rates=(6, 12, 18), crop=None),
     "resnet50": dict(encoder=_resnet(64, [64, 128, 256, 512], [3, 4, 6, 3], "bottleneck_block"), channels=256,
                      projection_filters=48, output_stride=None, atrous_rates=(6, 12, 18), crop=None),
+    # KerasHub's MobileNetV3 encoders (their presets' weights load with tinydeeplab.io.encoder_preset), the
+    # last strided block dilated for OS16: the 16x22 ASPP map of a CamVid 256x352 crop, rates as "medium"
+    "mobilenetv3-small": dict(encoder=("MobileNetBackbone", MOBILENET_V3_SMALL), channels=64, projection_filters=32,
+                              output_stride=16, atrous_rates=(3, 6, 9), crop=(256, 352)),
+    "mobilenetv3-large": dict(encoder=("MobileNetBackbone", MOBILENET_V3_LARGE), channels=64, projection_filters=32,
+                              output_stride=16, atrous_rates=(3, 6, 9), crop=(256, 352)),
 }
 
 

@@ -51,13 +51,18 @@ class _Convolution(OpLayer):
 
     op = ""
 
+    op_kernel_shape = None      # the op's kernel shape when the stored one differs (same memory order)
+
     def forward(self, x, training=False):
-        return self._run(self.op, x, self.params["kernel"], self.params.get("bias"),
+        kernel = self.params["kernel"]
+        if self.op_kernel_shape is not None:
+            kernel = kernel.reshape(self.op_kernel_shape)
+        return self._run(self.op, x, kernel, self.params.get("bias"),
                          stride=self.strides, dilation=self.dilation_rate, padding=self.padding)
 
     def backward(self, dout):
         dx, dw, db = self._back(self.op, dout)
-        self.grads["kernel"] = dw
+        self.grads["kernel"] = dw if self.op_kernel_shape is None else dw.reshape(self.params["kernel"].shape)
         if db is not None:
             self.grads["bias"] = db
         return dx
@@ -117,46 +122,6 @@ class DepthwiseConv2D(_Convolution):
             self.params["bias"] = np.zeros(channels * depth_multiplier, np.float32)
 
     op = "depthwise_conv2d"
-
-
-class DepthwiseConv2D(OpLayer):
-    """Depthwise 2-D convolution (Keras ``DepthwiseConv2D``): every input channel ``c`` gets its own
-    ``depth_multiplier`` filters, ``y[..., c*M + m] = sum_taps x_window[..., c] * kernel[i, j, c, m] (+ bias)``,
-    with the (KH, KW, C, M) ``kernel`` of Keras. No sum over channels: ``C * M * KH * KW`` weights instead
-    of a full conv's ``C * F * KH * KW``.
-
-    The op skips every tap that reads only padding (:func:`~tinydeeplab.functional.conv.conv2d_plan`), as
-    :class:`Conv2D` does: a dilated tap that never lands on the map costs nothing and its gradient is 0.
-
-    >>> dw = DepthwiseConv2D(4, 3, dilation_rate=6, seed=0)
-    >>> y = dw(np.ones((1, 5, 5, 4), np.float32))             # rate 6 >= 5: only the centre tap is live
-    >>> y.shape, bool(np.allclose(y[0, 0, 0], dw.params["kernel"][1, 1, :, 0]))
-    ((1, 5, 5, 4), True)
-    """
-
-    def __init__(self, channels: int, kernel_size=3, *, strides=1, dilation_rate=1, padding="same",
-                 depth_multiplier: int = 1, use_bias: bool = False, seed=None):
-        super().__init__()
-        kh, kw = pair(kernel_size, "kernel_size")
-        self.strides = pair(strides, "strides")
-        self.dilation_rate = pair(dilation_rate, "dilation_rate")
-        self.padding = padding
-        # He-normal on the fan-in of one output channel: its KH * KW taps of one input channel
-        w = _rng(seed).normal(0.0, np.sqrt(2.0 / (kh * kw)), size=(kh, kw, channels, depth_multiplier))
-        self.params["kernel"] = w.astype(np.float32)  # (KH, KW, C, M)
-        if use_bias:
-            self.params["bias"] = np.zeros(channels * depth_multiplier, np.float32)
-
-    def forward(self, x, training=False):
-        return self._run("depthwise_conv2d", x, self.params["kernel"], self.params.get("bias"),
-                         stride=self.strides, dilation=self.dilation_rate, padding=self.padding)
-
-    def backward(self, dout):
-        dx, dw, db = self._back("depthwise_conv2d", dout)
-        self.grads["kernel"] = dw
-        if db is not None:
-            self.grads["bias"] = db
-        return dx
 
 
 class BatchNorm(OpLayer):
@@ -410,3 +375,59 @@ def sum_gradients(fresh, other):
     (True, [2.0, 2.0])
     """
     return ops().add_forward(fresh, other, inplace=True)[0]
+
+
+# -- mobile-network layers: the grouped-layout depthwise convolution, squeeze-and-excitation -----------------
+class GroupedDepthwiseConv2D(DepthwiseConv2D):
+    """:class:`DepthwiseConv2D` (depth multiplier 1) with the kernel as Keras ``Conv2D(filters=C, groups=C)``
+    stores the same operator: ``params["kernel"]`` is ``(KH, KW, 1, C)``, the op reads it as ``(KH, KW, C, 1)``
+    (the same numbers in the same memory order; KerasHub's MobileNet writes its depthwise convs this way).
+
+    >>> dw = GroupedDepthwiseConv2D(4, 3, strides=2, seed=0)
+    >>> dw.params["kernel"].shape, dw(np.zeros((1, 9, 9, 4), np.float32)).shape
+    ((3, 3, 1, 4), (1, 5, 5, 4))
+    """
+
+    def __init__(self, channels: int, kernel_size=3, **kwargs):
+        super().__init__(channels, kernel_size, **kwargs)
+        kh, kw, c, m = self.op_kernel_shape = self.params["kernel"].shape
+        self.params["kernel"] = self.params["kernel"].reshape(kh, kw, m, c)
+        if m != 1:
+            raise ValueError(f"a grouped-layout depthwise kernel has depth multiplier 1, got {m}")
+
+
+class SqueezeExcite(Module):
+    """Squeeze-and-excitation: ``y = x * gate(W2 act(W1 mean_hw(x) + b1) + b2)``, per sample and channel.
+
+    ``conv_reduce`` (C -> bottleneck) and ``conv_expand`` (bottleneck -> C) are 1x1 convolutions with bias
+    (KerasHub's ``SqueezeAndExcite2D``: ``squeeze_activation`` relu, ``excite_activation`` hard_sigmoid;
+    EfficientNet: swish and sigmoid). Backward: ``x`` feeds both the product and the pooled branch, so
+    ``dx = dy * s + broadcast(d mean) / (H W)`` (:func:`sum_gradients` of the two).
+
+    >>> se = SqueezeExcite(8, 2, seed=0)
+    >>> se(np.ones((2, 3, 3, 8), np.float32)).shape
+    (2, 3, 3, 8)
+    """
+
+    def __init__(self, channels: int, bottleneck: int, *, squeeze_activation="relu", excite_activation="hard_sigmoid",
+                 seed=None):
+        super().__init__()
+        rng = _rng(seed)
+        self.pool = GlobalAveragePooling2D()
+        self.conv_reduce = Conv2D(channels, bottleneck, 1, use_bias=True, seed=rng)
+        self.squeeze = Activation(squeeze_activation)
+        self.conv_expand = Conv2D(bottleneck, channels, 1, use_bias=True, seed=rng)
+        self.gate = Activation(excite_activation)
+        self.scale = ChannelScale()
+
+    def forward(self, x, training=False):
+        s = self.pool.forward(x)                                         # (N, 1, 1, C)
+        for layer in (self.conv_reduce, self.squeeze, self.conv_expand, self.gate):
+            s = layer.forward(s, training)                               # (N, 1, 1, C'), then (N, 1, 1, C)
+        return self.scale.forward([x, s])                                # (N, H, W, C)
+
+    def backward(self, dout):
+        dx, ds = self.scale.backward(dout)
+        for layer in (self.gate, self.conv_expand, self.squeeze, self.conv_reduce):
+            ds = layer.backward(ds)
+        return sum_gradients(self.pool.backward(ds), dx)
