@@ -76,7 +76,7 @@ def test_config_round_trip_and_registry():
 @pytest.mark.parametrize("changes,match", [
     (dict(stackwise_num_blocks=[2, 1]), "one list per stack"),
     (dict(stackwise_kernel_size=[[3], [3], [5]]), "stackwise_kernel_size"),
-    (dict(stackwise_activation=[["relu6", "relu"], ["relu"], ["relu"]]), "activation must be one of"),
+    (dict(stackwise_activation=[["gelu", "relu"], ["relu"], ["relu"]]), "activation must be one of"),
     (dict(depthwise_residual=True), "depthwise_residual needs depthwise_stride 1"),
 ])
 def test_bad_configs_raise_one_line_errors(changes, match):
