@@ -35,7 +35,6 @@ import re
 import textwrap
 import time
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
 
@@ -745,8 +744,9 @@ plt.show()
 # and a step's time has a floor of (launches x host cost per launch). Fusing kernels is the remedy:
 # tinydeeplab's batch norm forms its per-channel coefficients once and then makes one pass over the activations.
 #
-# The cell below counts the launches of a small DeepLabV3+ (a two-stack ResNet with 4-channel layers) by wrapping
-# the launch method of Numba's kernel class, on the simulator or on your GPU. The count depends on the layers, not
+# The cell below counts the launches of a small DeepLabV3+ (a two-stack ResNet with 4-channel layers) with the
+# project's `count_launches` (`tinydeeplab/kernels/cuda/launches.py`), which wraps the launch method of Numba's
+# kernel class, on the simulator or on your GPU. The count depends on the layers, not
 # on the image size (checked at 8x8 and 16x16: the same total; at 8x8 two dilated 3x3 convolutions have a single
 # live tap, notebook 03, and run as a 1x1 GEMM, so a copy of that tap's weights replaces their im2col, one launch
 # either way), and it follows the layer list: one GEMM per convolution, 2 launches per inference-mode batch norm
@@ -754,26 +754,7 @@ plt.show()
 # moving-average updates.
 
 # %%
-@contextmanager
-def count_launches():
-    """Count kernel launches by kernel name (``Counter``) while the block runs."""
-    kernel_class = type(where_am_i)                        # Numba's kernel class, simulator or GPU
-    method = "__call__" if SIMULATED else "call"
-    original = getattr(kernel_class, method)
-    counts = Counter()
-
-    def counted(kernel, *args, **kwargs):
-        if not getattr(kernel, "_device", False):          # the simulator calls device functions this way too
-            counts[getattr(kernel, "py_func", kernel).__name__] += 1
-        return original(kernel, *args, **kwargs)
-
-    setattr(kernel_class, method, counted)
-    try:
-        yield counts
-    finally:
-        setattr(kernel_class, method, original)
-
-
+from tinydeeplab.kernels.cuda.launches import count_launches   # noqa: E402  (the counter of benchmarks/bench_gpu.py)
 from tinydeeplab.models import DeepLabV3Backbone, DeepLabV3ImageSegmenter, ResNetBackbone   # noqa: E402
 
 encoder = ResNetBackbone([4], [3], [4, 4], [1, 2], [1, 2], block_type="bottleneck_block", seed=0)
