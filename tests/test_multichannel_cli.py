@@ -97,3 +97,26 @@ def test_bad_multichannel_options_are_one_line(tmp_path, capsys, extra, expected
 def test_in_channels_needs_a_folder_dataset(tmp_path, capsys):
     assert main(["train", "--dataset", "shapes", "--in-channels", "4", "--out", str(tmp_path / "r")]) == 2
     assert "needs --dataset folder" in _last_error(capsys)
+
+
+def test_a_three_channel_model_trained_on_stacks_evaluates_and_predicts(tmp_path, capsys):
+    """--in-channels 3 trains on .npy stacks; evaluate reads them back with --in-channels (without it the
+    folder reader looks for RGB images and says it found none), and predict reads a 3-channel .npy."""
+    data = _stacks(tmp_path / "data", channels=3)
+    out = tmp_path / "run"
+    common = ["--dataset", "folder", "--data", str(data), "--num-classes", "2"]
+    assert main(["train", *common, "--model", "tiny", "--epochs", "1", "--batch-size", "2", "--crop", "32", "32",
+                 "--in-channels", "3", "--mean", "1500", "--std", "3000", "--out", str(out), "--warmup", "1"]) == 0
+    capsys.readouterr()
+    evaluate = ["evaluate", "--checkpoint", str(out / "checkpoint.npz"), *common, "--split", "val"]
+    assert main(evaluate) == 2
+    assert "images" in _last_error(capsys)
+    assert main([*evaluate, "--in-channels", "4"]) == 2
+    assert _last_error(capsys).endswith("--in-channels 4: the model reads 3 channels")
+    for asked in ("3", "auto"):
+        assert main([*evaluate, "--in-channels", asked]) == 0
+        assert "mIoU" in capsys.readouterr().out
+    image = data / "val" / "images" / "im0.npy"
+    assert main(["predict", "--preset", str(out / "preset"), str(image), "--out", str(tmp_path / "pred")]) == 0
+    labels = np.asarray(Image.open(tmp_path / "pred" / "im0_labels.png"))
+    assert labels.shape == (32, 32) and set(np.unique(labels)) <= {0, 1}

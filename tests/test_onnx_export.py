@@ -80,8 +80,11 @@ def _export_and_compare(model, tmp_path, shapes, size=None):
 
 
 # -- the committed KerasHub fixtures, any size -------------------------------------------------------------
-@pytest.mark.parametrize("name", ["v3_tiny", "v3plus_tiny"])
+@pytest.mark.parametrize("name", ["v3_tiny", "v3plus_tiny", "effnet_v3plus_tiny", "effnetv2_v3plus_tiny",
+                                  "effnet_lite_v3_tiny"])
 def test_fixture_presets_run_in_onnx_runtime_at_any_size_and_batch(name, tmp_path):
+    """ResNet, and the EfficientNet b0 (swish, sigmoid squeeze-and-excitation), rw_t (fused MBConv) and lite0
+    (relu6) fixtures."""
     model = load_keras_preset(FIXTURES / name / "preset")
     _export_and_compare(model, tmp_path, [(2, 64, 96, 3), (1, 50, 70, 3), (3, 33, 47, 3)])
 
@@ -124,7 +127,8 @@ def test_a_fixed_size_graph(tmp_path):
     lambda rng: _toy_segmenter(rng),                                               # strided "same" convs, biases
     lambda rng: tiny_segmenter(separable=True, seed=5),                            # depthwise convs (group = C)
     lambda rng: build_model("tiny", 4, separable=True),                            # the paper's head, OS16
-], ids=["resnet_v2", "basic_os8", "recipe_v3", "toy_encoder", "separable", "recipe_separable"])
+    lambda rng: build_model("mobilenetv3-small", 4),     # hard-swish, hard-sigmoid SE, grouped-layout depthwise
+], ids=["resnet_v2", "basic_os8", "recipe_v3", "toy_encoder", "separable", "recipe_separable", "mobilenetv3"])
 def test_other_model_trees(build, rng, tmp_path):
     model = randomize_batchnorm(build(rng), rng)
     _export_and_compare(model, tmp_path, [(2, 64, 96, 3), (1, 37, 51, 3)])

@@ -393,6 +393,14 @@ def _tta(args) -> dict:
     return tta
 
 
+def _evaluation_channels(asked, model_channels: int):
+    """The ``channels`` of the folder reader for a model reading ``model_channels``: stacks of that many
+    when asked (``--in-channels C`` or ``auto``) or when the model is not RGB; RGB images (None) otherwise."""
+    if asked is not None and asked != "auto" and asked != model_channels:
+        raise OptionError(f"--in-channels {asked}: the model reads {model_channels} channels")
+    return model_channels if asked is not None or model_channels != 3 else None
+
+
 def cmd_evaluate(args) -> int:
     from .atomic import write_text
     from .train import evaluate
@@ -409,7 +417,7 @@ def cmd_evaluate(args) -> int:
         raise OptionError(f"--figure draws RGB images; this model reads {model.in_channels} channels")
     dataset = open_dataset(args.dataset, args.data, args.split, args.num_classes, colour_map=args.colour_map,
                            unknown_colour=args.unknown_colour, binary_class=args.binary_class,
-                           channels=None if model.in_channels == 3 else model.in_channels)   # C channels: stacks
+                           channels=_evaluation_channels(args.in_channels, model.in_channels))
     if dataset.num_classes != label_classes(model.num_classes):
         binary = (" (a binary model: labels 0 rest, 1 foreground; pick the foreground with --binary-class NAME)"
                   if is_binary(model.num_classes) else "")
@@ -474,6 +482,7 @@ def cmd_predict(args) -> int:
     palette = default_palette(labelled) if colour_map is None else colour_map.palette
     for path, name in zip(args.images, names):
         image = _read_large_image(path, model.in_channels)
+        rgb = image.shape[2] == 3 and image.dtype == np.uint8                       # drawable under the overlay
         tiles = window
         if tiles is None:
             _, (mh, mw) = model_input_size(model.preprocessor, *image.shape[:2], args.full_image)
@@ -488,7 +497,7 @@ def cmd_predict(args) -> int:
         bar.done()
         colours = np.empty(image.shape[:2] + (3,), np.uint8)                         # (H, W, 3) uint8
         for r in range(0, image.shape[0], 256):                                      # no float copy of it all
-            colours[r:r + 256] = (overlay(image[r:r + 256], labels[r:r + 256], palette) if model.in_channels == 3
+            colours[r:r + 256] = (overlay(image[r:r + 256], labels[r:r + 256], palette) if rgb
                                   else palette[labels[r:r + 256]])                  # not RGB: the colour mask
         labels_png, overlay_png = out / f"{name}_labels.png", out / f"{name}_overlay.png"
         save_png(labels_png, labels)
@@ -584,7 +593,7 @@ def _read_large_image(path, channels: int = 3) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            if channels == 3:
+            if channels == 3 and Path(path).suffix.lower() != ".npy":    # a 3-channel .npy is a stack
                 return read_image(path)
             image = read_stack(path)
             if image.shape[2] != channels:
@@ -855,6 +864,10 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--data", help="dataset root directory (not needed for shapes)")
             c.add_argument("--split", default="val", help="split to evaluate")
             c.add_argument("--num-classes", type=POSITIVE_INT, help="classes of a folder dataset")
+            c.add_argument("--in-channels", type=CHANNELS, metavar="C",
+                           help="read a folder dataset's images as stacks (.npy, TIFF pages, ...) of the model's "
+                                "channel count C (or 'auto'); default: stacks for a model that is not RGB, RGB "
+                                "images otherwise (give it for a 3-channel model trained on stacks)")
             _colour_map_args(c)
             _binary_class_arg(c)
             c.add_argument("--json", help="also write the metrics to this JSON file (undefined values as null)")

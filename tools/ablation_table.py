@@ -24,7 +24,8 @@ ROWS = [("os16", "OS16, rates 3/6/9 (matched), V3+, no weights: the baseline"),
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", default="runs", help="folder holding the ablation_<row> run directories")
-    p.add_argument("--copy", default=None, help="also copy each row's test.json here as camvid_ablation_<row>.json")
+    p.add_argument("--copy", default=None, help="also copy each row's test.json and metrics.csv here as "
+                                                "camvid_ablation_<row>.json and camvid_ablation_<row>_metrics.csv")
     args = p.parse_args()
     names = None
     lines = []
@@ -44,6 +45,7 @@ def main():
                      f"{images / seconds:.1f} | {iou} |")
         if args.copy:
             shutil.copyfile(test, Path(args.copy) / f"camvid_ablation_{row}.json")
+            shutil.copyfile(run / "metrics.csv", Path(args.copy) / f"camvid_ablation_{row}_metrics.csv")
     order = " / ".join(names) if names else "per-class IoU"
     print("| config | what changes | test mIoU | epochs | training time | images/s | per-class IoU % "
           f"({order}) |")

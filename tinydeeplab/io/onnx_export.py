@@ -200,7 +200,7 @@ def _conv(graph, call, layer, params):
     kernel = params["kernel"]                                                   # (KH, KW, C_in, C_out)
     group = 1
     if isinstance(layer, DepthwiseConv2D):       # (KH, KW, C, M) -> (KH, KW, 1, C*M), output channel c*M + m
-        kh, kw, group, m = kernel.shape
+        kh, kw, group, m = layer.op_kernel_shape or kernel.shape      # a grouped-layout kernel is stored (KH, KW, 1, C)
         kernel = kernel.reshape(kh, kw, 1, group * m)
     w = graph.const(f"{call.path}.kernel", kernel.transpose(3, 2, 0, 1))         # (C_out, C_in / group, KH, KW)
     inputs = [call.inputs[0], w]
@@ -277,6 +277,30 @@ def _simple(op, **attrs):
     return convert
 
 
+def _activation(graph, call, layer, params):
+    """Keras's activations as ONNX ops (opset 17):
+
+    relu6 = Clip(x, 0, 6); hard_sigmoid = HardSigmoid(alpha=1/6, beta=1/2) = clip(x / 6 + 1/2, 0, 1) (Keras 3's
+    definition); hard_swish = HardSwish = x hard_sigmoid(x); swish = x Sigmoid(x) (ONNX 17 has no Swish)."""
+    x, out, name = call.inputs[0], call.output, call.path
+    if layer.op == "relu":
+        graph.node("Relu", [x], out, name)
+    elif layer.op == "relu6":
+        lo, hi = (graph.const(f"{name}.{k}", np.array(v, np.float32)) for k, v in (("min", 0.0), ("max", 6.0)))
+        graph.node("Clip", [x, lo, hi], out, name)
+    elif layer.op == "sigmoid":
+        graph.node("Sigmoid", [x], out, name)
+    elif layer.op == "hard_sigmoid":
+        graph.node("HardSigmoid", [x], out, name, alpha=1.0 / 6.0, beta=0.5)
+    elif layer.op == "hard_swish":
+        graph.node("HardSwish", [x], out, name)
+    elif layer.op == "swish":
+        gate = graph.node("Sigmoid", [x], f"{name}/sigmoid", f"{name}/sigmoid")
+        graph.node("Mul", [x, gate], out, name)
+    else:
+        raise OptionError(f"ONNX export: {name}: activation {layer.name!r} has no ONNX conversion")
+
+
 def _converters():
     """``{layer class: convert(graph, call, layer, params)}``; looked up along the layer's MRO."""
     from .. import nn
@@ -285,7 +309,8 @@ def _converters():
             nn.MaxPool2D: _max_pool,
             nn.ReLU: _simple("Relu"), nn.Add: _simple("Add"), nn.Concatenate: _simple("Concat", axis=1),
             nn.GlobalAveragePooling2D: _simple("GlobalAveragePool"), nn.Dropout: _simple("Identity"),
-            nn.Resize: _resize, nn.UpSampling2D: _resize}
+            nn.Resize: _resize, nn.UpSampling2D: _resize,
+            nn.Activation: _activation, nn.ChannelScale: _simple("Mul")}   # (N, C, H, W) * (N, C, 1, 1)
 
 
 def _converter(table, call):
