@@ -175,16 +175,19 @@ def test_folded_conv_is_the_conv_then_the_batch_norm(rng, depthwise, bias):
 
 
 def test_plan_fuses_every_conv_bn_relu_of_a_sequential_and_leaves_other_layers_alone(rng):
-    net = Sequential(("conv", Conv2D(3, 4, 3, seed=0)), ("bn", random_bn(rng, 4)), ("relu", ReLU()),
+    net = Sequential(("pre_bn", random_bn(rng, 3)),                     # a BN after no conv: runs as it is
+                     ("conv", Conv2D(3, 4, 3, seed=0)), ("bn", random_bn(rng, 4)), ("relu", ReLU()),
                      ("dw", DepthwiseConv2D(4, 3, seed=1)), ("dw_bn", random_bn(rng, 4)), ("dw_relu", ReLU()),
                      ("conv_relu", Conv2D(4, 4, 1, use_bias=True, seed=2)), ("relu2", ReLU()),
-                     ("alone", Conv2D(4, 2, 1, seed=3)), ("bn_alone", random_bn(rng, 2)))
+                     ("alone", Conv2D(4, 2, 1, seed=3)))                # a conv with nothing to fuse
+    net.forward(np.zeros((1, 4, 4, 3), np.float32))
     plan = InferencePlan(net)
     assert plan.fused == ["conv + bn + relu", "dw + dw_bn + dw_relu", "conv_relu + relu2"]
     x = normal(rng, (2, 6, 6, 3), np.float32)
     with inference_mode():
         want = net.forward(x)
     assert_close(plan(x), want, rtol=1e-5)
+    assert plan(x).shape == (2, 6, 6, 2)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -270,6 +273,7 @@ def test_plan_on_the_cuda_backend_matches_and_launches_no_batch_norm_kernels():
     assert "_add" not in planned and sum(planned.values()) < sum(plain.values())
 
 
+@pytest.mark.slow                                   # about 10 minutes on the simulator (a shared 2-core machine)
 @NEEDS_CUDA
 def test_plan_on_the_cuda_backend_on_a_keras_fixture():
     x = fixture_inputs("v3plus_tiny")["sq"][:1, :8, :8]
