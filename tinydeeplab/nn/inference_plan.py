@@ -40,9 +40,9 @@ call or a ``with`` block and removes them afterwards).
 
 **Stale plans are refused.** The folded weights are a copy made when the plan is built. Every fused op
 checks, each time it runs, that the model still holds the same arrays (``load_state_dict``, ``to`` and
-loaders put new ones) and, for host arrays, that the batch-norm vectors and a sample of
-:data:`FINGERPRINT_SAMPLES` entries of each kernel still have the values it folded (an optimizer step
-changes them in place); otherwise it raises :class:`StalePlanError`: build a new plan. On the GPU only
+loaders put new ones) and, for host arrays, that :data:`FINGERPRINT_SAMPLES` evenly spaced entries of
+every array it folded (all of a smaller one) still hold the values it saw (an optimizer step changes them
+in place; an edit of single entries outside the sample goes unnoticed); otherwise it raises :class:`StalePlanError`: build a new plan. On the GPU only
 the identity is checked (reading values back would cost a copy per layer): rebuild the plan after
 training a device model.
 
@@ -97,19 +97,19 @@ class _Sources:
     def __init__(self, name, tables):
         self.name = name
         self.slots = [(table, key, table[key]) for table, key in tables]
-        self.seen = [None if is_device_array(a) else self._sample(a) for _, _, a in self.slots]
+        self.picks = [None if is_device_array(a) else self._picks(a.size) for _, _, a in self.slots]
+        self.seen = [None if p is None else np.asarray(a).reshape(-1)[p]
+                     for (_, _, a), p in zip(self.slots, self.picks)]
 
     @staticmethod
-    def _sample(a):
-        flat = np.asarray(a).reshape(-1)
-        if flat.size <= FINGERPRINT_SAMPLES:
-            return flat.copy()
-        return flat[np.linspace(0, flat.size - 1, FINGERPRINT_SAMPLES).astype(np.int64)]
+    def _picks(size):
+        """Flat indices of the entries re-checked: all of a small array, else evenly spaced samples."""
+        return np.linspace(0, size - 1, min(size, FINGERPRINT_SAMPLES)).astype(np.int64)
 
     def check(self):
-        for (table, key, a), seen in zip(self.slots, self.seen):
+        for (table, key, a), picks, seen in zip(self.slots, self.picks, self.seen):
             now = table.get(key)
-            if now is not a or (seen is not None and not np.array_equal(self._sample(now), seen)):
+            if now is not a or (picks is not None and not np.array_equal(np.asarray(now).reshape(-1)[picks], seen)):
                 raise StalePlanError(f"the weights of {self.name!r} changed since the inference plan was built; "
                                      "build a new one (InferencePlan(model))")
 

@@ -184,35 +184,10 @@ def conv2d_forward(x, w, b=None, *, stride=1, dilation=1, padding="same"):
 
     ``y[n, oh, ow, f] = b[f] + sum_{i,j,c} xpad[n, oh*sh + i*dh, ow*sw + j*dw, c] * w[i, j, c, f]``
 
-    Arguments and results as :func:`tinydeeplab.functional.conv2d_forward`, as device arrays.
+    Arguments and results as :func:`tinydeeplab.functional.conv2d_forward`, as device arrays; the bias is
+    added by the GEMM as it stores each output (its epilogue).
     """
-    stride, dilation = check_conv2d_args(spec(x), spec(w), spec(b), stride, dilation)
-    for a, name in ((x, "x"), (w, "w")) + (((b, "b"),) if b is not None else ()):
-        require_device(a, name)
-    kh, kw, c, f = w.shape
-    n = x.shape[0]
-    geometry = conv2d_plan(tuple(x.shape), w.shape, stride, dilation, padding)
-    pads, out_hw = geometry.pads, geometry.out_hw
-    ho, wo = out_hw
-    plan = _kernel_plan(geometry, w.shape)
-    geom = {"pads": pads, "stride": stride, "dilation": dilation}
-    wmat = _live_weights(w, plan)                                      # (T_live * C, F)
-
-    y2 = empty((n * ho * wo, f), x.dtype)                             # (P, F)
-    if plan["gemm_only"]:
-        matmul(x.reshape(n * ho * wo, c), wmat, y2)                   # (P, C) @ (C, F)
-    elif wmat.shape[0] == 0:
-        y2 = zeros((n * ho * wo, f), x.dtype)                          # every tap reads only padding
-    else:
-        width = wmat.shape[0]
-        for g0, g1 in _chunks(n * ho, wo, width, x.dtype.itemsize):
-            col = empty(((g1 - g0) * wo, width), x.dtype)              # (rows, T*C)
-            launch_1d(_im2col, col.size, x, col, g0, ho, wo, *_geometry_args(plan, geom))
-            matmul(col, wmat, y2[g0 * wo:g1 * wo])                     # (rows, T*C) @ (T*C, F)
-    if b is not None:
-        add_bias(y2, b)
-    cache = {"x": x, "w": w, "has_bias": b is not None, "out_hw": out_hw, "plan": plan, **geom}
-    return y2.reshape(n, ho, wo, f), cache                             # (N, H_out, W_out, F)
+    return _forward(x, w, b, None, False, stride, dilation, padding)
 
 
 def conv2d_backward(dy, cache):
@@ -261,8 +236,13 @@ def conv2d_fused_forward(x, w, b=None, residual=None, *, stride=1, dilation=1, p
 
     As :func:`tinydeeplab.functional.conv2d_fused_forward`. Bias, residual and ReLU are applied by the GEMM
     itself as it stores each output (:func:`~tinydeeplab.kernels.cuda.gemm.gemm_kernel`'s epilogue): no
-    launch and no pass over the output of their own (against conv2d's bias kernel, an add and a ReLU).
+    launch and no pass over the output of their own (the plain path launches an add and a ReLU after it).
     """
+    return _forward(x, w, b, residual, relu, stride, dilation, padding)
+
+
+def _forward(x, w, b, residual, relu, stride, dilation, padding):
+    """The convolution with its epilogue (``b``, ``residual``, ``relu``) in the GEMM's store."""
     stride, dilation = check_conv2d_args(spec(x), spec(w), spec(b), stride, dilation)
     for a, name in ((x, "x"), (w, "w")) + (((b, "b"),) if b is not None else ()):
         require_device(a, name)
