@@ -36,7 +36,8 @@ not bit for bit; ``tests/test_inference_plan.py`` measures it.
 or a plan object called like the model: ``plan = InferencePlan(model); logits = plan(x)``. Both run
 inference only: ``forward(x, training=True)`` inside the plan raises, and outside it the model and its
 training are exactly as before (the plan installs its forwards on the instances for the duration of a
-call or a ``with`` block and removes them afterwards).
+call or a ``with`` block and removes them afterwards; meanwhile the model runs the plan in every thread, so
+do not train the same model in another thread at the same time).
 
 **Stale plans are refused.** The folded weights are a copy made when the plan is built. Every fused op
 checks, each time it runs, that the model still holds the same arrays (``load_state_dict``, ``to`` and
