@@ -87,7 +87,8 @@ def main(argv=None) -> None:
               f"{min(cpu[name]):.4f} | {len(ts)} |")
     med = lambda d, k: statistics.median(d[k])  # noqa: E731
     print(f"# plain / plan: wall median {med(times, 'plain') / med(times, 'plan'):.2f}x, "
-          f"min {min(times['plain']) / min(times['plan']):.2f}x; CPU median {med(cpu, 'plain') / med(cpu, 'plan'):.2f}x, "
+          f"min {min(times['plain']) / min(times['plan']):.2f}x; "
+          f"CPU median {med(cpu, 'plain') / med(cpu, 'plan'):.2f}x, "
           f"min {min(cpu['plain']) / min(cpu['plan']):.2f}x")
 
 

@@ -206,7 +206,8 @@ def check_conv_epilogue(residual, out_shape, dtype, relu) -> None:
     if residual is not None:
         check_array(residual, "residual")
         if tuple(residual.shape) != tuple(out_shape):
-            raise ValueError(f"residual has shape {tuple(residual.shape)}, the convolution's output is {tuple(out_shape)}")
+            raise ValueError(f"residual has shape {tuple(residual.shape)}, "
+                             f"the convolution's output is {tuple(out_shape)}")
         if residual.dtype != dtype:
             raise ValueError(f"residual has dtype {residual.dtype}, the convolution's output {np.dtype(dtype)}")
     if not isinstance(relu, (bool, np.bool_)):

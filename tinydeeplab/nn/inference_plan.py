@@ -74,7 +74,8 @@ from .layers import Activation, BatchNorm, Conv2D, DepthwiseConv2D, ReLU
 from .module import Module, Sequential, inference_mode
 
 FINGERPRINT_SAMPLES = 64
-"""Kernel entries (evenly spaced over the flat kernel) whose values a host plan re-checks on every call."""
+"""Entries of each folded array (evenly spaced over it; all of a smaller one) that a host plan re-checks on
+every call."""
 
 
 class StalePlanError(RuntimeError):
@@ -168,7 +169,8 @@ class _FusedConv:
 
 
 def _chain(prefix, children):
-    """The steps of a Sequential's children: ``(None, module)`` to run as it is, or ``(_FusedConv, label)``."""
+    """``(steps, labels)`` of a Sequential's ``(name, module)`` children: each step a child to run as it is or a
+    :class:`_FusedConv` standing for a run ``conv [-> BN] [-> ReLU]``, labelled ``"conv + bn + relu"``."""
     steps, labels, i = [], [], 0
     while i < len(children):
         name, m = children[i]
