@@ -16,21 +16,24 @@ train512   one training step, batch 4, 512x512: forward (training mode), softmax
 train256   the same training step, batch 4, 256x256
 =========  ===========================================================================
 
-Frameworks (``--frameworks``, by default all; one whose packages this interpreter lacks is listed as
-"not installed", not measured, and is no error):
+Frameworks (``--frameworks``, by default all but ``tinydeeplab-plan``; one whose packages this interpreter
+lacks is listed as "not installed", not measured, and is no error):
 
-===============  =========================================================================================
-tinydeeplab      ``--backend`` cpu (Numba kernels; numpy: the reference, for quick checks of the script)
-torch            ``benchmarks/torch_deeplab.py``, the plain-PyTorch twin holding tinydeeplab's weights
-                 (``load_from_tinydeeplab``), NCHW, ``torch.set_num_threads(--threads)``
-torch-cl         the same in ``torch.channels_last`` memory format
-onnxruntime      the torch twin exported by ``torch.onnx.export`` (TorchScript exporter, opset 17, batch
-                 dynamic, image size fixed), ONNX Runtime CPU, all graph optimisations; inference only
-onnxruntime-tdl  the same, on the graph of tinydeeplab's own exporter (``tinydeeplab.io.onnx_export``,
-                 NHWC): whether the exported graph matters; inference only
-keras-tf / -jax  KerasHub with ``KERAS_BACKEND`` tensorflow / jax / torch (its own random weights)
+================  ========================================================================================
+tinydeeplab       ``--backend`` cpu (Numba kernels; numpy: the reference, for quick checks of the script)
+tinydeeplab-plan  the same model through ``tinydeeplab.nn.InferencePlan`` (batch norm folded into the
+                  convolutions, conv + bias + ReLU and the residual add + ReLU fused); inference only;
+                  ``--inference-plan`` adds it next to tinydeeplab (its "agreement" is with the plain path)
+torch             ``benchmarks/torch_deeplab.py``, the plain-PyTorch twin holding tinydeeplab's weights
+                  (``load_from_tinydeeplab``), NCHW, ``torch.set_num_threads(--threads)``
+torch-cl          the same in ``torch.channels_last`` memory format
+onnxruntime       the torch twin exported by ``torch.onnx.export`` (TorchScript exporter, opset 17, batch
+                  dynamic, image size fixed), ONNX Runtime CPU, all graph optimisations; inference only
+onnxruntime-tdl   the same, on the graph of tinydeeplab's own exporter (``tinydeeplab.io.onnx_export``,
+                  NHWC): whether the exported graph matters; inference only
+keras-tf / -jax   KerasHub with ``KERAS_BACKEND`` tensorflow / jax / torch (its own random weights)
 / -torch
-===============  =========================================================================================
+================  ========================================================================================
 
 The torch step is :func:`torch_deeplab.make_step` (inference under ``inference_mode``; training:
 ``cross_entropy(ignore_index=255)``, ``zero_grad``, backward, ``SGD(momentum=0.9)``). Keras inference is
@@ -108,7 +111,11 @@ PEERS = {"torch": ("torch",), "torch-cl": ("torch",), "onnxruntime": ("torch", "
          "onnxruntime-tdl": ("onnx", "onnxruntime")}
 """The non-Keras peers and the modules each needs."""
 INFERENCE_ONLY = ("onnxruntime", "onnxruntime-tdl")
-FRAMEWORKS = ("tinydeeplab", *PEERS, *KERAS_BACKENDS)
+PLAN = "tinydeeplab-plan"
+"""tinydeeplab through its inference plan (batch norm folded, conv + bias + ReLU fused; inference only),
+measured beside the plain path with ``--inference-plan`` (or ``--frameworks ... tinydeeplab-plan``)."""
+FRAMEWORKS = ("tinydeeplab", PLAN, *PEERS, *KERAS_BACKENDS)
+DEFAULT_FRAMEWORKS = tuple(fw for fw in FRAMEWORKS if fw != PLAN)
 TORCH_TWIN_MODEL = "resnet50"          # benchmarks/torch_deeplab.py is this recipe only (as is the Keras anchor)
 NUM_CLASSES, IGNORE_LABEL, LR, MOMENTUM = 21, 255, 0.01, 0.9
 RESULT_TAG = "RESULT "
@@ -195,15 +202,26 @@ def build_tinydeeplab(device: str, recipe: str = TORCH_TWIN_MODEL):
     return model, notes
 
 
-def tinydeeplab_step(model, workload: dict):
+def tinydeeplab_step(model, workload: dict, *, plan: bool = False):
     """A zero-argument callable running one ``workload`` call (returning the logits (N, H, W, K) on the
-    host, or the loss), and a dict of phase timings it fills."""
+    host, or the loss), and a dict of phase timings it fills. ``plan``: inference through
+    :class:`tinydeeplab.nn.InferencePlan` (built here, once, from the model's weights)."""
     from tinydeeplab import backend
-    from tinydeeplab.nn import inference_mode
+    from tinydeeplab.nn import InferencePlan, inference_mode
     from tinydeeplab.train import SGD
 
     x, y = make_batch(workload)
     phases: dict[str, float] = {}
+    if plan:
+        if workload["kind"] != "infer":
+            raise ValueError(f"{PLAN} runs inference only")
+        planned = InferencePlan(model)
+
+        def infer_planned():
+            out = to_host(planned(x))
+            assert out.shape == (*x.shape[:3], NUM_CLASSES), out.shape
+            return out
+        return infer_planned, phases
     if workload["kind"] == "infer":
         def infer():                                  # what predict() runs: no caches kept
             with inference_mode():
@@ -548,9 +566,9 @@ def build_step(spec: dict, workload: dict):
     from tinydeeplab import backend
 
     fw = spec["framework"]
-    if fw == "tinydeeplab":
+    if fw in ("tinydeeplab", PLAN):
         model, notes = build_tinydeeplab(spec["device"], spec["model"])
-        step, phases = tinydeeplab_step(model, workload)
+        step, phases = tinydeeplab_step(model, workload, plan=fw == PLAN)
         grads = lambda: {k: backend.to_numpy(g) for k, g in model.named_gradients()}   # noqa: E731
         return step, np.asarray, grads, model, phases, notes
     if fw in ("torch", "torch-cl"):
@@ -664,7 +682,7 @@ def importable(module: str) -> bool:
 
 def why_not_installed(framework: str) -> str | None:
     """Why ``framework`` cannot run with this interpreter (a missing package), or None if it can."""
-    if framework == "tinydeeplab":
+    if framework in ("tinydeeplab", PLAN):
         return None
     needed = PEERS.get(framework) or ("keras_hub", KERAS_BACKENDS[framework])
     missing = [m for m in needed if not importable(m)]
@@ -975,7 +993,9 @@ def print_machine(info: dict, args, frameworks: list[str]) -> None:
 def choose_frameworks(args) -> tuple[list[str], dict[str, str]]:
     """The frameworks of the tables (``--frameworks``, by default all) and ``{framework: why it is not
     installed}`` for those that cannot run: they are listed as "not installed", not measured."""
-    frameworks = list(dict.fromkeys(args.frameworks or FRAMEWORKS))
+    frameworks = list(dict.fromkeys(args.frameworks or DEFAULT_FRAMEWORKS))
+    if args.inference_plan and PLAN not in frameworks:
+        frameworks.insert(frameworks.index("tinydeeplab") + 1 if "tinydeeplab" in frameworks else 0, PLAN)
     missing = {fw: why for fw in frameworks if (why := why_not_installed(fw))}
     return frameworks, missing
 
@@ -1003,7 +1023,7 @@ def orchestrate(args) -> None:
         results: dict[str, dict] = {}
         todo = [(wl, fw) for wl in args.workloads for fw in frameworks]
         runs = [(wl, fw) for wl, fw in todo if fw not in missing
-                and not (fw in INFERENCE_ONLY and WORKLOADS[wl]["kind"] == "train")]
+                and not (fw in (*INFERENCE_ONLY, PLAN) and WORKLOADS[wl]["kind"] == "train")]
         i = 0
         for wl, fw in todo:                                    # frameworks take turns per workload
             if fw in missing:
@@ -1053,7 +1073,8 @@ def parse_args(argv=None):
     parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS),
                         help="which workloads to measure (default: all)")
     parser.add_argument("--frameworks", nargs="+", choices=FRAMEWORKS, default=None,
-                        help="default: all; those whose packages this interpreter lacks are listed as not installed")
+                        help=f"default: all but {PLAN}; those whose packages this interpreter lacks are listed as "
+                             "not installed")
     parser.add_argument("--model", default=TORCH_TWIN_MODEL,
                         help=f"tinydeeplab recipe (default {TORCH_TWIN_MODEL}; the torch twin and the Keras anchor "
                              f"exist for {TORCH_TWIN_MODEL} only)")
@@ -1069,6 +1090,9 @@ def parse_args(argv=None):
                              "also pins the process to that many cores (default: all usable cores)")
     parser.add_argument("--backend", choices=["cpu", "cuda", "numpy"], default="cpu",
                         help="tinydeeplab's backend (numpy: the reference, for quick checks of this script)")
+    parser.add_argument("--inference-plan", action="store_true",
+                        help=f"also measure {PLAN}: inference through tinydeeplab.nn.InferencePlan (batch norm "
+                             "folded into the convolutions, conv + bias + ReLU and the residual add fused)")
     parser.add_argument("--profile", action="store_true",
                         help="also profile each tinydeeplab workload once: time per op and the top 15 layers")
     parser.add_argument("--json", metavar="OUT", help="save machine info, every timing and the profiles as JSON")

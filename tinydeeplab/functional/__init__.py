@@ -19,7 +19,7 @@ from .binary_loss import (dice_loss_backward, dice_loss_forward, sigmoid_binary_
                           sigmoid_binary_cross_entropy_forward, sigmoid_focal_loss_backward, sigmoid_focal_loss_forward)
 from .batchnorm import batchnorm_backward, batchnorm_forward, moving_average
 from .channel_scale import channel_scale_backward, channel_scale_forward
-from .conv import conv2d_backward, conv2d_forward
+from .conv import conv2d_backward, conv2d_forward, conv2d_fused_backward, conv2d_fused_forward
 from .depthwise import depthwise_conv2d_backward, depthwise_conv2d_forward
 from .dropout import dropout_backward, dropout_forward
 from .elementwise import (hard_sigmoid_backward, hard_sigmoid_forward, hard_swish_backward, hard_swish_forward,
@@ -38,7 +38,7 @@ OPS = ("conv2d", "zero_pad2d", "batchnorm", "relu", "max_pool2d", "global_avg_po
        "upsample_bilinear", "concat", "split", "add", "softmax_cross_entropy", "dropout",
        "depthwise_conv2d", "sigmoid", "swish", "hard_sigmoid", "hard_swish", "leaky_relu", "avg_pool2d",
        "channel_scale", "stochastic_depth", "sigmoid_binary_cross_entropy", "dice_loss", "sigmoid_focal_loss",
-       "relu6")
+       "relu6", "conv2d_fused")
 """Names of the op pairs every backend module exports as ``<op>_forward`` / ``<op>_backward``."""
 
 DEVICE_CONTRACT = ("to_device", "to_host", "is_device_array", "zeros_like", "sgd_update", "global_norm", "scale_")

@@ -200,6 +200,20 @@ def check_conv2d_args(x, w, b, stride, dilation):
     return pair(stride, "stride"), pair(dilation, "dilation")
 
 
+def check_conv_epilogue(residual, out_shape, dtype, relu) -> None:
+    """The epilogue of a fused convolution: ``residual`` None or a float array of the output's shape
+    ``out_shape`` and ``dtype``; ``relu`` True or False."""
+    if residual is not None:
+        check_array(residual, "residual")
+        if tuple(residual.shape) != tuple(out_shape):
+            raise ValueError(f"residual has shape {tuple(residual.shape)}, "
+                             f"the convolution's output is {tuple(out_shape)}")
+        if residual.dtype != dtype:
+            raise ValueError(f"residual has dtype {residual.dtype}, the convolution's output {np.dtype(dtype)}")
+    if not isinstance(relu, (bool, np.bool_)):
+        raise ValueError(f"relu must be True or False, got {relu!r}")
+
+
 def check_batchnorm_args(x, gamma, beta, moving_mean, moving_var, training, eps):
     """Validate batch-norm inputs (per-channel vectors of length C, dtypes, flags)."""
     check_nhwc(x, "x")

@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .checks import check_conv2d_args, check_grad_shape
+from .checks import check_conv2d_args, check_conv_epilogue, check_grad_shape
 from .geometry import window_geometry
 
 
@@ -184,3 +184,46 @@ def conv2d_backward(dy, cache):
     dx = dxpad[:, pt:pt + h, pl:pl + wd, :].copy()                          # crop the padding away
     db = dy.sum(axis=(0, 1, 2)).astype(w.dtype) if cache["has_bias"] else None
     return dx, dw.astype(w.dtype, copy=False), db
+
+
+def conv2d_fused_forward(x, w, b=None, residual=None, *, stride=1, dilation=1, padding="same", relu=False):
+    """A convolution with its epilogue fused in: ``y = act(conv(x, w) + b + residual)``; returns ``(y, cache)``.
+
+    ``y[n, oh, ow, f] = act(b[f] + sum_{i,j,c} xpad[n, oh*sh + i*dh, ow*sw + j*dw, c] * w[i, j, c, f]
+    + residual[n, oh, ow, f])`` with ``act`` the ReLU ``max(., 0)`` when ``relu`` else the identity; ``b`` and
+    ``residual`` (N, H_out, W_out, F) are optional. The additions happen in that order (conv, + b, + residual),
+    as the separate ops conv2d -> add -> relu would do them, so the result equals that chain exactly.
+
+    It is what an inference plan (:mod:`tinydeeplab.nn.inference_plan`) runs for conv -> BN [-> ReLU] with the
+    batch norm folded into ``w`` and ``b``, and for a residual block's last conv -> BN -> add -> ReLU: one
+    pass over the output instead of three. The kernels apply the epilogue where the output is written (the
+    CPU per GEMM chunk, the GPU inside the GEMM's store), this reference after the convolution.
+
+    Backward (``z`` the value before the activation, ``[y > 0] = [z > 0]``)::
+
+        dz = dy * [y > 0]   (relu)   or   dy
+        dx, dw, db = conv2d_backward(dz)          dresidual = dz
+
+    >>> x = np.ones((1, 3, 3, 1), np.float32); w = np.ones((1, 1, 1, 2), np.float32)
+    >>> y, _ = conv2d_fused_forward(x, w, np.array([-2.0, 1.0], np.float32), relu=True)
+    >>> y[0, 0, 0].tolist()                                # max(1 - 2, 0), max(1 + 1, 0)
+    [0.0, 2.0]
+    """
+    y, conv_cache = conv2d_forward(x, w, b, stride=stride, dilation=dilation, padding=padding)
+    check_conv_epilogue(residual, y.shape, y.dtype, relu)
+    if residual is not None:
+        y += residual
+    if relu:
+        np.maximum(y, 0, out=y)
+    return y, {"conv": conv_cache, "y": y if relu else None, "has_residual": residual is not None,
+               "y_shape": tuple(y.shape)}
+
+
+def conv2d_fused_backward(dy, cache):
+    """Gradients of :func:`conv2d_fused_forward`; returns ``(dx, dw, db, dresidual)`` (``db`` None without a
+    bias, ``dresidual`` None without a residual): ``dz = dy * [y > 0]`` (relu) then the conv backward,
+    ``dresidual = dz``."""
+    check_grad_shape(dy, cache["y_shape"])
+    dz = dy if cache["y"] is None else np.where(cache["y"] > 0, dy, 0).astype(cache["y"].dtype, copy=False)
+    dx, dw, db = conv2d_backward(dz, cache["conv"])
+    return dx, dw, db, (dz if cache["has_residual"] else None)

@@ -3,8 +3,9 @@ from .layers import (Activation, Add, BatchNorm, ChannelScale, Concatenate, Conv
                      GlobalAveragePooling2D, GroupedDepthwiseConv2D, MaxPool2D, OpLayer, ReLU, Resize, SqueezeExcite,
                      StochasticDepth, UpSampling2D, ZeroPadding2D, sum_gradients)
 from .module import Module, Sequential, inference_mode
+from .inference_plan import InferencePlan, StalePlanError, inference_plan
 
 __all__ = ["Module", "Sequential", "inference_mode", "Conv2D", "DepthwiseConv2D", "BatchNorm", "ReLU", "ZeroPadding2D",
            "MaxPool2D", "GlobalAveragePooling2D", "Resize", "UpSampling2D", "Dropout", "Concatenate",
            "Add", "sum_gradients", "OpLayer", "Activation", "GroupedDepthwiseConv2D", "ChannelScale", "SqueezeExcite",
-           "StochasticDepth"]
+           "StochasticDepth", "InferencePlan", "inference_plan", "StalePlanError"]

@@ -47,7 +47,7 @@ from ...functional import (OPS, DEVICE_CONTRACT, add_backward, add_forward, conc
 from .activation import relu_backward, relu_forward  # noqa: E402
 from .avg_pool import avg_pool2d_backward, avg_pool2d_forward  # noqa: E402
 from .batchnorm import batchnorm_backward, batchnorm_forward  # noqa: E402
-from .conv import conv2d_backward, conv2d_forward  # noqa: E402
+from .conv import conv2d_backward, conv2d_forward, conv2d_fused_backward, conv2d_fused_forward  # noqa: E402
 from .depthwise import depthwise_conv2d_backward, depthwise_conv2d_forward  # noqa: E402
 from .elementwise import (hard_sigmoid_backward, hard_sigmoid_forward, hard_swish_backward,  # noqa: E402
                           hard_swish_forward, leaky_relu_backward, leaky_relu_forward, sigmoid_backward,

@@ -51,8 +51,9 @@ import threading
 import numpy as np
 from numba import njit, prange
 
-from ...functional.checks import check_conv2d_args, check_grad_shape
+from ...functional.checks import check_conv2d_args, check_conv_epilogue, check_grad_shape
 from ...functional.conv import conv2d_plan
+from .activation import relu_backward
 
 TAPWISE_MIN_DEAD_FRACTION = 0.4
 """Run tap by tap when more than this fraction of the im2col products would read padding (below it,
@@ -231,30 +232,99 @@ def conv2d_forward(x, w, b=None, *, stride=1, dilation=1, padding="same"):
     ((1, 3, 3, 4), 27.0)
     """
     stride, dilation = check_conv2d_args(x, w, b, stride, dilation)
+    return _forward(x, w, b, None, False, stride, dilation, padding)
+
+
+def conv2d_fused_forward(x, w, b=None, residual=None, *, stride=1, dilation=1, padding="same", relu=False):
+    """``y = act(conv(x, w) + b + residual)`` (``act`` ReLU when ``relu``); returns ``(y, cache)``.
+
+    As :func:`tinydeeplab.functional.conv2d_fused_forward`. The epilogue (bias, residual, ReLU) is one Numba
+    pass over each GEMM chunk's output right after the chunk is computed, while it is still in cache,
+    instead of three passes over the whole output; a 1x1 convolution's single GEMM is cut into row chunks
+    of about :data:`EPILOGUE_CHUNK_BYTES` of output for that. Same additions in the same order as
+    conv2d -> add -> relu, so the same numbers.
+
+    >>> x = np.ones((1, 2, 2, 1), np.float32); w = np.ones((1, 1, 1, 1), np.float32)
+    >>> conv2d_fused_forward(x, w, residual=-2 * x, relu=True)[0].ravel().tolist()
+    [0.0, 0.0, 0.0, 0.0]
+    """
+    stride, dilation = check_conv2d_args(x, w, b, stride, dilation)
+    return _forward(x, w, b, residual, relu, stride, dilation, padding)
+
+
+def conv2d_fused_backward(dy, cache):
+    """Gradients of :func:`conv2d_fused_forward`: ``(dx, dw, db, dresidual)``, with ``dz = dy * [y > 0]``
+    (relu) or ``dy``, then :func:`conv2d_backward` of ``dz`` and ``dresidual = dz`` (None without a residual)."""
+    check_grad_shape(dy, cache["y_shape"])
+    dz = dy if cache["y"] is None else relu_backward(dy, {"y": cache["y"]})
+    dx, dw, db = conv2d_backward(dz, cache)
+    return dx, dw, db, (dz if cache["has_residual"] else None)
+
+
+EPILOGUE_CHUNK_BYTES = 2**20
+"""Output bytes per GEMM chunk of a fused 1x1 convolution (the epilogue reads them back from cache)."""
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def epilogue_rows(y2, b, res2, has_bias, has_res, relu):
+    """In place over ``y2`` (P, F): ``y2 = act(y2 + b + res2)``, each term only where its flag is set
+    (``b`` (F,), ``res2`` (P, F); unused ones may be empty). NaN stays NaN through the ReLU."""
+    for p in prange(y2.shape[0]):
+        for f in range(y2.shape[1]):
+            v = y2[p, f]
+            if has_bias:
+                v += b[f]
+            if has_res:
+                v += res2[p, f]
+            if relu and not (v > 0 or v != v):
+                v = 0.0
+            y2[p, f] = v
+
+
+def _forward(x, w, b, residual, relu, stride, dilation, padding):
+    """The convolution with its epilogue (``b``, ``residual``, ``relu``; plain conv2d: no residual, no relu)."""
     kh, kw, c, f = w.shape
     n = x.shape[0]
     geometry = conv2d_plan(x.shape, w.shape, stride, dilation, padding)
     pads, out_hw = geometry.pads, geometry.out_hw
     ho, wo = out_hw
+    check_conv_epilogue(residual, (n, ho, wo, f), x.dtype, relu)
     x = np.ascontiguousarray(x)
     plan = _kernel_plan(geometry, dilation)
     wmat = _live_weights(np.ascontiguousarray(w), plan)          # (T_live * C, F)
 
+    empty = np.empty((0, 0), x.dtype)
+    res2 = empty if residual is None else np.ascontiguousarray(residual).reshape(-1, f)   # (P, F)
+    flags = (b is not None, residual is not None, bool(relu))
+    bias = np.empty(0, x.dtype) if b is None else np.ascontiguousarray(b)
+
+    def epilogue(p0, p1):                                        # rows [p0, p1) of y are final
+        if any(flags):
+            epilogue_rows(y[p0:p1], bias, res2[p0:p1] if flags[1] else empty, *flags)
+
     y = np.empty((n * ho * wo, f), dtype=x.dtype)                # (P, F), P = N * H_out * W_out
     if plan["taps"] is not None:
         _tapwise_forward(x, w, plan, y.reshape(n, ho, wo, f), stride, dilation, pads)
+        epilogue(0, y.shape[0])
     elif plan["gemm_only"]:
-        np.matmul(x.reshape(-1, c), wmat, out=y)                 # (P, C) @ (C, F)
+        x2 = x.reshape(-1, c)                                    # (P, C)
+        step = y.shape[0] if not (flags[1] or flags[2]) else max(1, EPILOGUE_CHUNK_BYTES // (f * x.itemsize))
+        for p0 in range(0, y.shape[0], step):
+            p1 = min(p0 + step, y.shape[0])
+            np.matmul(x2[p0:p1], wmat, out=y[p0:p1])             # (rows, C) @ (C, F)
+            epilogue(p0, p1)
     elif wmat.shape[0] == 0:
         y[...] = 0                                               # every tap reads only padding
+        epilogue(0, y.shape[0])
     else:
         for g0, g1, col in _col_chunks(x, plan, stride, pads, out_hw):
             np.matmul(col, wmat, out=y[g0 * wo:g1 * wo])         # (rows, T*C) @ (T*C, F)
-    if b is not None:
-        y += b
+            epilogue(g0 * wo, g1 * wo)
+    y = y.reshape(n, ho, wo, f)                                  # (N, H_out, W_out, F)
     cache = {"x": x, "w": w, "has_bias": b is not None, "pads": pads, "stride": stride,
-             "dilation": dilation, "out_hw": out_hw, "plan": plan}
-    return y.reshape(n, ho, wo, f), cache                        # (N, H_out, W_out, F)
+             "dilation": dilation, "out_hw": out_hw, "plan": plan,
+             "has_residual": residual is not None, "y": y if relu else None, "y_shape": y.shape}
+    return y, cache
 
 
 def _col_chunks(x, plan, stride, pads, out_hw):

@@ -45,7 +45,7 @@ from .batchnorm import batchnorm_backward, batchnorm_forward, moving_average
 from .binary_loss import (dice_loss_backward, dice_loss_forward, sigmoid_binary_cross_entropy_backward,
                           sigmoid_binary_cross_entropy_forward, sigmoid_focal_loss_backward, sigmoid_focal_loss_forward)
 from .channel_scale import channel_scale_backward, channel_scale_forward
-from .conv import conv2d_backward, conv2d_forward
+from .conv import conv2d_backward, conv2d_forward, conv2d_fused_backward, conv2d_fused_forward
 from .depthwise import depthwise_conv2d_backward, depthwise_conv2d_forward
 from .device import SIMULATED, is_device_array, to_device, to_host, zeros_like
 from .dropout import dropout_backward, dropout_forward

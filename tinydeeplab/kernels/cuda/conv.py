@@ -32,8 +32,9 @@ from __future__ import annotations
 
 from numba import cuda
 
-from ...functional.checks import check_conv2d_args, check_grad_shape
+from ...functional.checks import check_conv2d_args, check_conv_epilogue, check_grad_shape
 from ...functional.conv import conv2d_plan
+from .activation import relu_backward
 from .gemm import matmul
 from .device import cast, empty, launch_1d, require_device, spec, unravel_nhwc, zeros
 from .reduce import column_sums
@@ -118,6 +119,22 @@ def _tap_copy(w, live, i0, n_th, j0, n_tw, to_taps):
             w[i0 + a, j0 + b, c, f] = live[q, f]
 
 
+@cuda.jit
+def _epilogue(y2, b, res2, has_bias, has_res, relu):
+    """``y2[p, f] = act(y2[p, f] + b[f] + res2[p, f])`` in place, each term where its flag is set."""
+    f_n = y2.shape[1]
+    for i in range(cuda.grid(1), y2.size, cuda.gridsize(1)):
+        p, f = i // f_n, i % f_n
+        v = y2[p, f]
+        if has_bias:
+            v += b[f]
+        if has_res:
+            v += res2[p, f]
+        if relu and not (v > 0 or v != v):
+            v = 0
+        y2[p, f] = v
+
+
 def add_bias(y2, b):
     """In place ``y2 += b`` broadcast over the rows of ``y2`` (P, F)."""
     launch_1d(_add_bias, y2.size, y2, b)
@@ -167,35 +184,10 @@ def conv2d_forward(x, w, b=None, *, stride=1, dilation=1, padding="same"):
 
     ``y[n, oh, ow, f] = b[f] + sum_{i,j,c} xpad[n, oh*sh + i*dh, ow*sw + j*dw, c] * w[i, j, c, f]``
 
-    Arguments and results as :func:`tinydeeplab.functional.conv2d_forward`, as device arrays.
+    Arguments and results as :func:`tinydeeplab.functional.conv2d_forward`, as device arrays; the bias is
+    added by the GEMM as it stores each output (its epilogue).
     """
-    stride, dilation = check_conv2d_args(spec(x), spec(w), spec(b), stride, dilation)
-    for a, name in ((x, "x"), (w, "w")) + (((b, "b"),) if b is not None else ()):
-        require_device(a, name)
-    kh, kw, c, f = w.shape
-    n = x.shape[0]
-    geometry = conv2d_plan(tuple(x.shape), w.shape, stride, dilation, padding)
-    pads, out_hw = geometry.pads, geometry.out_hw
-    ho, wo = out_hw
-    plan = _kernel_plan(geometry, w.shape)
-    geom = {"pads": pads, "stride": stride, "dilation": dilation}
-    wmat = _live_weights(w, plan)                                      # (T_live * C, F)
-
-    y2 = empty((n * ho * wo, f), x.dtype)                             # (P, F)
-    if plan["gemm_only"]:
-        matmul(x.reshape(n * ho * wo, c), wmat, y2)                   # (P, C) @ (C, F)
-    elif wmat.shape[0] == 0:
-        y2 = zeros((n * ho * wo, f), x.dtype)                          # every tap reads only padding
-    else:
-        width = wmat.shape[0]
-        for g0, g1 in _chunks(n * ho, wo, width, x.dtype.itemsize):
-            col = empty(((g1 - g0) * wo, width), x.dtype)              # (rows, T*C)
-            launch_1d(_im2col, col.size, x, col, g0, ho, wo, *_geometry_args(plan, geom))
-            matmul(col, wmat, y2[g0 * wo:g1 * wo])                     # (rows, T*C) @ (T*C, F)
-    if b is not None:
-        add_bias(y2, b)
-    cache = {"x": x, "w": w, "has_bias": b is not None, "out_hw": out_hw, "plan": plan, **geom}
-    return y2.reshape(n, ho, wo, f), cache                             # (N, H_out, W_out, F)
+    return _forward(x, w, b, None, False, stride, dilation, padding)
 
 
 def conv2d_backward(dy, cache):
@@ -237,3 +229,62 @@ def conv2d_backward(dy, cache):
         copy_into_taps(dw, dw_live, plan["i0"], plan["n_th"], plan["j0"], plan["n_tw"], to_taps=False)
     db = cast(column_sums(dy2), w.dtype) if cache["has_bias"] else None
     return dx, dw, db
+
+
+def conv2d_fused_forward(x, w, b=None, residual=None, *, stride=1, dilation=1, padding="same", relu=False):
+    """``y = act(conv(x, w) + b + residual)`` on device arrays (``act`` ReLU when ``relu``); returns ``(y, cache)``.
+
+    As :func:`tinydeeplab.functional.conv2d_fused_forward`. Bias, residual and ReLU are applied by the GEMM
+    itself as it stores each output (:func:`~tinydeeplab.kernels.cuda.gemm.gemm_kernel`'s epilogue): no
+    launch and no pass over the output of their own (the plain path launches an add and a ReLU after it).
+    """
+    return _forward(x, w, b, residual, relu, stride, dilation, padding)
+
+
+def _forward(x, w, b, residual, relu, stride, dilation, padding):
+    """The convolution with its epilogue (``b``, ``residual``, ``relu``) in the GEMM's store."""
+    stride, dilation = check_conv2d_args(spec(x), spec(w), spec(b), stride, dilation)
+    for a, name in ((x, "x"), (w, "w")) + (((b, "b"),) if b is not None else ()):
+        require_device(a, name)
+    kh, kw, c, f = w.shape
+    n = x.shape[0]
+    geometry = conv2d_plan(tuple(x.shape), w.shape, stride, dilation, padding)
+    pads, out_hw = geometry.pads, geometry.out_hw
+    ho, wo = out_hw
+    check_conv_epilogue(spec(residual), (n, ho, wo, f), x.dtype, relu)
+    if residual is not None:
+        require_device(residual, "residual")
+    plan = _kernel_plan(geometry, w.shape)
+    geom = {"pads": pads, "stride": stride, "dilation": dilation}
+    wmat = _live_weights(w, plan)                                      # (T_live * C, F)
+    res2 = None if residual is None else residual.reshape(n * ho * wo, f)   # (P, F)
+    relu = bool(relu)
+
+    y2 = empty((n * ho * wo, f), x.dtype)                             # (P, F)
+    if plan["gemm_only"]:
+        matmul(x.reshape(n * ho * wo, c), wmat, y2, bias=b, residual=res2, relu=relu)
+    elif wmat.shape[0] == 0:                                           # every tap reads only padding
+        y2 = zeros((n * ho * wo, f), x.dtype)
+        if b is not None or res2 is not None or relu:
+            launch_1d(_epilogue, y2.size, y2, y2[0] if b is None else b, y2 if res2 is None else res2,
+                      b is not None, res2 is not None, relu)
+    else:
+        width = wmat.shape[0]
+        for g0, g1 in _chunks(n * ho, wo, width, x.dtype.itemsize):
+            col = empty(((g1 - g0) * wo, width), x.dtype)              # (rows, T*C)
+            launch_1d(_im2col, col.size, x, col, g0, ho, wo, *_geometry_args(plan, geom))
+            matmul(col, wmat, y2[g0 * wo:g1 * wo], bias=b, relu=relu,
+                   residual=None if res2 is None else res2[g0 * wo:g1 * wo])
+    y = y2.reshape(n, ho, wo, f)                                       # (N, H_out, W_out, F)
+    cache = {"x": x, "w": w, "has_bias": b is not None, "out_hw": out_hw, "plan": plan, **geom,
+             "has_residual": residual is not None, "y": y if relu else None, "y_shape": (n, ho, wo, f)}
+    return y, cache
+
+
+def conv2d_fused_backward(dy, cache):
+    """Gradients of :func:`conv2d_fused_forward`: ``(dx, dw, db, dresidual)``; ``dz = dy * [y > 0]`` (relu)
+    or ``dy``, then :func:`conv2d_backward` of ``dz``, ``dresidual = dz`` (None without a residual)."""
+    check_grad_shape(spec(dy), cache["y_shape"])
+    dz = dy if cache["y"] is None else relu_backward(dy, {"y": cache["y"]})
+    dx, dw, db = conv2d_backward(dz, cache)
+    return dx, dw, db, (dz if cache["has_residual"] else None)

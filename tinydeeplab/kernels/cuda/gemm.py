@@ -83,8 +83,15 @@ def target_blocks() -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def gemm_kernel(dtype, tiles: Tiles, trans_a: bool, trans_b: bool, accumulate: bool):
-    """Compile (once per dtype, tiling and transpose/accumulate flags) ``gemm(a, b, c3, k_chunk)``.
+def gemm_kernel(dtype, tiles: Tiles, trans_a: bool, trans_b: bool, accumulate: bool,
+                epilogue: tuple = (False, False, False)):
+    """Compile (once per dtype, tiling and transpose/accumulate/epilogue flags) ``gemm(a, b, c3, k_chunk,
+    bias, res)``.
+
+    ``epilogue = (has_bias, has_residual, relu)``: each output is stored as ``act(acc + bias[n] + res[m, n])``
+    (the terms whose flag is set; ``act`` the ReLU when ``relu``), in the same store that writes it: the
+    fused convolution's bias, residual add and ReLU cost no pass of their own. Unused ``bias`` / ``res`` are
+    placeholders. Not with ``accumulate`` or split-K (the epilogue needs the finished sum).
 
     ``c3`` is ``(S, M, N)``: block ``(bx, by, z)`` multiplies along ``K`` in ``[z * k_chunk, (z + 1) * k_chunk)``
     and writes (or, with ``accumulate``, adds) its tile into ``c3[z]``. Shared-memory and register arrays need
@@ -96,9 +103,10 @@ def gemm_kernel(dtype, tiles: Tiles, trans_a: bool, trans_b: bool, accumulate: b
     n_threads = tm * tn
     bm_pad, bn_pad = bm + 1, bn + 1         # closure constants: shared-array shapes must be literals
     nb_type = numba.from_dtype(np.dtype(dtype))
+    has_bias, has_res, relu = (bool(e) for e in epilogue)
 
     @cuda.jit
-    def gemm(a, b, c3, k_chunk):
+    def gemm(a, b, c3, k_chunk, bias, res):
         # One padding column: threads storing consecutive k of one row hit different banks.
         a_tile = cuda.shared.array((bk, bm_pad), nb_type)  # a_tile[k, m] = op(A)[row0 + m, k0 + k]
         b_tile = cuda.shared.array((bk, bn_pad), nb_type)  # b_tile[k, n] = op(B)[k0 + k, col0 + n]
@@ -162,7 +170,14 @@ def gemm_kernel(dtype, tiles: Tiles, trans_a: bool, trans_b: bool, accumulate: b
                         if accumulate:
                             c[r, col] += acc[i, j]
                         else:
-                            c[r, col] = acc[i, j]
+                            v = acc[i, j]
+                            if has_bias:
+                                v += bias[col]
+                            if has_res:
+                                v += res[r, col]
+                            if relu and not (v > 0 or v != v):   # NaN stays NaN, as the ReLU op
+                                v = 0
+                            c[r, col] = v
 
     return gemm
 
@@ -187,9 +202,19 @@ def choose_split_k(m: int, n: int, k: int, tiles: Tiles) -> int:
     return max(1, min(want, k // SPLIT_K_MIN_DEPTH))
 
 
+@functools.lru_cache(maxsize=None)
+def _placeholders(dtype):
+    """A (1,) and a (1, 1) device array of ``dtype``: the ``bias`` / ``res`` of a GEMM without that epilogue."""
+    return cuda.to_device(np.zeros(1, dtype)), cuda.to_device(np.zeros((1, 1), dtype))
+
+
 def matmul(a, b, out=None, *, trans_a: bool = False, trans_b: bool = False, accumulate: bool = False,
-           tiles: Tiles | None = None, split_k: int | None = None):
+           tiles: Tiles | None = None, split_k: int | None = None, bias=None, residual=None, relu: bool = False):
     """``out = op(a) @ op(b)`` (``+=`` with ``accumulate``) for 2-D C-contiguous device arrays; returns ``out``.
+
+    Epilogue (fused into the store, see :func:`gemm_kernel`): ``out = act(op(a) @ op(b) + bias + residual)``
+    with ``bias`` (N,) broadcast over the rows, ``residual`` (M, N), ``act`` the ReLU when ``relu``; such a
+    product runs without split-K and cannot accumulate.
 
     ``op(a)`` is ``a.T`` when ``trans_a`` (read in place). ``out`` is allocated when None.
 
@@ -215,20 +240,29 @@ def matmul(a, b, out=None, *, trans_a: bool = False, trans_b: bool = False, accu
         out = empty((m, n), a.dtype)
     elif tuple(out.shape) != (m, n):
         raise ValueError(f"matmul: out has shape {tuple(out.shape)}, expected ({m}, {n})")
+    epilogue = (bias is not None, residual is not None, bool(relu))
+    if any(epilogue) and accumulate:
+        raise ValueError("matmul: an epilogue (bias, residual, relu) cannot accumulate")
+    if residual is not None and tuple(residual.shape) != (m, n):
+        raise ValueError(f"matmul: residual has shape {tuple(residual.shape)}, expected ({m}, {n})")
     if m == 0 or n == 0:
         return out
     tiles = tiles or TILES
     bm, bn, bk, rm, rn = tiles
     splits = max(1, min(int(split_k), max(k, 1))) if split_k is not None else choose_split_k(m, n, k, tiles)
+    if any(epilogue):
+        splits = 1                                                      # the epilogue needs the whole sum
+    pb, pr = _placeholders(a.dtype.type)
+    extra = (pb if bias is None else bias, pr if residual is None else residual)
     k_chunk = max(bk, math.ceil(math.ceil(k / splits) / bk) * bk)       # a whole number of K steps per split
     splits = max(1, math.ceil(k / k_chunk))
     block = (bn // rn, bm // rm)                                        # (threads along N, along M)
     if splits == 1:
-        kernel = gemm_kernel(a.dtype.type, tiles, bool(trans_a), bool(trans_b), bool(accumulate))
-        kernel[(math.ceil(n / bn), math.ceil(m / bm), 1), block](a, b, out.reshape(1, m, n), max(k, 1))
+        kernel = gemm_kernel(a.dtype.type, tiles, bool(trans_a), bool(trans_b), bool(accumulate), epilogue)
+        kernel[(math.ceil(n / bn), math.ceil(m / bm), 1), block](a, b, out.reshape(1, m, n), max(k, 1), *extra)
         return out
     partial = empty((splits, m, n), a.dtype)                            # (S, M, N)
     kernel = gemm_kernel(a.dtype.type, tiles, bool(trans_a), bool(trans_b), False)
-    kernel[(math.ceil(n / bn), math.ceil(m / bm), splits), block](a, b, partial, k_chunk)
+    kernel[(math.ceil(n / bn), math.ceil(m / bm), splits), block](a, b, partial, k_chunk, *extra)
     launch_1d(_sum_splits, m * n, partial, out, bool(accumulate))
     return out
