@@ -144,7 +144,7 @@ def register_encoder(cls: type[Encoder]) -> type[Encoder]:
     (usable as a class decorator).
 
     >>> sorted(ENCODERS)
-    ['EfficientNetBackbone', 'MobileNetBackbone', 'ResNetBackbone']
+    ['DenseNetBackbone', 'EfficientNetBackbone', 'MobileNetBackbone', 'ResNetBackbone']
     """
     if not (isinstance(cls, type) and issubclass(cls, Encoder) and cls.keras_class_name):
         raise TypeError(f"{cls!r} is not an Encoder subclass with a keras_class_name")

@@ -1,0 +1,172 @@
+"""DenseNetBackbone: KerasHub's configs (sizes Keras reports), pyramid, config round trip, presets, atrous
+output strides, and whole-model gradients (the Keras parity fixtures are in test_parity.py)."""
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinydeeplab import load_keras_preset, save_keras_preset, use_backend
+from tinydeeplab.errors import PresetError
+from tinydeeplab.models import DeepLabV3Backbone, DeepLabV3ImageSegmenter, DenseNetBackbone
+
+from model_factories import randomize_batchnorm
+
+# count_params() and pyramid_outputs of keras_hub.models.DenseNetBackbone(stackwise_num_repeats=...)
+# (keras-hub in /work/kerasenv): the presets densenet_121/169/201_imagenet use these repeats, growth 32,
+# compression 0.5. The counts include the final BN that no pyramid output uses.
+KERAS = {"121": ([6, 12, 24, 16], 7_037_504, {"P2": 256, "P3": 512, "P4": 1024, "P5": 1024}),
+         "169": ([6, 12, 32, 32], 12_642_880, {"P2": 256, "P3": 512, "P4": 1280, "P5": 1664}),
+         "201": ([6, 12, 48, 32], 18_321_984, {"P2": 256, "P3": 512, "P4": 1792, "P5": 1920})}
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def tiny_segmenter(output_stride=None, **over):
+    cfg = dict(growth_rate=4, compression_ratio=0.5)
+    cfg.update(over)
+    enc = DenseNetBackbone(cfg.pop("repeats", [1, 2, 1, 1]), **cfg, output_stride=output_stride, seed=0)
+    top = max(enc.pyramid_channels)                                         # the ASPP on the last level
+    bb = DeepLabV3Backbone(enc, top, 2 ** (int(top[1]) - 2), [1, 2], low_level_feature_key="P2", projection_filters=4,
+                           num_channels=8, seed=1)
+    return DeepLabV3ImageSegmenter(bb, 3, seed=2)
+
+
+@pytest.mark.parametrize("name", sorted(KERAS))
+def test_keras_configs_build_with_the_sizes_keras_reports(name):
+    repeats, params, pyramid = KERAS[name]
+    enc = DenseNetBackbone(repeats, seed=0)
+    assert enc.num_parameters() + sum(b.size for _, b in enc.named_buffers()) == params
+    assert enc.pyramid_channels == pyramid
+    assert enc.pyramid_strides == {"P2": 4, "P3": 8, "P4": 16, "P5": 32}
+    assert len(enc.keras_weight_layers()) + len(enc.keras_unused_weight_layers()) == 2 + 4 * sum(repeats) + 2 * 3 + 1
+
+
+@pytest.mark.parametrize("size", [(64, 64), (50, 37)])
+def test_pyramid_shapes(size):
+    """The stem is Keras "same" (ceil), the transition pools "valid" (floor)."""
+    enc = DenseNetBackbone([1, 1, 1, 1], growth_rate=4, seed=0)
+    out = enc(np.random.default_rng(0).normal(size=(1, *size, 3)).astype(np.float32))
+    h, w = -(-size[0] // 4), -(-size[1] // 4)
+    for level in ("P2", "P3", "P4", "P5"):
+        assert out[level].shape == (1, h, w, enc.pyramid_channels[level]), level
+        h, w = h // 2, w // 2
+
+
+def test_config_round_trip_and_keras_keys():
+    enc = DenseNetBackbone([2, 1], growth_rate=6, compression_ratio=0.25, seed=0)
+    cfg = enc.get_config()
+    assert cfg == {"stackwise_num_repeats": [2, 1], "compression_ratio": 0.25, "growth_rate": 6,
+                   "image_shape": [None, None, 3]}
+    again = DenseNetBackbone.from_config({**cfg, "name": "dense_net_backbone", "trainable": True})
+    assert again.get_config() == cfg and again.state_dict().keys() == enc.state_dict().keys()
+    assert DenseNetBackbone.from_config(cfg, output_stride=16).get_config()["output_stride"] == 16
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(stackwise_num_repeats=[]), "stackwise_num_repeats"),
+    (dict(stackwise_num_repeats=[1, 0]), "stackwise_num_repeats"),
+    (dict(growth_rate=0), "growth_rate"),
+    (dict(compression_ratio=1.5), "compression_ratio"),
+    (dict(compression_ratio=0.01), "leaves 0 channels"),
+    (dict(output_stride=4), "output_stride"),
+])
+def test_bad_configs_are_named(change, match):
+    kw = dict(stackwise_num_repeats=[1, 1], growth_rate=4)
+    kw.update(change)
+    with pytest.raises(ValueError, match=match):
+        DenseNetBackbone(**kw)
+
+
+def test_preset_round_trip_and_a_bad_config_is_one_line(tmp_path):
+    model = randomize_batchnorm(tiny_segmenter(), np.random.default_rng(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                                    # 8-channel head: tinydeeplab-only
+        save_keras_preset(model, tmp_path / "p")
+    again = load_keras_preset(tmp_path / "p")
+    assert isinstance(again.backbone.image_encoder, DenseNetBackbone)
+    x = np.random.default_rng(1).normal(size=(2, 32, 64, 3)).astype(np.float32)
+    np.testing.assert_array_equal(again.forward(x), model.forward(x))
+    np.testing.assert_array_equal(again.backbone.image_encoder.bn.buffers["moving_mean"],
+                                  model.backbone.image_encoder.bn.buffers["moving_mean"])   # the unused top BN
+    cfg = json.loads((tmp_path / "p" / "config.json").read_text())
+    cfg["config"]["image_encoder"]["config"]["growth_rate"] = -1
+    (tmp_path / "p" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(PresetError, match="config.json.*growth_rate"):
+        load_keras_preset(tmp_path / "p")
+
+
+@pytest.mark.parametrize("output_stride,step", [(16, 2), (8, 4)])
+def test_output_stride_is_exact_a_trous_of_the_strided_network(output_stride, step):
+    """Same weights, transition strides traded for dilated pools and 3x3s: at inference the dense P5 holds the
+    strided P5 on the kept grid (sides multiples of 32), and sits at 1/output_stride."""
+    strided = randomize_batchnorm(DenseNetBackbone([1, 1, 2, 2], growth_rate=4, seed=0),
+                                  np.random.default_rng(2)).astype(np.float64)
+    dense = DenseNetBackbone([1, 1, 2, 2], growth_rate=4, output_stride=output_stride, seed=0).astype(np.float64)
+    dense.load_state_dict(strided.state_dict())
+    assert dense.pyramid_strides["P5"] == output_stride
+    x = np.random.default_rng(1).normal(size=(1, 64, 96, 3))
+    with use_backend("numpy"):
+        p, q = strided.forward(x), dense.forward(x)
+    assert q["P5"].shape[1:3] == (64 // output_stride, 96 // output_stride)
+    np.testing.assert_allclose(q["P5"][:, ::step, ::step], p["P5"], rtol=1e-10, atol=1e-12)
+    if output_stride == 8:
+        np.testing.assert_allclose(q["P4"][:, ::2, ::2], p["P4"], rtol=1e-10, atol=1e-12)
+
+
+def test_output_stride_on_an_odd_side_differs_only_next_to_the_border():
+    """What is not exact: a 4x7 map entering the de-strided pool (the strided pool floors 7 to 3)."""
+    strided = DenseNetBackbone([1, 1, 1, 1], growth_rate=4, seed=0).astype(np.float64)
+    dense = DenseNetBackbone([1, 1, 1, 1], growth_rate=4, output_stride=16, seed=0).astype(np.float64)
+    dense.load_state_dict(strided.state_dict())
+    x = np.random.default_rng(1).normal(size=(1, 64, 112, 3))                # P4 4 x 7
+    with use_backend("numpy"):
+        p5, q5 = strided.forward(x)["P5"], dense.forward(x)["P5"][:, ::2, ::2]
+    assert q5.shape[2] == p5.shape[2] + 1
+    np.testing.assert_allclose(q5[:, :, :-2], p5[:, :, :-1], rtol=1e-10, atol=1e-12)
+    assert not np.allclose(q5[:, :, -2], p5[:, :, -1])
+
+
+@pytest.mark.parametrize("output_stride", [None, 8])
+def test_whole_model_directional_derivative(output_stride):
+    """d/dt L(theta + t v, x + t vx) at t = 0 equals <grad, v> + <dx, vx>, training-mode BN (step 1e-7: every
+    unit has a ReLU, and a step of 1e-5 along all weights at once crosses some of their kinks)."""
+    from test_model import directional_derivative
+
+    rng = np.random.default_rng(4)
+    model = randomize_batchnorm(tiny_segmenter(output_stride), rng).astype(np.float64)
+    x, c = rng.normal(size=(2, 64, 70, 3)), rng.normal(size=(2, 64, 70, 3))   # P5 2 x 2 at OS32
+    numeric, predicted = directional_derivative(model, x, c, rng, eps=1e-7)
+    assert numeric == pytest.approx(predicted, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_whole_model_gradient_every_entry():
+    from test_model import _check_every_entry
+
+    rng = np.random.default_rng(3)
+    model = randomize_batchnorm(tiny_segmenter(repeats=[1, 1], growth_rate=2), rng).astype(np.float64)
+    x, c = rng.normal(size=(2, 16, 12, 3)), rng.normal(size=(2, 16, 12, 3))
+    with use_backend("numpy"):
+        checked = _check_every_entry(model, x, c, True)
+    assert checked == model.num_parameters()
+
+
+@pytest.mark.parametrize("output_stride", [None, 16])
+def test_cpu_backend_matches_the_reference(output_stride):
+    model = randomize_batchnorm(tiny_segmenter(output_stride), np.random.default_rng(5))
+    x = np.random.default_rng(6).normal(size=(2, 40, 33, 3)).astype(np.float32)
+    c = np.random.default_rng(7).normal(size=(2, 40, 33, 3)).astype(np.float32)
+    results = {}
+    for backend in ("numpy", "cpu"):
+        with use_backend(backend):
+            y = model.forward(x, training=True)
+            model.zero_grad()
+            dx = model.backward(c)
+            results[backend] = (y, dx, {k: g.copy() for k, g in model.named_gradients()})
+    (y0, dx0, g0), (y1, dx1, g1) = results["numpy"], results["cpu"]
+    np.testing.assert_allclose(y1, y0, rtol=1e-4, atol=1e-4 * float(np.abs(y0).max()))
+    np.testing.assert_allclose(dx1, dx0, rtol=1e-4, atol=1e-4 * float(np.abs(dx0).max()))
+    scale = max(float(np.abs(g).max()) for g in g0.values())
+    for k in g0:
+        np.testing.assert_allclose(g1[k], g0[k], rtol=1e-3, atol=1e-5 * scale, err_msg=k)
