@@ -170,3 +170,18 @@ def test_cpu_backend_matches_the_reference(output_stride):
     scale = max(float(np.abs(g).max()) for g in g0.values())
     for k in g0:
         np.testing.assert_allclose(g1[k], g0[k], rtol=1e-3, atol=1e-5 * scale, err_msg=k)
+
+
+def test_densenet_tiny_recipe_is_os16_on_the_camvid_crop():
+    from tinydeeplab.models.atrous import aspp_warning
+    from tinydeeplab.models.recipes import RECIPES, build_model
+
+    model = build_model("densenet-tiny", 11, seed=0)
+    enc = model.backbone.image_encoder
+    assert isinstance(enc, DenseNetBackbone) and RECIPES["densenet-tiny"]["crop"] == (256, 352)
+    assert enc.pyramid_strides == {"P2": 4, "P3": 8, "P4": 16, "P5": 16}
+    assert enc.transition3.pool.strides == 1 and enc.stack4.block1.conv2.conv.dilation_rate == (2, 2)
+    x = np.zeros((1, 256, 352, 3), np.float32)
+    assert enc(x)["P5"].shape[1:3] == (16, 22)                                       # the ASPP map
+    assert aspp_warning(model, (256, 352), (360, 480)) is None                       # rates 3/6/9 all live
+    assert build_model("densenet-tiny", 11, output_stride=8).backbone.image_encoder.pyramid_strides["P5"] == 8
