@@ -185,3 +185,16 @@ def test_densenet_tiny_recipe_is_os16_on_the_camvid_crop():
     assert enc(x)["P5"].shape[1:3] == (16, 22)                                       # the ASPP map
     assert aspp_warning(model, (256, 352), (360, 480)) is None                       # rates 3/6/9 all live
     assert build_model("densenet-tiny", 11, output_stride=8).backbone.image_encoder.pyramid_strides["P5"] == 8
+
+
+def test_export_writes_the_encoder_config_keras_wrote(tmp_path):
+    """Load the KerasHub-written fixture preset and save it again: the same encoder config (the datasets are
+    compared in test_parity.py; KerasHub reloads the export: ``make_parity_fixtures.py --check-roundtrip``)."""
+    src = FIXTURES / "densenet_v3plus_tiny" / "preset"
+    save_keras_preset(load_keras_preset(src), tmp_path / "p")
+    entry = lambda p: json.loads((p / "config.json").read_text())["config"]["image_encoder"]  # noqa: E731
+    mine, keras = entry(tmp_path / "p"), entry(src)
+    assert (mine["class_name"], mine["module"]) == (keras["class_name"], keras["module"])
+    drop = ("name", "trainable", "dtype")
+    assert {k: v for k, v in mine["config"].items() if k not in drop} == \
+        {k: v for k, v in keras["config"].items() if k not in drop}
