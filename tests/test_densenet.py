@@ -11,7 +11,7 @@ from tinydeeplab import load_keras_preset, save_keras_preset, use_backend
 from tinydeeplab.errors import PresetError
 from tinydeeplab.models import DeepLabV3Backbone, DeepLabV3ImageSegmenter, DenseNetBackbone
 
-from model_factories import randomize_batchnorm
+from model_factories import assert_cpu_matches_reference, randomize_batchnorm
 
 # count_params() and pyramid_outputs of keras_hub.models.DenseNetBackbone(stackwise_num_repeats=...)
 # (keras-hub in /work/kerasenv): the presets densenet_121/169/201_imagenet use these repeats, growth 32,
@@ -157,19 +157,7 @@ def test_cpu_backend_matches_the_reference(output_stride):
     model = randomize_batchnorm(tiny_segmenter(output_stride), np.random.default_rng(5))
     x = np.random.default_rng(6).normal(size=(2, 40, 33, 3)).astype(np.float32)
     c = np.random.default_rng(7).normal(size=(2, 40, 33, 3)).astype(np.float32)
-    results = {}
-    for backend in ("numpy", "cpu"):
-        with use_backend(backend):
-            y = model.forward(x, training=True)
-            model.zero_grad()
-            dx = model.backward(c)
-            results[backend] = (y, dx, {k: g.copy() for k, g in model.named_gradients()})
-    (y0, dx0, g0), (y1, dx1, g1) = results["numpy"], results["cpu"]
-    np.testing.assert_allclose(y1, y0, rtol=1e-4, atol=1e-4 * float(np.abs(y0).max()))
-    np.testing.assert_allclose(dx1, dx0, rtol=1e-4, atol=1e-4 * float(np.abs(dx0).max()))
-    scale = max(float(np.abs(g).max()) for g in g0.values())
-    for k in g0:
-        np.testing.assert_allclose(g1[k], g0[k], rtol=1e-3, atol=1e-5 * scale, err_msg=k)
+    assert_cpu_matches_reference(model, x, c)
 
 
 def test_densenet_tiny_recipe_is_os16_on_the_camvid_crop():

@@ -166,10 +166,7 @@ class DenseNetBackbone(Encoder):
 
     def backward(self, d_pyramid):
         """A stack's output gets the gradient coming back through the transition above it plus its level's own."""
-        unknown = sorted(set(d_pyramid) - set(self.pyramid_channels))
-        if unknown or not d_pyramid:
-            raise ValueError(f"backward needs gradients for some of {list(self.pyramid_channels)}, "
-                             f"got {sorted(d_pyramid)}")
+        self.check_pyramid_gradients(d_pyramid)
         dx = None
         for s in reversed(range(1, self.num_stacks + 1)):
             if dx is not None:
