@@ -89,14 +89,23 @@ def depthwise_cases(draw, max_size=6, max_channels=3):
 @st.composite
 def avg_pool_cases(draw, max_size=7, max_channels=3):
     """An avg_pool2d configuration: windows 1..4 (even ones too), stride int, pair or None (= pool size),
-    Keras padding "valid" or "same" (a "valid" window larger than the input falls back to "same")."""
+    Keras padding "valid" or "same" or explicit pairs, dilation 1..3 (a configuration that is not
+    possible, such as a window left entirely in the padding, falls back to "same" without dilation)."""
+    from tinydeeplab.functional.avg_pool import avg_pool2d_geometry
+
     n, h, w, c = draw(nhwc_shapes(max_size=max_size, max_channels=max_channels))
     pool = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
     stride = draw(st.one_of(st.none(), strides))
-    padding = draw(st.sampled_from(["same", "valid"]))
-    if padding == "valid" and (pool[0] > h or pool[1] > w):
-        padding = "same"
-    return {"x_shape": (n, h, w, c), "pool_size": pool, "stride": stride, "padding": padding, "seed": draw(seeds)}
+    dilation = draw(st.one_of(st.just(1), st.tuples(st.integers(1, 3), st.integers(1, 3))))
+    padding = draw(st.one_of(st.sampled_from(["same", "valid"]),
+                             st.tuples(st.tuples(st.integers(0, 2), st.integers(0, 2)),
+                                       st.tuples(st.integers(0, 2), st.integers(0, 2)))))
+    try:
+        avg_pool2d_geometry((n, h, w, c), pool, stride, padding, dilation)
+    except ValueError:
+        padding, dilation = "same", 1
+    return {"x_shape": (n, h, w, c), "pool_size": pool, "stride": stride, "padding": padding,
+            "dilation": dilation, "seed": draw(seeds)}
 
 
 def away_from(x: np.ndarray, points, gap: float = 1e-3) -> np.ndarray:

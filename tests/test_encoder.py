@@ -158,7 +158,8 @@ def _defined_names(path: Path) -> set[str]:
 
 def _resnet_only_names() -> set[str]:
     """What only the ResNet module defines: not the Encoder protocol, not Module, not ASPP or DeepLab."""
-    others = set(dir(Encoder)) | _defined_names(PACKAGE / "models" / "encoder.py")
+    others = set(dir(Encoder)) | set(Encoder.__annotations__) | _defined_names(PACKAGE / "models" / "encoder.py")
+    # (the annotated protocol attributes, pyramid_channels and pyramid_strides, are set by each encoder)
     for name in ("aspp.py", "deeplab.py"):
         others |= _defined_names(PACKAGE / "models" / name)
     return _defined_names(PACKAGE / "models" / "resnet.py") - others

@@ -1,5 +1,6 @@
 """avg_pool2d on every backend against the NumPy reference; the reference against a brute-force mean
-over the real pixels of each window (Keras excludes the padding of "same") and central differences."""
+over the real pixels of each window (Keras excludes the padding of "same"; dilated windows and explicit
+padding are tinydeeplab's extension for atrous encoders) and central differences on every backend."""
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -12,7 +13,7 @@ from tinydeeplab.gradcheck import check_gradients
 
 
 def opts(case):
-    return {k: case[k] for k in ("pool_size", "stride", "padding")}
+    return {k: case[k] for k in ("pool_size", "stride", "padding", "dilation") if k in case}
 
 
 def check_avg_pool(name, case, dtype=np.float32):
@@ -42,22 +43,48 @@ def test_avg_pool2d_named_cases(name, pool, stride, padding):
                           "seed": 7})
 
 
-def mean_of_real_pixels(x, pool_size, stride, padding):
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("pool,stride,padding,dilation", [
+    (2, 1, ((0, 1), (0, 1)), 1), (2, 1, ((0, 2), (0, 2)), 2), ((2, 3), (1, 2), "same", (2, 1)),
+    (3, 2, ((1, 0), (2, 1)), (1, 3)), (2, 1, "valid", 3)])
+def test_avg_pool2d_dilated_and_explicitly_padded(name, pool, stride, padding, dilation):
+    """The atrous DenseNet's de-strided transition pools (2x2/1, dilation r, padding (0, r)) and others."""
+    check_avg_pool(name, {"x_shape": (2, 6, 7, 3), "pool_size": pool, "stride": stride, "padding": padding,
+                          "dilation": dilation, "seed": 8})
+
+
+def test_dilated_stride1_pool_holds_the_strided_pool_at_the_rate_grid():
+    """Pooling a map of rate r with 2x2 / 1, dilation r, padding (0, r) gives the 2x2 / 2 pool of the
+    sparse map at every r-th position: what DenseNet's transition does at output stride 8."""
+    rng = np.random.default_rng(3)
+    dense = rng.normal(size=(1, 8, 12, 2))                     # (N, H, W, C), values of rate 2 at even positions
+    strided, _ = R.avg_pool2d_forward(dense[:, ::2, ::2], pool_size=2, stride=2)     # (1, 2, 3, 2)
+    atrous, _ = R.avg_pool2d_forward(dense, pool_size=2, stride=1, padding=((0, 2), (0, 2)), dilation=2)
+    assert atrous.shape == dense.shape
+    np.testing.assert_allclose(atrous[:, ::4, ::4], strided, rtol=1e-12)
+
+
+def mean_of_real_pixels(x, pool_size, stride, padding, dilation=1):
     """Window means by explicit loops over the real pixels only, the Keras padding rule written out again."""
     n, h, w, c = x.shape
     kh, kw = pool_size
     sh, sw = (kh, kw) if stride is None else ((stride, stride) if isinstance(stride, int) else stride)
+    dh, dw = (dilation, dilation) if isinstance(dilation, int) else dilation
+    eh, ew = (kh - 1) * dh + 1, (kw - 1) * dw + 1                 # the windows' spans
     if padding == "same":
-        (pt, _), (pl, _) = same_padding_1d(h, kh, sh, 1), same_padding_1d(w, kw, sw, 1)
+        (pt, _), (pl, _) = same_padding_1d(h, kh, sh, dh), same_padding_1d(w, kw, sw, dw)
         ho, wo = -(-h // sh), -(-w // sw)
-    else:
+    elif padding == "valid":
         pt = pl = 0
-        ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+        ho, wo = (h - eh) // sh + 1, (w - ew) // sw + 1
+    else:
+        (pt, pb), (pl, pr) = padding
+        ho, wo = (h + pt + pb - eh) // sh + 1, (w + pl + pr - ew) // sw + 1
     y = np.empty((n, ho, wo, c))
     for oh in range(ho):
         for ow in range(wo):
-            rows = [r for r in range(oh * sh - pt, oh * sh - pt + kh) if 0 <= r < h]
-            cols = [q for q in range(ow * sw - pl, ow * sw - pl + kw) if 0 <= q < w]
+            rows = [r for r in range(oh * sh - pt, oh * sh - pt + eh, dh) if 0 <= r < h]
+            cols = [q for q in range(ow * sw - pl, ow * sw - pl + ew, dw) if 0 <= q < w]
             y[:, oh, ow] = x[:, rows][:, :, cols].mean(axis=(1, 2))
     return y
 
@@ -69,16 +96,23 @@ def test_avg_pool2d_is_the_mean_over_the_real_pixels(case):
     np.testing.assert_allclose(y, mean_of_real_pixels(x, **opts(case)), rtol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["numpy", "cpu"])
+@pytest.mark.parametrize("name", ["numpy", *BACKENDS])
 def test_avg_pool2d_gradients_against_central_differences(name):
+    """float64 central differences on every entry of x, random cotangent (cuda: device arrays in and out)."""
     mod = R if name == "numpy" else ops(name)
 
-    @settings(max_examples=10)
-    @given(avg_pool_cases(max_size=5))
+    def forward(x, **kw):
+        y, cache = mod.avg_pool2d_forward(on(name, x), **kw)
+        return host(y), cache
+
+    def backward(dy, cache):
+        return host(mod.avg_pool2d_backward(on(name, dy), cache))
+
+    @settings(max_examples=10 if name != "cuda" else 5)
+    @given(avg_pool_cases(max_size=5 if name != "cuda" else 4, max_channels=3 if name != "cuda" else 2))
     def check(case):
         rng = np.random.default_rng(case["seed"])
-        check_gradients(mod.avg_pool2d_forward, mod.avg_pool2d_backward, {"x": normal(rng, case["x_shape"])},
-                        kwargs=opts(case), rng=rng)
+        check_gradients(forward, backward, {"x": normal(rng, case["x_shape"])}, kwargs=opts(case), rng=rng)
     check()
 
 

@@ -24,7 +24,8 @@ from tinydeeplab.parity import GRAD_TOLERANCE, gradient_errors, logits_at_size
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # Every fixture directory the tool wrote (v3_tiny, v3plus_tiny: ResNet v1 bottleneck; v3plus_v2_tiny:
-# pre-activation ResNet v2; v3_basic_tiny: basic blocks; effnet*: EfficientNet v1, lite, v2): every test below runs on each.
+# pre-activation ResNet v2; v3_basic_tiny: basic blocks; effnet*: EfficientNet v1, lite, v2; densenet_v3plus_tiny:
+# DenseNet): every test below runs on each.
 NAMES = sorted(d.name for d in FIXTURES.iterdir() if (d / "weights.json").is_file())
 LOGIT_TOL, ARGMAX_MIN, GRAD_TOL = 1e-4, 0.9999, GRAD_TOLERANCE
 GRAD_FLOOR = 1e-4   # gradients below this fraction of the model's largest are compared with it (see below)

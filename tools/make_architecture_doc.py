@@ -375,6 +375,46 @@ Printed (parameters and multiply-adds per part, with and without `--separable`) 
 """
 
 
+def densenet_section() -> str:
+    """The DenseNet encoder family in short, with DenseNet-121's numbers from :class:`DenseNetBackbone`
+    (no forward pass: the level sides at 512x512 follow from the strides, the stem ceiling and the
+    transition pools' floor, all exact at 512)."""
+    from tinydeeplab.models import DenseNetBackbone
+
+    enc, enc16 = DenseNetBackbone([6, 12, 24, 16], seed=0), DenseNetBackbone([6, 12, 24, 16], output_stride=16, seed=0)
+    params = enc.num_parameters() + sum(b.size for _, b in enc.named_buffers())
+    levels = ", ".join(f"{k} `(1, {SIZE // v}, {SIZE // v}, {enc.pyramid_channels[k]})`"
+                       for k, v in enc.pyramid_strides.items())
+    return f"""## DenseNet encoders (`DenseNetBackbone`)
+
+KerasHub's DenseNet (Huang et al. 2017, DenseNet-BC) replaces the residual add with a concatenation:
+every layer of a *dense block* reads all the feature maps before it and adds `growth_rate` (g) new ones.
+
+* **Stem**: 7×7/2 conv 64 ("same", no bias) → BN → ReLU → 3×3/2 max pool ("same"): 1/4 of the input.
+* **Conv block** (one layer of a dense block): BN → ReLU → 1×1 conv 4g → BN → ReLU → 3×3 conv g, then
+  `concat([x, new])`, so a block of n layers turns C channels into C + n·g. In the backward pass the concat
+  splits the gradient: the first C channels go straight to `x`, the last g back through the two convs, and
+  `x` receives their sum.
+* **Transition** (between dense blocks): BN → ReLU → 1×1 conv to `int(C · compression_ratio)` → 2×2/2
+  average pool ("valid", so an odd side is floored). It halves the side and (at 0.5) the channels.
+* **Pyramid**: P2..P5 are the outputs of dense blocks 1..4, *before* the transition that follows each;
+  the BN → ReLU after the last block is not a pyramid output (its BN is saved outside the DeepLab graph,
+  `image_encoder/layers/batch_normalization_<n>`). BN epsilon 1.001e-5, momentum 0.99 everywhere.
+
+DenseNet-121 (blocks 6-12-24-16, g = 32): {params:,} parameters with the moving statistics, exactly
+Keras's `count_params()`; at {SIZE}×{SIZE}: {levels}.
+
+**Output stride** (`output_stride=16` / `8`, tinydeeplab's extension): the transition before a dilated block
+keeps stride 1, its pool becomes a 2×2 window with dilation r (the rate of the map it reads) and padding
+(0, r), and every 3×3 in the blocks after it is dilated by the stride given up (OS16: P5 at 1/16, rate 2;
+OS8: P4 and P5 at 1/8, rates 2 and 4). Same weights and parameter count ({enc16.num_parameters():,}
+trainable); at inference the atrous network holds the strided one's values on the grid the strides kept
+when every de-strided map has even sides (inputs that are multiples of 32); an odd side differs next to the
+border, and training-mode BN statistics are those of the denser map (tests/test_densenet.py).
+
+"""
+
+
 def page(rows, rows16, model, model16, seconds, seconds16, load=None) -> str:
     enc = model.backbone.image_encoder
     total = model.num_parameters()
@@ -479,7 +519,7 @@ features on, everything is as above:
 {t16}
 
 {separable_section()}
-See also: [ops.md](ops.md) for the op contract, [api.md](api.md) for `ResNetBackbone`, `ASPP`,
+{densenet_section()}See also: [ops.md](ops.md) for the op contract, [api.md](api.md) for `ResNetBackbone`, `ASPP`,
 `DeepLabV3Backbone` and `DeepLabV3ImageSegmenter`, and [performance.md](performance.md) for speed.
 """
 

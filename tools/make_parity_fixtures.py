@@ -28,6 +28,9 @@ Modes
                           (--variant b0, lite0 or rw_t: the timm converter's
                           arguments); DIR/preset and DIR/cases.npz with a 256x256
                           input, logits, loss and every weight gradient
+--full-densenet DIR       the same head on DenseNet-121 (KerasHub's densenet_121
+                          config: repeats 6-12-24-16, growth 32, compression 0.5);
+                          DIR/preset and DIR/cases.npz as --full-efficientnet
 --verify-layout           check the HDF5 path rule documented in
                           tinydeeplab/io/keras_layout.py (re-implemented here in plain
                           Python as ``expected_weight_paths``) against what
@@ -247,6 +250,23 @@ FIXTURES["effnetv2_v3plus_tiny"]["encoder"].update(
     activation="silu",
 )
 FIXTURES["effnetv2_v3plus_tiny"]["num_classes"] = 3
+
+# DenseNet (KerasHub DenseNetBackbone: 64-filter 7x7/2 "same" stem, max pool 3x3/2 "same",
+# BN-ReLU-1x1(4g)-BN-ReLU-3x3(g) conv blocks concatenated onto their input, BN-ReLU-1x1-AvgPool 2x2/2
+# transitions, BN eps 1.001e-5, final BN outside the pyramid) in a DeepLabV3+, tiny: growth rate 4,
+# stack2 with 2 conv blocks (the conv2d_N / batch_normalization_N counters cross a block), compression
+# 0.5 (68 -> 34 channels, 25 -> 12: int() floors an odd width). The ASPP and head keep KerasHub's fixed
+# 256 channels, which is most of the fixture's size: one rate, gradients of one case per BN mode.
+FIXTURES["densenet_v3plus_tiny"] = dict(
+    encoder_class="DenseNetBackbone",
+    encoder=dict(stackwise_num_repeats=[1, 2, 1, 1], growth_rate=4, compression_ratio=0.5),
+    backbone=dict(spatial_pyramid_pooling_key="P5", upsampling_size=8, dilation_rates=[2],
+                  low_level_feature_key="P2", projection_filters=8),
+    num_classes=3,
+    cases=[("sq", 64, 64), ("nsq", 64, 96), ("odd", 62, 93)],
+    converter=FIXTURES["v3_tiny"]["converter"], grad_cases=["sq"], train_grad_cases=["sq"], act_hw=(32, 32),
+    drop_activations=["backbone/backbone_output_upsampling"],     # (1, 32, 32, 256): 1 MB, read by no test
+)
 
 FULL = dict(
     encoder=dict(
@@ -796,6 +816,9 @@ def make_fixture(name, cfg, out_root):
     ah, aw = cfg["act_hw"]
     xa = rng.standard_normal((1, ah, aw, 3)).astype("float32")
     acts, meta = collect_activations(seg, xa)
+    for key in cfg.get("drop_activations", ()):     # large maps no test reads (kept out of a small fixture)
+        acts.pop(key)
+        meta.pop(key)
     act_arrays = {"input_act": xa}
     for key, a in acts.items():
         act_arrays[f"act/{key}"] = np.ascontiguousarray(a).astype("float32")
@@ -920,15 +943,33 @@ def full_efficientnet(outdir, variant):
     P5, low-level P2) on the full-size encoder config of KerasHub's timm converter, random weights,
     written to DIR/preset, with DIR/cases.npz holding a 256x256 input, its labels, the inference-mode
     logits and loss, and the gradient of every trainable weight (keys as in the small fixtures)."""
-    keras, keras_hub = _keras()
     from keras_hub.src.utils.timm.convert_efficientnet import convert_backbone_config
 
-    keras.utils.set_random_seed(SEED)
-    rng = np.random.default_rng(SEED)
     arch = {"rw_t": "efficientnetv2_rw_t"}.get(variant, f"efficientnet_{variant}")
     cfg = dict(FULL, encoder_class="EfficientNetBackbone", encoder=convert_backbone_config({"architecture": arch}))
+    full_encoder(outdir, cfg, f"EfficientNet {variant}")
+
+
+DENSENET_121 = dict(stackwise_num_repeats=[6, 12, 24, 16], growth_rate=32, compression_ratio=0.5)
+"""The encoder config of KerasHub's densenet_121_imagenet preset (7,037,504 parameters)."""
+
+
+def full_densenet(outdir):
+    """``--full-densenet DIR``: the pascalvoc-shaped DeepLabV3+ head (ASPP on P5 with rates 6/12/18,
+    low-level P2, 21 classes) on DenseNet-121, random weights; DIR/preset and DIR/cases.npz as
+    :func:`full_efficientnet` writes them. Compare with ``tinydeeplab parity DIR/preset --cases DIR/cases.npz``."""
+    full_encoder(outdir, dict(FULL, encoder_class="DenseNetBackbone", encoder=DENSENET_121), "DenseNet-121")
+
+
+def full_encoder(outdir, cfg, label):
+    """Build ``cfg`` (a FULL-shaped config) with random weights and perturbed BN statistics, save it to
+    DIR/preset and write DIR/cases.npz: one 256x256 input, labels, inference-mode logits, loss and every
+    weight gradient."""
+    keras, keras_hub = _keras()
+    keras.utils.set_random_seed(SEED)
+    rng = np.random.default_rng(SEED)
     seg = build_segmenter(cfg, use_preprocessor=False)
-    print(f"full DeepLabV3+ EfficientNet {variant}: backbone params {seg.backbone.count_params():,}, "
+    print(f"full DeepLabV3+ {label}: backbone params {seg.backbone.count_params():,}, "
           f"encoder {seg.backbone.image_encoder.count_params():,}")
     randomise(seg, rng, rng.standard_normal((2, 128, 128, 3)).astype("float32"))
     preset = os.path.join(outdir, "preset")
@@ -962,7 +1003,11 @@ def main(argv=None):
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--full-efficientnet", metavar="DIR", help="full-size EfficientNet DeepLabV3+ into DIR")
     ap.add_argument("--variant", default="b0", choices=["b0", "lite0", "rw_t"], help="with --full-efficientnet")
+    ap.add_argument("--full-densenet", metavar="DIR", help="full-size DenseNet-121 DeepLabV3+ into DIR")
     args = ap.parse_args(argv)
+    if args.full_densenet:
+        full_densenet(args.full_densenet)
+        return 0
     if args.full_efficientnet:
         full_efficientnet(args.full_efficientnet, args.variant)
         return 0

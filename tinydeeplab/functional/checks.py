@@ -284,11 +284,18 @@ def check_negative_slope(negative_slope) -> float:
     return float(negative_slope)
 
 
-def check_pool_padding(padding) -> str:
-    """Average pooling takes Keras's two padding modes only: ``"valid"`` or ``"same"`` (lower case returned)."""
-    if not isinstance(padding, str) or padding.lower() not in ("valid", "same"):
-        raise ValueError(f'padding must be "valid" or "same" (Keras AveragePooling2D), got {padding!r}')
-    return padding.lower()
+def check_pool_padding(padding):
+    """Average pooling takes Keras's two padding modes, ``"valid"`` or ``"same"`` (lower case returned), or
+    explicit ``((top, bottom), (left, right))`` non-negative ints (a tinydeeplab extension, returned as tuples)."""
+    if isinstance(padding, str) and padding.lower() in ("valid", "same"):
+        return padding.lower()
+    if (isinstance(padding, (tuple, list)) and len(padding) == 2
+            and all(isinstance(p, (tuple, list)) and len(p) == 2 for p in padding)
+            and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 0
+                    for p in padding for v in p)):
+        return tuple(tuple(int(v) for v in p) for p in padding)
+    raise ValueError(f'padding must be "valid", "same" (Keras AveragePooling2D) or ((top, bottom), (left, right)), '
+                     f'got {padding!r}')
 
 
 def check_channel_scale_args(x, s) -> None:

@@ -66,7 +66,8 @@ def encoder_weight_table(encoder, prefix: str) -> dict[tuple[int, str], str]:
     KerasHub backbone saved alone, ``"layers/functional/layers"`` inside a DeepLabV3Backbone (a layer's
     counter counts the earlier layers of the same Keras class; a nested layer's weights lie under
     ``<layer>/<attribute>``). Layers outside that graph (``keras_unused_weight_layers``, e.g. ResNet v2's
-    post_bn) lie under ``image_encoder/layers``, their counters continuing the graph's."""
+    post_bn, DenseNet's final bn) lie under ``image_encoder/layers``, their counters continuing the graph's; in a
+    backbone saved alone (``prefix`` ``"layers"``) they are part of its graph and follow the others there."""
     where: dict[tuple[int, str], str] = {}
     seen: dict[str, int] = {}
     for layer in encoder.keras_weight_layers():
@@ -74,8 +75,9 @@ def encoder_weight_table(encoder, prefix: str) -> dict[tuple[int, str], str]:
         at = f"{prefix}/{_counter_name(layer.name, i)}"
         for attribute, module, var_names in layer.inner or (("", layer.module, layer.var_names),):
             _add_unit(where, f"{at}/{attribute}" if attribute else at, module, var_names)
-    _add_counted(where, "image_encoder/layers", [(layer.name, layer.module, layer.var_names)
-                                                 for layer in encoder.keras_unused_weight_layers()], seen)
+    outside = "image_encoder/layers" if prefix != "layers" else prefix   # a backbone saved alone: its own graph
+    _add_counted(where, outside, [(layer.name, layer.module, layer.var_names)
+                                  for layer in encoder.keras_unused_weight_layers()], seen)
     return where
 
 

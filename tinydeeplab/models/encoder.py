@@ -106,6 +106,13 @@ class Encoder(Module):
         """Gradients of some pyramid levels -> gradient of ``x``."""
         raise NotImplementedError
 
+    def check_pyramid_gradients(self, d_pyramid: dict) -> None:
+        """ValueError unless ``d_pyramid`` holds gradients for a non-empty subset of the pyramid levels."""
+        unknown = sorted(set(d_pyramid) - set(self.pyramid_channels))
+        if unknown or not d_pyramid:
+            raise ValueError(f"backward needs gradients for some of {list(self.pyramid_channels)}, "
+                             f"got {sorted(d_pyramid)}")
+
     def get_config(self) -> dict:
         """KerasHub's constructor arguments for this encoder (the ``config`` of its config.json entry,
         without ``name``, ``trainable`` and ``dtype``)."""
@@ -144,7 +151,7 @@ def register_encoder(cls: type[Encoder]) -> type[Encoder]:
     (usable as a class decorator).
 
     >>> sorted(ENCODERS)
-    ['EfficientNetBackbone', 'MobileNetBackbone', 'ResNetBackbone']
+    ['DenseNetBackbone', 'EfficientNetBackbone', 'MobileNetBackbone', 'ResNetBackbone']
     """
     if not (isinstance(cls, type) and issubclass(cls, Encoder) and cls.keras_class_name):
         raise TypeError(f"{cls!r} is not an Encoder subclass with a keras_class_name")

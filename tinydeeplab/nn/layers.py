@@ -213,6 +213,29 @@ class MaxPool2D(OpLayer):
         return self._back("max_pool2d", dout)
 
 
+class AveragePooling2D(OpLayer):
+    """Keras ``AveragePooling2D``: the mean over each ``pool_size`` window's real pixels, moved by ``strides``
+    (None: ``pool_size``), ``padding`` "valid" or "same" (Keras's rule), or explicit
+    ``((top, bottom), (left, right))``; ``dilation_rate`` spaces the window's taps (a tinydeeplab extension
+    that atrous encoders use where a strided pool becomes a stride-1 one on a dilated map).
+
+    >>> AveragePooling2D(2, 2)(np.ones((1, 5, 4, 3), np.float32)).shape     # "valid": floor(5 / 2) = 2
+    (1, 2, 2, 3)
+    """
+
+    def __init__(self, pool_size=2, strides=None, padding="valid", dilation_rate=1):
+        super().__init__()
+        self.pool_size, self.strides, self.padding = pool_size, strides, padding
+        self.dilation_rate = pair(dilation_rate, "dilation_rate")
+
+    def forward(self, x, training=False):
+        return self._run("avg_pool2d", x, pool_size=self.pool_size, stride=self.strides, padding=self.padding,
+                         dilation=self.dilation_rate)
+
+    def backward(self, dout):
+        return self._back("avg_pool2d", dout)
+
+
 class GlobalAveragePooling2D(OpLayer):
     """Mean over H and W, kept as ``(N, 1, 1, C)``."""
 
