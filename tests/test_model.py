@@ -159,9 +159,9 @@ def test_whole_model_gradient_every_entry(plus, block_type, pre_activation, trai
     assert checked == model.num_parameters()
 
 
-def directional_derivative(model, x, c, rng):
-    """``(numeric, predicted)``: d/dt L(theta + t v, x + t vx) at t = 0 by a central difference, and
-    ``<grad, v> + <dx, vx>`` from the hand-written backward, for random directions (training mode)."""
+def directional_derivative(model, x, c, rng, eps=1e-5):
+    """``(numeric, predicted)``: d/dt L(theta + t v, x + t vx) at t = 0 by a central difference of step
+    ``eps``, and ``<grad, v> + <dx, vx>`` from the hand-written backward, for random directions (training mode)."""
     with use_backend("numpy"):
         state = _snapshot(model)
         _, dx, grads = _loss_and_grads(model, x, c, True)
@@ -175,7 +175,6 @@ def directional_derivative(model, x, c, rng):
             model.load_state_dict(moved)
             return float((model.forward(x + t * vx, training=True) * c).sum())
 
-        eps = 1e-5
         return (loss_at(eps) - loss_at(-eps)) / (2 * eps), predicted
 
 

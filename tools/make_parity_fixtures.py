@@ -248,6 +248,39 @@ FIXTURES["effnetv2_v3plus_tiny"]["encoder"].update(
 )
 FIXTURES["effnetv2_v3plus_tiny"]["num_classes"] = 3
 
+# CSPNet (KerasHub's CSPNetBackbone in the CSPDarkNet-53 pattern of the timm converter: "csp" stages of
+# "dark_block"s, expand 2 then 1, block ratio 1 then 0.5, bottleneck 0.5 then 1, down_growth, a stride-1
+# "same" stem, LeakyReLU(0.01), BN eps 1e-5 / momentum 0.99), tiny: P2..P5 at 1/2..1/16. DeepLabV3+ shaped like
+# pascalvoc (ASPP on P5, low level P2, upsampling 8): KerasHub's last upsampling 2**5 // 8 = 4 of the P2-sized
+# head makes logits at twice the input size. "odd" (31x47) runs in Keras (ceil(H/16)*8 == ceil(H/2)) with
+# 64x96 logits. Kept small (the 256-wide ASPP and head KerasHub fixes are most of it): batch 1, no
+# preprocessor, one training-mode gradient set, and only the activations the parity stages read.
+FIXTURES["cspnet_v3plus_tiny"] = dict(
+    encoder_class="CSPNetBackbone",
+    encoder=dict(
+        stem_filters=4, stem_kernel_size=3, stem_strides=1, stem_padding="same",
+        stackwise_depth=[1, 2, 1, 1], stackwise_num_filters=[4, 8, 8, 8], stackwise_strides=[2, 2, 2, 2],
+        bottle_ratio=(0.5, 1.0), block_ratio=(1.0, 0.5), expand_ratio=(2.0, 1.0),
+        stage_type="csp", block_type="dark_block", down_growth=True,
+    ),
+    backbone=dict(
+        spatial_pyramid_pooling_key="P5",
+        upsampling_size=8,
+        dilation_rates=[2],
+        low_level_feature_key="P2",
+        projection_filters=4,
+    ),
+    num_classes=3,
+    converter=None,
+    cases=[("sq", 32, 32), ("nsq", 32, 48), ("odd", 31, 47)],
+    grad_cases=[],
+    train_grad_cases=["sq"],
+    act_hw=(32, 32),
+    batch=1,
+    act_keep=r"^(encoder/(csp_stem_activation_\d+|stage_\d+_csp_transition_activation)|"
+             r"backbone/(spatial_pyramid_pooling|decoder_relu|segmentation_head_relu)|segmenter/.*)$",
+)
+
 FULL = dict(
     encoder=dict(
         input_conv_filters=[64],
@@ -774,7 +807,7 @@ def make_fixture(name, cfg, out_root):
     # preset is complete and that the stored logits are what from_preset gives).
     seg = keras_hub.models.DeepLabV3ImageSegmenter.from_preset(preset)
     vmap_loaded = variable_paths(seg, preset)
-    arrays, summary = case_arrays(seg, vmap_loaded, cfg, rng, cfg["num_classes"])
+    arrays, summary = case_arrays(seg, vmap_loaded, cfg, rng, cfg["num_classes"], batch=cfg.get("batch", 2))
 
     # Preprocessor case: raw 0..255 images of another size through
     # seg.preprocessor (resize/crop + scale/offset) and seg.predict().
@@ -796,6 +829,12 @@ def make_fixture(name, cfg, out_root):
     ah, aw = cfg["act_hw"]
     xa = rng.standard_normal((1, ah, aw, 3)).astype("float32")
     acts, meta = collect_activations(seg, xa)
+    if cfg.get("act_keep"):                      # only the layers the parity stages compare (fixture size)
+        import re
+
+        keep = re.compile(cfg["act_keep"])
+        acts = {k: v for k, v in acts.items() if keep.match(k)}
+        meta = {k: v for k, v in meta.items() if keep.match(k)}
     act_arrays = {"input_act": xa}
     for key, a in acts.items():
         act_arrays[f"act/{key}"] = np.ascontiguousarray(a).astype("float32")

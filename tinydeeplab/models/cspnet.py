@@ -31,8 +31,10 @@ two paths and :class:`~tinydeeplab.nn.Split` stacks them again (``dx = [dxs | dx
 (CSPDarkNet-53) P2 is at 1/2 of the input, P3 at 1/4, ..., P6 at 1/32. KerasHub's DeepLabV3Backbone upsamples
 its output by ``2**level // upsampling_size`` as if ``P{l}`` were at ``1/2**l``, so a DeepLabV3 on such an
 encoder returns logits at *twice* the input size; :meth:`CSPNetBackbone.keras_output_scale` says by how much
-and the segmenter reproduces it. With ``stem_padding="valid"`` (the default) and a stride-1 stem the stem
-conv drops a border of ``(k - 1) // 2`` pixels, so P2 is ``H/2 - 1`` for a multiple of 32 (then P3 ``H/4``):
+and the segmenter reproduces it: the pascalvoc-shaped head (ASPP on P5 at 1/16, low level P2 at 1/2,
+``upsampling_size`` 8) ends with an upsampling by ``2**5 // 8 = 4`` of a 1/2-resolution map. KerasHub's timm
+converter gives CSPDarkNet-53 ``stem_padding="same"``; with the constructor's default ``"valid"`` a stride-1
+stem drops a border of ``(k - 1) // 2`` pixels, so P2 is ``H/2 - 1`` for a multiple of 32 (then P3 ``H/4``) and
 KerasHub's V3+ can take P3..P6 as its low-level key, not P2.
 
 **Atrous** (``output_strides`` 16 or 8; KerasHub's argument, whose own code fails for values below 32:
