@@ -196,3 +196,18 @@ def test_output_stride_is_exact_a_trous_of_the_strided_network(output_strides, s
         p5, q5 = strided.forward(x)["P5"], dense.forward(x)["P5"]
     assert q5.shape[1] == 64 // output_strides
     np.testing.assert_allclose(q5[:, ::step, ::step], p5, rtol=1e-10, atol=1e-12)
+
+
+def test_architecture_page_has_the_current_cspnet_section():
+    """docs/architecture.md's CSPNet section is what tools/make_architecture_doc.py writes from the model now."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("make_architecture_doc", root / "tools" / "make_architecture_doc.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    section = tool.cspnet_section()
+    assert "`(1, 256, 256, 64)`" in section and f"{KERAS_TRAINABLE:,}" in section
+    assert section in (root / "docs" / "architecture.md").read_text(encoding="utf-8"), \
+        "docs/architecture.md is stale; regenerate it with: python tools/make_architecture_doc.py"

@@ -28,6 +28,11 @@ Modes
                           (--variant b0, lite0 or rw_t: the timm converter's
                           arguments); DIR/preset and DIR/cases.npz with a 256x256
                           input, logits, loss and every weight gradient
+--full-cspnet DIR         the same head (21 classes, rates 6/12/18, P5 / P2 / 8) on
+                          CSPDarkNet-53 (the timm converter's config); DIR/preset and
+                          DIR/cases.npz with a --size (256) input, logits at twice
+                          its size (KerasHub's, see tinydeeplab/models/cspnet.py),
+                          labels, loss and every weight gradient
 --verify-layout           check the HDF5 path rule documented in
                           tinydeeplab/io/keras_layout.py (re-implemented here in plain
                           Python as ``expected_weight_paths``) against what
@@ -986,6 +991,41 @@ def full_efficientnet(outdir, variant):
     print("wrote", preset, "and", os.path.join(outdir, "cases.npz"), f"(loss {loss:.6f})")
 
 
+def full_cspnet(outdir, size=256):
+    """``--full-cspnet DIR``: the pascalvoc-shaped DeepLabV3+ head (21 classes, ASPP rates 6/12/18 on P5, low-level
+    P2, upsampling 8) on CSPDarkNet-53 (the config of KerasHub's timm converter, random weights), written to
+    DIR/preset, with DIR/cases.npz holding a ``size`` x ``size`` input, labels at Keras's output size (twice the
+    input: CSPNet's P2 is at 1/2, KerasHub's last upsampling assumes 1/4), the inference-mode logits and loss,
+    and every trainable weight's gradient (keys as in the small fixtures). Compare with
+    ``tinydeeplab parity DIR/preset --cases DIR/cases.npz``."""
+    keras, keras_hub = _keras()
+    from keras_hub.src.utils.timm.convert_cspnet import convert_backbone_config
+
+    keras.utils.set_random_seed(SEED)
+    rng = np.random.default_rng(SEED)
+    cfg = dict(FULL, encoder_class="CSPNetBackbone", encoder=convert_backbone_config({"architecture": "cspdarknet53"}))
+    seg = build_segmenter(cfg, use_preprocessor=False)
+    print(f"full DeepLabV3+ CSPDarkNet-53: backbone params {seg.backbone.count_params():,}, "
+          f"encoder {seg.backbone.image_encoder.count_params():,}, total {seg.count_params():,}")
+    randomise(seg, rng, rng.standard_normal((2, 128, 128, 3)).astype("float32"))
+    preset = os.path.join(outdir, "preset")
+    shutil.rmtree(preset, ignore_errors=True)
+    os.makedirs(outdir, exist_ok=True)
+    seg.save_to_preset(preset)
+    seg = keras_hub.models.DeepLabV3ImageSegmenter.from_preset(preset)
+    vmap = variable_paths(seg, preset)
+    x = rng.standard_normal((1, size, size, 3)).astype("float32")
+    oh, ow = np.asarray(seg(x, training=False)).shape[1:3]                       # 2x the input
+    y = make_labels(rng, 1, oh, ow, cfg["num_classes"])
+    loss, logits, grads, _ = make_loss_and_grad(seg)(x, y, False)
+    arrays = {"input_grad": x, "labels_grad": y, "logits_grad": logits, "loss_grad": np.float32(loss)}
+    for v, g in zip(seg.trainable_variables, grads):
+        arrays["grad_grad/" + "/".join(vmap[id(v)])] = g.astype("float32")
+    np.savez_compressed(os.path.join(outdir, "cases.npz"), **arrays)
+    print("wrote", preset, "and", os.path.join(outdir, "cases.npz"),
+          f"(input {x.shape}, logits {logits.shape}, loss {loss:.6f})")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=DEFAULT_OUT, help="fixture root (default tests/fixtures)")
@@ -1001,7 +1041,12 @@ def main(argv=None):
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--full-efficientnet", metavar="DIR", help="full-size EfficientNet DeepLabV3+ into DIR")
     ap.add_argument("--variant", default="b0", choices=["b0", "lite0", "rw_t"], help="with --full-efficientnet")
+    ap.add_argument("--full-cspnet", metavar="DIR", help="full-size CSPDarkNet-53 DeepLabV3+ into DIR")
+    ap.add_argument("--size", type=int, default=256, help="with --full-cspnet: input side (default 256)")
     args = ap.parse_args(argv)
+    if args.full_cspnet:
+        full_cspnet(args.full_cspnet, args.size)
+        return 0
     if args.full_efficientnet:
         full_efficientnet(args.full_efficientnet, args.variant)
         return 0
