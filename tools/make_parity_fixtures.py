@@ -259,7 +259,11 @@ FIXTURES["effnetv2_v3plus_tiny"]["num_classes"] = 3
 # pascalvoc (ASPP on P5, low level P2, upsampling 8): KerasHub's last upsampling 2**5 // 8 = 4 of the P2-sized
 # head makes logits at twice the input size. "odd" (31x47) runs in Keras (ceil(H/16)*8 == ceil(H/2)) with
 # 64x96 logits. Kept small (the 256-wide ASPP and head KerasHub fixes are most of it): batch 1, no
-# preprocessor, one training-mode gradient set, and only the activations the parity stages read.
+# preprocessor, one gradient set, and only the activations the parity stages read. The gradient set is
+# inference-mode BN on "nsq": in training mode at batch 1 P5 is 2x2, BN normalises over 4 positions, and a
+# 1e-6 relative change of the input (float32 round-off) carries a pre-activation across leaky ReLU's kink and
+# moves some gradients by 4e-3 (measured in float64), so round-off would decide them; inference-mode ones
+# move by < 1e-4. Training-mode logits and moving statistics are compared for every case.
 FIXTURES["cspnet_v3plus_tiny"] = dict(
     encoder_class="CSPNetBackbone",
     encoder=dict(
@@ -278,12 +282,12 @@ FIXTURES["cspnet_v3plus_tiny"] = dict(
     num_classes=3,
     converter=None,
     cases=[("sq", 32, 32), ("nsq", 32, 48), ("odd", 31, 47)],
-    grad_cases=[],
-    train_grad_cases=["sq"],
+    grad_cases=["nsq"],
+    train_grad_cases=[],
     act_hw=(32, 32),
     batch=1,
     act_keep=r"^(encoder/(csp_stem_activation_\d+|stage_\d+_csp_transition_activation)|"
-             r"backbone/(spatial_pyramid_pooling|decoder_relu|segmentation_head_relu)|segmenter/.*)$",
+             r"backbone/(spatial_pyramid_pooling\w*|decoder_relu|segmentation_head_relu)|segmenter/.*)$",
 )
 
 FULL = dict(
