@@ -24,3 +24,26 @@ def randomize_batchnorm(model, rng):
             mod.buffers["moving_mean"] = rng.normal(0, 0.2, c).astype(mod.buffers["moving_mean"].dtype)
             mod.buffers["moving_variance"] = rng.uniform(0.5, 1.5, c).astype(mod.buffers["moving_variance"].dtype)
     return model
+
+
+def assert_cpu_matches_reference(model, x, c):
+    """One training-mode forward and backward (cotangent ``c``) on the NumPy reference and on the Numba CPU
+    backend: logits, input gradient and every weight gradient agree to float32 round-off (a weight gradient
+    to 1e-5 of the model's largest, so that exactly-zero ones, float32 noise on both, pass)."""
+    import numpy as np
+
+    from tinydeeplab import use_backend
+
+    results = {}
+    for backend in ("numpy", "cpu"):
+        with use_backend(backend):
+            y = model.forward(x, training=True)
+            model.zero_grad()
+            dx = model.backward(c)
+            results[backend] = (y, dx, {k: g.copy() for k, g in model.named_gradients()})
+    (y0, dx0, g0), (y1, dx1, g1) = results["numpy"], results["cpu"]
+    np.testing.assert_allclose(y1, y0, rtol=1e-4, atol=1e-4 * float(np.abs(y0).max()))
+    np.testing.assert_allclose(dx1, dx0, rtol=1e-4, atol=1e-4 * float(np.abs(dx0).max()))
+    scale = max(float(np.abs(g).max()) for g in g0.values())
+    for k in g0:
+        np.testing.assert_allclose(g1[k], g0[k], rtol=1e-3, atol=1e-5 * scale, err_msg=k)

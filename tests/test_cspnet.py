@@ -11,7 +11,7 @@ from tinydeeplab import load_keras_preset, save_keras_preset, use_backend
 from tinydeeplab.models import CSPNetBackbone, DeepLabV3Backbone, DeepLabV3ImageSegmenter
 from tinydeeplab.nn import LeakyReLU
 
-from model_factories import randomize_batchnorm
+from model_factories import assert_cpu_matches_reference, randomize_batchnorm
 
 # KerasHub's timm converter (keras_hub/src/utils/timm/convert_cspnet.py) for "cspdarknet53", and what Keras
 # reports for keras_hub.models.CSPNetBackbone(**CSPDARKNET53) (measured in /work/kerasenv, keras-hub 0.32.0):
@@ -166,19 +166,7 @@ def test_cpu_backend_matches_the_reference(stage_type):
                                 np.random.default_rng(5))
     x = np.random.default_rng(6).normal(size=(2, 20, 17, 3)).astype(np.float32)
     c = np.random.default_rng(7).normal(size=(2, 40, 34, 3)).astype(np.float32)
-    results = {}
-    for backend in ("numpy", "cpu"):
-        with use_backend(backend):
-            y = model.forward(x, training=True)
-            model.zero_grad()
-            dx = model.backward(c)
-            results[backend] = (y, dx, {k: g.copy() for k, g in model.named_gradients()})
-    (y0, dx0, g0), (y1, dx1, g1) = results["numpy"], results["cpu"]
-    np.testing.assert_allclose(y1, y0, rtol=1e-4, atol=1e-4 * float(np.abs(y0).max()))
-    np.testing.assert_allclose(dx1, dx0, rtol=1e-4, atol=1e-4 * float(np.abs(dx0).max()))
-    scale = max(float(np.abs(g).max()) for g in g0.values())
-    for k in g0:
-        np.testing.assert_allclose(g1[k], g0[k], rtol=1e-3, atol=1e-5 * scale, err_msg=k)
+    assert_cpu_matches_reference(model, x, c)
 
 
 @pytest.mark.parametrize("output_strides,step", [(16, 2), (8, 4)])

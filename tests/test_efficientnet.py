@@ -10,7 +10,7 @@ from tinydeeplab.errors import PresetError
 from tinydeeplab.models import DeepLabV3Backbone, DeepLabV3ImageSegmenter, EfficientNetBackbone
 from tinydeeplab.nn import StochasticDepth
 
-from model_factories import randomize_batchnorm
+from model_factories import assert_cpu_matches_reference, randomize_batchnorm
 
 # The constructor arguments KerasHub's timm converter (keras_hub/src/utils/timm/convert_efficientnet.py)
 # passes for efficientnet_b0, and what Keras itself reports for them (count_params and pyramid_outputs
@@ -194,19 +194,7 @@ def test_cpu_backend_matches_the_reference(types):
     model = randomize_batchnorm(tiny_segmenter(stackwise_block_types=types), np.random.default_rng(5))
     x = np.random.default_rng(6).normal(size=(2, 20, 17, 3)).astype(np.float32)
     c = np.random.default_rng(7).normal(size=(2, 20, 17, 3)).astype(np.float32)
-    results = {}
-    for backend in ("numpy", "cpu"):
-        with use_backend(backend):
-            y = model.forward(x, training=True)
-            model.zero_grad()
-            dx = model.backward(c)
-            results[backend] = (y, dx, {k: g.copy() for k, g in model.named_gradients()})
-    (y0, dx0, g0), (y1, dx1, g1) = results["numpy"], results["cpu"]
-    np.testing.assert_allclose(y1, y0, rtol=1e-4, atol=1e-4 * float(np.abs(y0).max()))
-    np.testing.assert_allclose(dx1, dx0, rtol=1e-4, atol=1e-4 * float(np.abs(dx0).max()))
-    scale = max(float(np.abs(g).max()) for g in g0.values())   # project_bn betas: exactly 0 in training mode,
-    for k in g0:                                                 # float32 noise on both backends
-        np.testing.assert_allclose(g1[k], g0[k], rtol=1e-3, atol=1e-5 * scale, err_msg=k)
+    assert_cpu_matches_reference(model, x, c)       # project_bn betas: exactly 0 in training mode, float32 noise
 
 
 @pytest.mark.parametrize("output_stride,step", [(16, 2), (8, 4)])

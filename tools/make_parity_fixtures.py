@@ -968,15 +968,23 @@ def full_efficientnet(outdir, variant):
     P5, low-level P2) on the full-size encoder config of KerasHub's timm converter, random weights,
     written to DIR/preset, with DIR/cases.npz holding a 256x256 input, its labels, the inference-mode
     logits and loss, and the gradient of every trainable weight (keys as in the small fixtures)."""
-    keras, keras_hub = _keras()
+    keras, _ = _keras()
     from keras_hub.src.utils.timm.convert_efficientnet import convert_backbone_config
 
     keras.utils.set_random_seed(SEED)
     rng = np.random.default_rng(SEED)
     arch = {"rw_t": "efficientnetv2_rw_t"}.get(variant, f"efficientnet_{variant}")
     cfg = dict(FULL, encoder_class="EfficientNetBackbone", encoder=convert_backbone_config({"architecture": arch}))
+    full_gradient_case(outdir, cfg, f"EfficientNet {variant}", rng)
+
+
+def full_gradient_case(outdir, cfg, title, rng, size=256):
+    """Build ``cfg`` (random weights, perturbed BN statistics), save it to DIR/preset, reload it, and write
+    DIR/cases.npz: one ``size`` x ``size`` input, labels at Keras's output size, the inference-mode logits and
+    loss, and the gradient of every trainable weight (keys as in the small fixtures)."""
+    _, keras_hub = _keras()
     seg = build_segmenter(cfg, use_preprocessor=False)
-    print(f"full DeepLabV3+ EfficientNet {variant}: backbone params {seg.backbone.count_params():,}, "
+    print(f"full DeepLabV3+ {title}: backbone params {seg.backbone.count_params():,}, "
           f"encoder {seg.backbone.image_encoder.count_params():,}")
     randomise(seg, rng, rng.standard_normal((2, 128, 128, 3)).astype("float32"))
     preset = os.path.join(outdir, "preset")
@@ -985,14 +993,16 @@ def full_efficientnet(outdir, variant):
     seg.save_to_preset(preset)
     seg = keras_hub.models.DeepLabV3ImageSegmenter.from_preset(preset)
     vmap = variable_paths(seg, preset)
-    x = rng.standard_normal((1, 256, 256, 3)).astype("float32")
-    y = make_labels(rng, 1, 256, 256, cfg["num_classes"])
+    x = rng.standard_normal((1, size, size, 3)).astype("float32")
+    oh, ow = np.asarray(seg(x, training=False)).shape[1:3]             # the input's size, or 2x it (CSPNet)
+    y = make_labels(rng, 1, oh, ow, cfg["num_classes"])
     loss, logits, grads, _ = make_loss_and_grad(seg)(x, y, False)
     arrays = {"input_grad": x, "labels_grad": y, "logits_grad": logits, "loss_grad": np.float32(loss)}
     for v, g in zip(seg.trainable_variables, grads):
         arrays["grad_grad/" + "/".join(vmap[id(v)])] = g.astype("float32")
     np.savez_compressed(os.path.join(outdir, "cases.npz"), **arrays)
-    print("wrote", preset, "and", os.path.join(outdir, "cases.npz"), f"(loss {loss:.6f})")
+    print("wrote", preset, "and", os.path.join(outdir, "cases.npz"),
+          f"(input {x.shape}, logits {logits.shape}, loss {loss:.6f})")
 
 
 def full_cspnet(outdir, size=256):
@@ -1002,32 +1012,12 @@ def full_cspnet(outdir, size=256):
     input: CSPNet's P2 is at 1/2, KerasHub's last upsampling assumes 1/4), the inference-mode logits and loss,
     and every trainable weight's gradient (keys as in the small fixtures). Compare with
     ``tinydeeplab parity DIR/preset --cases DIR/cases.npz``."""
-    keras, keras_hub = _keras()
+    keras, _ = _keras()
     from keras_hub.src.utils.timm.convert_cspnet import convert_backbone_config
 
     keras.utils.set_random_seed(SEED)
-    rng = np.random.default_rng(SEED)
     cfg = dict(FULL, encoder_class="CSPNetBackbone", encoder=convert_backbone_config({"architecture": "cspdarknet53"}))
-    seg = build_segmenter(cfg, use_preprocessor=False)
-    print(f"full DeepLabV3+ CSPDarkNet-53: backbone params {seg.backbone.count_params():,}, "
-          f"encoder {seg.backbone.image_encoder.count_params():,}, total {seg.count_params():,}")
-    randomise(seg, rng, rng.standard_normal((2, 128, 128, 3)).astype("float32"))
-    preset = os.path.join(outdir, "preset")
-    shutil.rmtree(preset, ignore_errors=True)
-    os.makedirs(outdir, exist_ok=True)
-    seg.save_to_preset(preset)
-    seg = keras_hub.models.DeepLabV3ImageSegmenter.from_preset(preset)
-    vmap = variable_paths(seg, preset)
-    x = rng.standard_normal((1, size, size, 3)).astype("float32")
-    oh, ow = np.asarray(seg(x, training=False)).shape[1:3]                       # 2x the input
-    y = make_labels(rng, 1, oh, ow, cfg["num_classes"])
-    loss, logits, grads, _ = make_loss_and_grad(seg)(x, y, False)
-    arrays = {"input_grad": x, "labels_grad": y, "logits_grad": logits, "loss_grad": np.float32(loss)}
-    for v, g in zip(seg.trainable_variables, grads):
-        arrays["grad_grad/" + "/".join(vmap[id(v)])] = g.astype("float32")
-    np.savez_compressed(os.path.join(outdir, "cases.npz"), **arrays)
-    print("wrote", preset, "and", os.path.join(outdir, "cases.npz"),
-          f"(input {x.shape}, logits {logits.shape}, loss {loss:.6f})")
+    full_gradient_case(outdir, cfg, "CSPDarkNet-53", np.random.default_rng(SEED), size)
 
 
 def main(argv=None):

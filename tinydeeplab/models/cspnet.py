@@ -358,10 +358,7 @@ class CSPNetBackbone(Encoder):
 
     def backward(self, d_pyramid):
         """Each level's gradient joins the one flowing down from the stages above it."""
-        unknown = sorted(set(d_pyramid) - set(self.pyramid_channels))
-        if unknown or not d_pyramid:
-            raise ValueError(f"backward needs gradients for some of {list(self.pyramid_channels)}, "
-                             f"got {sorted(d_pyramid)}")
+        self.check_level_gradients(d_pyramid)
         dx = None
         for i in reversed(range(self.num_stages)):
             g = d_pyramid.get(f"P{i + 2}")

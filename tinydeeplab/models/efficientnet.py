@@ -362,10 +362,7 @@ class EfficientNetBackbone(Encoder):
 
     def backward(self, d_pyramid):
         """A tapped tensor gets the gradient flowing down from the block it feeds plus its level's own."""
-        unknown = sorted(set(d_pyramid) - set(self.pyramid_channels))
-        if unknown or not d_pyramid:
-            raise ValueError(f"backward needs gradients for some of {list(self.pyramid_channels)}, "
-                             f"got {sorted(d_pyramid)}")
+        self.check_level_gradients(d_pyramid)
         tap_of = {name: level for level, name in self.taps}
         dx = d_pyramid.get(self.top_level)
         if dx is not None:

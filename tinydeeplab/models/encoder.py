@@ -114,6 +114,13 @@ class Encoder(Module):
         """Gradients of some pyramid levels -> gradient of ``x``."""
         raise NotImplementedError
 
+    def check_level_gradients(self, d_pyramid: dict) -> None:
+        """ValueError unless ``d_pyramid`` holds gradients for a non-empty subset of the levels."""
+        unknown = sorted(set(d_pyramid) - set(self.pyramid_channels))
+        if unknown or not d_pyramid:
+            raise ValueError(f"backward needs gradients for some of {list(self.pyramid_channels)}, "
+                             f"got {sorted(d_pyramid)}")
+
     def get_config(self) -> dict:
         """KerasHub's constructor arguments for this encoder (the ``config`` of its config.json entry,
         without ``name``, ``trainable`` and ``dtype``)."""
