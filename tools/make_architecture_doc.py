@@ -390,11 +390,14 @@ def cspnet_section(size=SIZE) -> str:
     enc = CSPNetBackbone(**CSPDARKNET53, seed=0)
     rows = ["| level | stage | channels | stride | shape at {0}×{0} | stage parameters |".format(size),
             "| --- | --- | ---: | ---: | --- | ---: |"]
-    for i, stage in enumerate(enc.stages_list()):
-        level = f"P{i + 2}"
-        s = enc.pyramid_strides[level]
-        rows.append(f"| {level} | `stage{i}`: {stage.depth} dark block(s) | {enc.pyramid_channels[level]} | {s} | "
-                    f"`(1, {size // s}, {size // s}, {enc.pyramid_channels[level]})` | {stage.num_parameters():,} |")
+    modules = dict(enc.modules())
+    for st in enc.stages():                       # the Encoder protocol: named stages, each stage a level
+        if st.level is None:
+            continue
+        s, c = enc.pyramid_strides[st.level], enc.pyramid_channels[st.level]
+        what = st.description.split(":")[0]
+        rows.append(f"| {st.level} | `{st.module}` {what.split(' ', 1)[1]} | {c} | {s} | "
+                    f"`(1, {size // s}, {size // s}, {c})` | {modules[st.module].num_parameters():,} |")
     table = "\n".join(rows)
     n_all = enc.num_parameters() + sum(b.size for _, b in enc.named_buffers())
     return f"""## CSPNet encoder (`CSPNetBackbone`)
