@@ -199,3 +199,17 @@ def test_architecture_page_has_the_current_cspnet_section():
     assert "`(1, 256, 256, 64)`" in section and f"{KERAS_TRAINABLE:,}" in section
     assert section in (root / "docs" / "architecture.md").read_text(encoding="utf-8"), \
         "docs/architecture.md is stale; regenerate it with: python tools/make_architecture_doc.py"
+
+
+def test_cspnet_tiny_recipe_is_os16_with_logits_at_the_input_size():
+    from tinydeeplab.models.recipes import RECIPES, build_model
+
+    model = build_model("cspnet-tiny", 11, seed=0)
+    enc = model.backbone.image_encoder
+    assert isinstance(enc, CSPNetBackbone) and model.num_parameters() == 743_680
+    assert enc.pyramid_strides == {"P2": 4, "P3": 8, "P4": 16, "P5": 16} and model.backbone.output_scale == 1
+    h, w = RECIPES["cspnet-tiny"]["crop"]
+    assert max(RECIPES["cspnet-tiny"]["atrous_rates"]) < min(h, w) // 16        # every ASPP tap live at the crop
+    x = np.zeros((1, 48, 80, 3), np.float32)
+    assert model.forward(x).shape == (1, 48, 80, 11)
+    assert enc.forward(x)["P5"].shape == (1, 3, 5, 160)
