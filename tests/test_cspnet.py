@@ -2,16 +2,14 @@
 a KerasHub DeepLabV3 on a stride-1 stem, config and preset round trips, every stage / block type against
 central differences, the CPU backend, and output stride by dilation (the Keras parity fixtures are in
 test_parity.py)."""
-import warnings
-
 import numpy as np
 import pytest
 
-from tinydeeplab import load_keras_preset, save_keras_preset, use_backend
+from tinydeeplab import use_backend
 from tinydeeplab.models import CSPNetBackbone, DeepLabV3Backbone, DeepLabV3ImageSegmenter
 from tinydeeplab.nn import LeakyReLU
 
-from model_factories import assert_cpu_matches_reference, randomize_batchnorm
+from model_factories import assert_cpu_matches_reference, assert_preset_round_trip, randomize_batchnorm
 
 # KerasHub's timm converter (keras_hub/src/utils/timm/convert_cspnet.py) for "cspdarknet53", and what Keras
 # reports for keras_hub.models.CSPNetBackbone(**CSPDARKNET53) (measured in /work/kerasenv, keras-hub 0.32.0):
@@ -98,13 +96,7 @@ def test_config_round_trip():
 def test_preset_round_trip(tmp_path, stage_type):
     model = randomize_batchnorm(tiny_segmenter(stage_type=stage_type, **STAGE_VARIANTS[stage_type]),
                                 np.random.default_rng(0))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")                                    # 4-channel head: tinydeeplab-only
-        save_keras_preset(model, tmp_path / "preset")
-    again = load_keras_preset(tmp_path / "preset")
-    assert isinstance(again.backbone.image_encoder, CSPNetBackbone)
-    x = np.random.default_rng(1).normal(size=(2, 32, 64, 3)).astype(np.float32)
-    np.testing.assert_array_equal(again.forward(x), model.forward(x))
+    assert_preset_round_trip(model, tmp_path / "preset", CSPNetBackbone, (2, 32, 64, 3))
 
 
 @pytest.mark.parametrize("change,match", [
