@@ -47,3 +47,21 @@ def assert_cpu_matches_reference(model, x, c):
     scale = max(float(np.abs(g).max()) for g in g0.values())
     for k in g0:
         np.testing.assert_allclose(g1[k], g0[k], rtol=1e-3, atol=1e-5 * scale, err_msg=k)
+
+
+def assert_preset_round_trip(model, directory, encoder_class, shape):
+    """Save ``model`` as a KerasHub preset in ``directory``, load it back: an ``encoder_class`` encoder that gives
+    the same logits, bit for bit, on a random batch of ``shape`` (N, H, W, 3)."""
+    import warnings
+
+    import numpy as np
+
+    from tinydeeplab import load_keras_preset, save_keras_preset
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                                    # 4-channel head: tinydeeplab-only
+        save_keras_preset(model, directory)
+    again = load_keras_preset(directory)
+    assert isinstance(again.backbone.image_encoder, encoder_class)
+    x = np.random.default_rng(1).normal(size=shape).astype(np.float32)
+    np.testing.assert_array_equal(again.forward(x), model.forward(x))

@@ -10,7 +10,7 @@ from tinydeeplab.errors import PresetError
 from tinydeeplab.models import DeepLabV3Backbone, DeepLabV3ImageSegmenter, EfficientNetBackbone
 from tinydeeplab.nn import StochasticDepth
 
-from model_factories import assert_cpu_matches_reference, randomize_batchnorm
+from model_factories import assert_cpu_matches_reference, assert_preset_round_trip, randomize_batchnorm
 
 # The constructor arguments KerasHub's timm converter (keras_hub/src/utils/timm/convert_efficientnet.py)
 # passes for efficientnet_b0, and what Keras itself reports for them (count_params and pyramid_outputs
@@ -91,13 +91,7 @@ def test_config_round_trip_and_keras_scalar_coefficients():
 
 def test_preset_round_trip(tmp_path):
     model = randomize_batchnorm(tiny_segmenter(), np.random.default_rng(0))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")                                    # 4-channel head: tinydeeplab-only
-        save_keras_preset(model, tmp_path / "preset")
-    again = load_keras_preset(tmp_path / "preset")
-    assert isinstance(again.backbone.image_encoder, EfficientNetBackbone)
-    x = np.random.default_rng(1).normal(size=(2, 16, 24, 3)).astype(np.float32)
-    np.testing.assert_array_equal(again.forward(x), model.forward(x))
+    assert_preset_round_trip(model, tmp_path / "preset", EfficientNetBackbone, (2, 16, 24, 3))
 
 
 @pytest.mark.parametrize("change,match", [
@@ -194,7 +188,7 @@ def test_cpu_backend_matches_the_reference(types):
     model = randomize_batchnorm(tiny_segmenter(stackwise_block_types=types), np.random.default_rng(5))
     x = np.random.default_rng(6).normal(size=(2, 20, 17, 3)).astype(np.float32)
     c = np.random.default_rng(7).normal(size=(2, 20, 17, 3)).astype(np.float32)
-    assert_cpu_matches_reference(model, x, c)
+    assert_cpu_matches_reference(model, x, c)       # project_bn betas: exactly 0 in training mode, float32 noise
 
 
 @pytest.mark.parametrize("output_stride,step", [(16, 2), (8, 4)])

@@ -144,9 +144,11 @@ def test_models_never_import_io():
 
 
 def _defined_names(path: Path) -> set[str]:
-    """Methods and ``self.<name> = ...`` attributes of every class in ``path``."""
+    """Methods, class-level (annotated) attributes and ``self.<name> = ...`` attributes of every class in
+    ``path`` (the Encoder protocol's ``pyramid_channels: dict[str, int]`` counts as defined there)."""
     names = set()
     for cls in (n for n in ast.walk(ast.parse(path.read_text(encoding="utf-8"))) if isinstance(n, ast.ClassDef)):
+        names |= {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
         for node in ast.walk(cls):
             if isinstance(node, ast.FunctionDef):
                 names.add(node.name)

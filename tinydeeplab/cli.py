@@ -784,7 +784,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "0 and 1, and a sigmoid head)")
     _colour_map_args(t)
     t.add_argument("--model", help="architecture recipe: tiny, small, medium, resnet18, resnet50, mobilenetv3-small, "
-                                   "mobilenetv3-large, densenet-tiny (default: small, "
+                                   "mobilenetv3-large, densenet-tiny, cspnet-tiny (default: small, "
                                    "or the --init-preset's architecture)")
     t.add_argument("--init-preset", help="start from the weights (and architecture) of this preset directory")
     t.add_argument("--in-channels", type=CHANNELS, metavar="C",

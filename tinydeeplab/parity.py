@@ -90,7 +90,7 @@ def logits_at_size(model, x, size, training=False):
     Classify-before-upsample gives the same computation: classify the 1/4-resolution features (which
     agree) and upsample them to Keras's size.
     """
-    if tuple(size) == tuple(x.shape[1:3]):
+    if tuple(size) == tuple(model.output_size(x.shape[1:3])):     # the input's size (2x it for CSPNet)
         return model.forward(x, training=training)
     from .models.preprocessor import resize
 

@@ -415,6 +415,58 @@ border, and training-mode BN statistics are those of the denser map (tests/test_
 """
 
 
+CSPDARKNET53 = dict(stem_filters=32, stem_kernel_size=3, stem_strides=1, stem_padding="same",
+                    stackwise_depth=[1, 2, 8, 8, 4], stackwise_num_filters=[64, 128, 256, 512, 1024],
+                    stackwise_strides=[2, 2, 2, 2, 2], bottle_ratio=[0.5, 1.0], block_ratio=[1.0, 0.5],
+                    expand_ratio=[2.0, 1.0], stage_type="csp", block_type="dark_block", down_growth=True)
+"""KerasHub's timm converter's CSPDarkNet-53 (``keras_hub/src/utils/timm/convert_cspnet.py``)."""
+
+
+def cspnet_section(size=SIZE) -> str:
+    """The CSPNet encoder section: the cross-stage block, and CSPDarkNet-53's pyramid from its config (no
+    forward pass: shapes from the strides, parameters counted)."""
+    from tinydeeplab.models import CSPNetBackbone
+
+    enc = CSPNetBackbone(**CSPDARKNET53, seed=0)
+    rows = ["| level | stage | channels | stride | shape at {0}×{0} | stage parameters |".format(size),
+            "| --- | --- | ---: | ---: | --- | ---: |"]
+    modules = dict(enc.modules())
+    for st in enc.stages():                       # the Encoder protocol: named stages, each stage a level
+        if st.level is None:
+            continue
+        s, c = enc.pyramid_strides[st.level], enc.pyramid_channels[st.level]
+        what = st.description.split(":")[0]
+        rows.append(f"| {st.level} | `{st.module}` {what.split(' ', 1)[1]} | {c} | {s} | "
+                    f"`(1, {size // s}, {size // s}, {c})` | {modules[st.module].num_parameters():,} |")
+    table = "\n".join(rows)
+    n_all = enc.num_parameters() + sum(b.size for _, b in enc.named_buffers())
+    return f"""## CSPNet encoder (`CSPNetBackbone`)
+
+KerasHub's `CSPNetBackbone` (CSPDarkNet-53: `csp` stages of `dark_block`s; `tinydeeplab/models/cspnet.py`) is a
+cross-stage-partial network. Each stage downsamples (ZeroPadding 1 + 3×3/2 conv), expands with a 1×1 conv,
+and **splits** the channels in two halves (`keras.ops.split`, `nn.Split`): one half runs through the residual
+blocks (1×1 → 3×3, `x + f(x)`) and a 1×1 transition, the other crosses the stage untouched; the two are
+**concatenated** and mixed by a last 1×1 conv. Backward is the mirror: the concat's gradient is sliced
+into the two halves, the block path's gradient comes back through the blocks, and the split stacks the two
+again (`dx = [dxs | dxb]`). Every conv has no bias, every BN ε = 1e-5 (momentum 0.99), and the activation is
+`LeakyReLU(0.01)` (not Keras's default 0.2 / 0.3). Encoder: {enc.num_parameters():,} weights, {n_all:,} with
+the BN statistics (Keras's `count_params`).
+
+**The stride-2 pyramid and the 2× logits.** The stem is a stride-1 3×3 conv, so the first stage's output
+`P2` is at 1/2 of the input, not 1/4, and `P5` at 1/16:
+
+{table}
+
+KerasHub's `DeepLabV3Backbone` ends with an upsampling by `2**level // upsampling_size`, which assumes
+`P{{l}}` at 1/2^l. With the pascalvoc head (ASPP on P5, decoder on P2, `upsampling_size` 8) the head's 1/2-size
+map is upsampled ×4: the logits are **twice the input size** ({2 * size}×{2 * size} for a {size}×{size}
+image). tinydeeplab reproduces that (`Encoder.keras_output_scale`, `DeepLabV3ImageSegmenter.output_size`),
+so the logits and the loss match Keras's; labels must then be given at twice the input size
+(`segment()` resizes the logits back onto the image). The `cspnet-tiny` recipe uses a stride-2 stem instead:
+P2..P5 at 1/4..1/32 and logits at the input size.
+"""
+
+
 def page(rows, rows16, model, model16, seconds, seconds16, load=None) -> str:
     enc = model.backbone.image_encoder
     total = model.num_parameters()
@@ -519,7 +571,8 @@ features on, everything is as above:
 {t16}
 
 {separable_section()}
-{densenet_section()}See also: [ops.md](ops.md) for the op contract, [api.md](api.md) for `ResNetBackbone`, `ASPP`,
+{densenet_section()}{cspnet_section()}
+See also: [ops.md](ops.md) for the op contract, [api.md](api.md) for `ResNetBackbone`, `ASPP`,
 `DeepLabV3Backbone` and `DeepLabV3ImageSegmenter`, and [performance.md](performance.md) for speed.
 """
 

@@ -31,6 +31,11 @@ Modes
 --full-densenet DIR       the same head on DenseNet-121 (KerasHub's densenet_121
                           config: repeats 6-12-24-16, growth 32, compression 0.5);
                           DIR/preset and DIR/cases.npz as --full-efficientnet
+--full-cspnet DIR         the same head (21 classes, rates 6/12/18, P5 / P2 / 8) on
+                          CSPDarkNet-53 (the timm converter's config); DIR/preset and
+                          DIR/cases.npz with a --size (256) input, logits at twice
+                          its size (KerasHub's, see tinydeeplab/models/cspnet.py),
+                          labels, loss and every weight gradient
 --verify-layout           check the HDF5 path rule documented in
                           tinydeeplab/io/keras_layout.py (re-implemented here in plain
                           Python as ``expected_weight_paths``) against what
@@ -266,6 +271,42 @@ FIXTURES["densenet_v3plus_tiny"] = dict(
     cases=[("sq", 64, 64), ("nsq", 64, 96), ("odd", 62, 93)],
     converter=FIXTURES["v3_tiny"]["converter"], grad_cases=["sq"], train_grad_cases=["sq"], act_hw=(32, 32),
     drop_activations=["backbone/backbone_output_upsampling"],     # (1, 32, 32, 256): 1 MB, read by no test
+)
+# CSPNet (KerasHub's CSPNetBackbone in the CSPDarkNet-53 pattern of the timm converter: "csp" stages of
+# "dark_block"s, expand 2 then 1, block ratio 1 then 0.5, bottleneck 0.5 then 1, down_growth, a stride-1
+# "same" stem, LeakyReLU(0.01), BN eps 1e-5 / momentum 0.99), tiny: P2..P5 at 1/2..1/16. DeepLabV3+ shaped like
+# pascalvoc (ASPP on P5, low level P2, upsampling 8): KerasHub's last upsampling 2**5 // 8 = 4 of the P2-sized
+# head makes logits at twice the input size. "odd" (31x47) runs in Keras (ceil(H/16)*8 == ceil(H/2)) with
+# 64x96 logits. Kept small (the 256-wide ASPP and head KerasHub fixes are most of it): batch 1, no
+# preprocessor, one gradient set, and only the activations the parity stages read. The gradient set is
+# inference-mode BN on "nsq": in training mode at batch 1 P5 is 2x2, BN normalises over 4 positions, and a
+# 1e-6 relative change of the input (float32 round-off) carries a pre-activation across leaky ReLU's kink and
+# moves some gradients by 4e-3 (measured in float64), so round-off would decide them; inference-mode ones
+# move by < 1e-4. Training-mode logits and moving statistics are compared for every case.
+FIXTURES["cspnet_v3plus_tiny"] = dict(
+    encoder_class="CSPNetBackbone",
+    encoder=dict(
+        stem_filters=4, stem_kernel_size=3, stem_strides=1, stem_padding="same",
+        stackwise_depth=[1, 2, 1, 1], stackwise_num_filters=[4, 8, 8, 8], stackwise_strides=[2, 2, 2, 2],
+        bottle_ratio=(0.5, 1.0), block_ratio=(1.0, 0.5), expand_ratio=(2.0, 1.0),
+        stage_type="csp", block_type="dark_block", down_growth=True,
+    ),
+    backbone=dict(
+        spatial_pyramid_pooling_key="P5",
+        upsampling_size=8,
+        dilation_rates=[2],
+        low_level_feature_key="P2",
+        projection_filters=4,
+    ),
+    num_classes=3,
+    converter=None,
+    cases=[("sq", 32, 32), ("nsq", 32, 48), ("odd", 31, 47)],
+    grad_cases=["nsq"],
+    train_grad_cases=[],
+    act_hw=(32, 32),
+    batch=1,
+    act_keep=r"^(encoder/(csp_stem_activation_\d+|stage_\d+_csp_transition_activation)|"
+             r"backbone/(spatial_pyramid_pooling\w*|decoder_relu|segmentation_head_relu)|segmenter/.*)$",
 )
 
 FULL = dict(
@@ -794,7 +835,7 @@ def make_fixture(name, cfg, out_root):
     # preset is complete and that the stored logits are what from_preset gives).
     seg = keras_hub.models.DeepLabV3ImageSegmenter.from_preset(preset)
     vmap_loaded = variable_paths(seg, preset)
-    arrays, summary = case_arrays(seg, vmap_loaded, cfg, rng, cfg["num_classes"])
+    arrays, summary = case_arrays(seg, vmap_loaded, cfg, rng, cfg["num_classes"], batch=cfg.get("batch", 2))
 
     # Preprocessor case: raw 0..255 images of another size through
     # seg.preprocessor (resize/crop + scale/offset) and seg.predict().
@@ -819,6 +860,12 @@ def make_fixture(name, cfg, out_root):
     for key in cfg.get("drop_activations", ()):     # large maps no test reads (kept out of a small fixture)
         acts.pop(key)
         meta.pop(key)
+    if cfg.get("act_keep"):                      # only the layers the parity stages compare (fixture size)
+        import re
+
+        keep = re.compile(cfg["act_keep"])
+        acts = {k: v for k, v in acts.items() if keep.match(k)}
+        meta = {k: v for k, v in meta.items() if keep.match(k)}
     act_arrays = {"input_act": xa}
     for key, a in acts.items():
         act_arrays[f"act/{key}"] = np.ascontiguousarray(a).astype("float32")
@@ -943,11 +990,14 @@ def full_efficientnet(outdir, variant):
     P5, low-level P2) on the full-size encoder config of KerasHub's timm converter, random weights,
     written to DIR/preset, with DIR/cases.npz holding a 256x256 input, its labels, the inference-mode
     logits and loss, and the gradient of every trainable weight (keys as in the small fixtures)."""
+    keras, _ = _keras()
     from keras_hub.src.utils.timm.convert_efficientnet import convert_backbone_config
 
+    keras.utils.set_random_seed(SEED)
+    rng = np.random.default_rng(SEED)
     arch = {"rw_t": "efficientnetv2_rw_t"}.get(variant, f"efficientnet_{variant}")
     cfg = dict(FULL, encoder_class="EfficientNetBackbone", encoder=convert_backbone_config({"architecture": arch}))
-    full_encoder(outdir, cfg, f"EfficientNet {variant}")
+    full_gradient_case(outdir, cfg, f"EfficientNet {variant}", rng)
 
 
 DENSENET_121 = dict(stackwise_num_repeats=[6, 12, 24, 16], growth_rate=32, compression_ratio=0.5)
@@ -958,18 +1008,19 @@ def full_densenet(outdir):
     """``--full-densenet DIR``: the pascalvoc-shaped DeepLabV3+ head (ASPP on P5 with rates 6/12/18,
     low-level P2, 21 classes) on DenseNet-121, random weights; DIR/preset and DIR/cases.npz as
     :func:`full_efficientnet` writes them. Compare with ``tinydeeplab parity DIR/preset --cases DIR/cases.npz``."""
-    full_encoder(outdir, dict(FULL, encoder_class="DenseNetBackbone", encoder=DENSENET_121), "DenseNet-121")
-
-
-def full_encoder(outdir, cfg, label):
-    """Build ``cfg`` (a FULL-shaped config) with random weights and perturbed BN statistics, save it to
-    DIR/preset and write DIR/cases.npz: one 256x256 input, labels, inference-mode logits, loss and every
-    weight gradient."""
-    keras, keras_hub = _keras()
+    keras, _ = _keras()
     keras.utils.set_random_seed(SEED)
-    rng = np.random.default_rng(SEED)
+    full_gradient_case(outdir, dict(FULL, encoder_class="DenseNetBackbone", encoder=DENSENET_121), "DenseNet-121",
+                       np.random.default_rng(SEED))
+
+
+def full_gradient_case(outdir, cfg, title, rng, size=256):
+    """Build ``cfg`` (random weights, perturbed BN statistics), save it to DIR/preset, reload it, and write
+    DIR/cases.npz: one ``size`` x ``size`` input, labels at Keras's output size, the inference-mode logits and
+    loss, and the gradient of every trainable weight (keys as in the small fixtures)."""
+    _, keras_hub = _keras()
     seg = build_segmenter(cfg, use_preprocessor=False)
-    print(f"full DeepLabV3+ {label}: backbone params {seg.backbone.count_params():,}, "
+    print(f"full DeepLabV3+ {title}: backbone params {seg.backbone.count_params():,}, "
           f"encoder {seg.backbone.image_encoder.count_params():,}")
     randomise(seg, rng, rng.standard_normal((2, 128, 128, 3)).astype("float32"))
     preset = os.path.join(outdir, "preset")
@@ -978,14 +1029,31 @@ def full_encoder(outdir, cfg, label):
     seg.save_to_preset(preset)
     seg = keras_hub.models.DeepLabV3ImageSegmenter.from_preset(preset)
     vmap = variable_paths(seg, preset)
-    x = rng.standard_normal((1, 256, 256, 3)).astype("float32")
-    y = make_labels(rng, 1, 256, 256, cfg["num_classes"])
+    x = rng.standard_normal((1, size, size, 3)).astype("float32")
+    oh, ow = np.asarray(seg(x, training=False)).shape[1:3]             # the input's size, or 2x it (CSPNet)
+    y = make_labels(rng, 1, oh, ow, cfg["num_classes"])
     loss, logits, grads, _ = make_loss_and_grad(seg)(x, y, False)
     arrays = {"input_grad": x, "labels_grad": y, "logits_grad": logits, "loss_grad": np.float32(loss)}
     for v, g in zip(seg.trainable_variables, grads):
         arrays["grad_grad/" + "/".join(vmap[id(v)])] = g.astype("float32")
     np.savez_compressed(os.path.join(outdir, "cases.npz"), **arrays)
-    print("wrote", preset, "and", os.path.join(outdir, "cases.npz"), f"(loss {loss:.6f})")
+    print("wrote", preset, "and", os.path.join(outdir, "cases.npz"),
+          f"(input {x.shape}, logits {logits.shape}, loss {loss:.6f})")
+
+
+def full_cspnet(outdir, size=256):
+    """``--full-cspnet DIR``: the pascalvoc-shaped DeepLabV3+ head (21 classes, ASPP rates 6/12/18 on P5, low-level
+    P2, upsampling 8) on CSPDarkNet-53 (the config of KerasHub's timm converter, random weights), written to
+    DIR/preset, with DIR/cases.npz holding a ``size`` x ``size`` input, labels at Keras's output size (twice the
+    input: CSPNet's P2 is at 1/2, KerasHub's last upsampling assumes 1/4), the inference-mode logits and loss,
+    and every trainable weight's gradient (keys as in the small fixtures). Compare with
+    ``tinydeeplab parity DIR/preset --cases DIR/cases.npz``."""
+    keras, _ = _keras()
+    from keras_hub.src.utils.timm.convert_cspnet import convert_backbone_config
+
+    keras.utils.set_random_seed(SEED)
+    cfg = dict(FULL, encoder_class="CSPNetBackbone", encoder=convert_backbone_config({"architecture": "cspdarknet53"}))
+    full_gradient_case(outdir, cfg, "CSPDarkNet-53", np.random.default_rng(SEED), size)
 
 
 def main(argv=None):
@@ -1004,9 +1072,14 @@ def main(argv=None):
     ap.add_argument("--full-efficientnet", metavar="DIR", help="full-size EfficientNet DeepLabV3+ into DIR")
     ap.add_argument("--variant", default="b0", choices=["b0", "lite0", "rw_t"], help="with --full-efficientnet")
     ap.add_argument("--full-densenet", metavar="DIR", help="full-size DenseNet-121 DeepLabV3+ into DIR")
+    ap.add_argument("--full-cspnet", metavar="DIR", help="full-size CSPDarkNet-53 DeepLabV3+ into DIR")
+    ap.add_argument("--size", type=int, default=256, help="with --full-cspnet: input side (default 256)")
     args = ap.parse_args(argv)
     if args.full_densenet:
         full_densenet(args.full_densenet)
+        return 0
+    if args.full_cspnet:
+        full_cspnet(args.full_cspnet, args.size)
         return 0
     if args.full_efficientnet:
         full_efficientnet(args.full_efficientnet, args.variant)

@@ -284,8 +284,14 @@ def _serialized(module: str, class_name: str, config: dict, registered: str | No
 
 
 def _snake_case(name: str) -> str:
-    """Keras's default object name: ``"ResNetBackbone"`` -> ``"res_net_backbone"``."""
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+    """Keras's default object name (``keras.src.utils.naming.to_snake_case``): ``"ResNetBackbone"`` ->
+    ``"res_net_backbone"``, ``"CSPNetBackbone"`` -> ``"csp_net_backbone"`` (a run of capitals stays one word).
+
+    >>> _snake_case("ResNetBackbone"), _snake_case("CSPNetBackbone")
+    ('res_net_backbone', 'csp_net_backbone')
+    """
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
 def backbone_config(model: DeepLabV3ImageSegmenter) -> dict:

@@ -3,6 +3,7 @@ from .aspp import ASPP
 from .deeplab import DeepLabV3Backbone, DeepLabV3ImageSegmenter
 from .encoder import ENCODERS, Encoder, EncoderStage, KerasLayer, encoder_class, register_encoder
 from .densenet import DenseNetBackbone
+from .cspnet import CSPNetBackbone
 from .efficientnet import EfficientNetBackbone
 from .mobilenet import MobileNetBackbone
 from .resnet import ResNetBackbone
@@ -11,7 +12,8 @@ register_encoder(ResNetBackbone)          # the registry: one line per encoder f
 register_encoder(EfficientNetBackbone)
 register_encoder(MobileNetBackbone)
 register_encoder(DenseNetBackbone)
+register_encoder(CSPNetBackbone)
 
 __all__ = ["Encoder", "EncoderStage", "KerasLayer", "ENCODERS", "register_encoder", "encoder_class",
-           "ResNetBackbone", "EfficientNetBackbone", "MobileNetBackbone", "DenseNetBackbone", "ASPP", "DeepLabV3Backbone",
+           "ResNetBackbone", "EfficientNetBackbone", "MobileNetBackbone", "DenseNetBackbone", "CSPNetBackbone", "ASPP", "DeepLabV3Backbone",
            "DeepLabV3ImageSegmenter"]

@@ -87,6 +87,9 @@ class DeepLabV3Backbone(Module):
                            dilation_rates=list(dilation_rates), low_level_feature_key=low_level_feature_key,
                            projection_filters=projection_filters, separable=bool(separable))
         self.image_encoder = image_encoder
+        # KerasHub's final upsampling 2**level // upsampling_size assumes P{level} at 1/2**level: an encoder
+        # whose levels sit elsewhere (CSPNet's P2 at 1/2) makes logits at output_scale x the input size
+        self.output_scale = image_encoder.keras_output_scale(spatial_pyramid_pooling_key)
         self.aspp = ASPP(channels[spatial_pyramid_pooling_key], dilation_rates, num_channels, seed=seed_(),
                          separable=separable)
         self.encoder_upsample = Resize()
@@ -176,12 +179,19 @@ class DeepLabV3ImageSegmenter(Module):
             return to_host(self._logits(to_device(x), training))
         return self._logits(x, training)
 
+    def output_size(self, size) -> tuple[int, int]:
+        """The logits' (H', W') for an input of ``size`` (H, W): the input's, times the backbone's
+        ``output_scale`` where KerasHub's upsampling overshoots it (2 for CSPNet's stride-1 stem)."""
+        scale = getattr(self.backbone, "output_scale", 1)
+        return tuple(int(s * scale) for s in size)
+
     def _logits(self, x, training):
         f = self.backbone.forward(x, training)                                        # (N, H/4, W/4, 256)
+        size = self.output_size(x.shape[1:3])
         if not self.classify_before_upsample:
-            return self.output_conv.forward(self.output_upsample.forward(f, size=x.shape[1:3]))
+            return self.output_conv.forward(self.output_upsample.forward(f, size=size))
         z = self.output_conv.forward(f)                                               # (N, H/4, W/4, K)
-        return self.output_upsample.forward(z, size=x.shape[1:3])                    # (N, H, W, K)
+        return self.output_upsample.forward(z, size=size)                            # (N, H, W, K)
 
     def backward(self, dlogits):
         if not self.classify_before_upsample:

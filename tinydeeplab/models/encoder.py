@@ -21,12 +21,14 @@ Everything else in tinydeeplab reaches an encoder only through this class:
 ``stages()``                    named intermediate outputs: parity report rows and architecture docs
 ``in_channels``                 channels of the images it reads: KerasHub's ``image_shape[-1]`` (3)
 ``input_conv()``                the Conv2D that reads the image (its kernel is adapted to C channels)
+``keras_output_scale(key)``     KerasHub's DeepLabV3 output size / input size (1 unless levels sit elsewhere)
 ==============================  =====================================================================
 
 :func:`register_encoder` adds a class to ``ENCODERS``; the preset reader and writer, the
 recipes, the parity report and the architecture page look encoders up there by class name.
 """
 
+from fractions import Fraction
 from typing import NamedTuple
 
 from ..nn import BatchNorm, Conv2D, DepthwiseConv2D, Module
@@ -98,6 +100,12 @@ class Encoder(Module):
             raise TypeError(f"{type(self).__name__} has no Conv2D; override input_conv()")
         return convs[0]
 
+    def keras_output_scale(self, key: str) -> Fraction:
+        """Output size / input size of a KerasHub DeepLabV3 whose ``spatial_pyramid_pooling_key`` is ``key``.
+        KerasHub's last upsampling is ``2**level // upsampling_size``, which assumes ``P{l}`` at ``1/2**l``:
+        1 for such encoders (the default); an encoder whose levels sit elsewhere (CSPNet) overrides it."""
+        return Fraction(1)
+
     def forward(self, x, training=False) -> dict:
         """``x`` (N, H, W, C) -> ``{"P2": ..., ...}``."""
         raise NotImplementedError
@@ -151,7 +159,7 @@ def register_encoder(cls: type[Encoder]) -> type[Encoder]:
     (usable as a class decorator).
 
     >>> sorted(ENCODERS)
-    ['DenseNetBackbone', 'EfficientNetBackbone', 'MobileNetBackbone', 'ResNetBackbone']
+    ['CSPNetBackbone', 'DenseNetBackbone', 'EfficientNetBackbone', 'MobileNetBackbone', 'ResNetBackbone']
     """
     if not (isinstance(cls, type) and issubclass(cls, Encoder) and cls.keras_class_name):
         raise TypeError(f"{cls!r} is not an Encoder subclass with a keras_class_name")

@@ -17,6 +17,7 @@ resnet50           KerasHub ResNet50 v1 (pascalvoc preset)      32   6/12/18   (
 mobilenetv3-small  KerasHub MobileNetV3 Small (small_100)       16   3/6/9     256x352    16x22     2.03 M
 mobilenetv3-large  KerasHub MobileNetV3 Large (large_100)       16   3/6/9     256x352    16x22     4.78 M
 densenet-tiny      DenseNet 1-2-4-3 conv blocks, growth 16      16   3/6/9     256x352    16x22     0.37 M
+cspnet-tiny        KerasHub CSPNet, CSPDarkNet pattern, narrow  16   3/6/9     256x352    16x22     0.74 M
 =================  ===========================================  ===  ========  =========  ========  ===========
 
 (*) with 21 classes (``medium``: 1,127,040 with CamVid's 11; ``mobilenetv3-small`` / ``-large``: 2,024,864 /
@@ -30,6 +31,12 @@ decoder on P2, widths as ``medium``. One training step of batch 2 at 256x352 (Nu
 niced, on a machine loaded by another run) took 10-16 s, ``medium`` 8-9 s in the same conditions: the
 64-filter 7x7 stem at 1/2 resolution, which KerasHub fixes, is a large part of it (1-1.5x ``medium``'s time).
 All use the V3+ decoder on P2 (``decoder="v3"`` drops it); ASPP / head widths are 32, 64, 64 for tiny / small / medium, 256 for the KerasHub-shaped ones.
+``cspnet-tiny`` (744,320 parameters with 21 classes, 743,680 with 11; encoder 417,408) is a KerasHub
+``CSPNetBackbone`` with CSPDarkNet-53's stage pattern at widths 16-32-48-96-160 and depths 1-2-2-1, but a
+stride-2 stem, so its P2..P5 sit at 1/4..1/32 like ResNet's and the logits at the input size (CSPDarkNet-53's
+stride-1 stem puts P2 at 1/2: KerasHub's DeepLabV3 then outputs twice the input size, see
+:mod:`.cspnet`); its OS16 preset (``output_strides`` 16) loads in tinydeeplab only (KerasHub 0.32's
+CSPNetBackbone fails for ``output_strides`` below 32).
 ``resnet18`` / ``resnet50`` are exactly KerasHub's DeepLabV3+ (OS32, rates 6/12/18: the pascalvoc preset's
 shape), so their presets load in Keras; the narrow recipes load in tinydeeplab only. At the design crop of
 each from-scratch recipe every ASPP tap is live; ``tinydeeplab summary NAME --size H W`` lists the live
@@ -111,6 +118,15 @@ MOBILENET_V3_LARGE = _v3(
 """KerasHub's ``mobilenet_v3_large_100`` backbone config (``keras_hub/src/utils/timm/convert_mobilenet.py``)."""
 
 
+CSPNET_TINY = dict(stem_filters=16, stem_kernel_size=3, stem_strides=2, stem_padding="valid",
+                   stackwise_depth=[1, 2, 2, 1], stackwise_num_filters=[32, 48, 96, 160], stackwise_strides=[2, 2, 2, 2],
+                   bottle_ratio=[0.5, 1.0], block_ratio=[1.0, 0.5], expand_ratio=[2.0, 1.0], stage_type="csp",
+                   block_type="dark_block", down_growth=True)
+"""A narrow CSPDarkNet (``csp`` stages of dark blocks, LeakyReLU 0.01): ZeroPadding 1 + stem 3x3/2 "valid" (ceil(H/2);
+"same" after KerasHub's ZeroPadding would pad twice), stages at 1/4, 1/8, 1/16, 1/32 (P2..P5, as ResNet's; the
+last dilated for OS16), so the logits come out at the input size (``keras_output_scale`` 1)."""
+
+
 RECIPES = {
     # encoder: (Keras class name, its config); channels: ASPP / head width; projection_filters: V3+ P2 projection;
     # output_stride: None = KerasHub's 32 (no dilation); crop: the training crop the rates were chosen for
@@ -134,6 +150,10 @@ RECIPES = {
     "densenet-tiny": dict(encoder=("DenseNetBackbone", dict(stackwise_num_repeats=[1, 2, 4, 3], growth_rate=16,
                                                             compression_ratio=0.5)),
                           channels=64, projection_filters=32, output_stride=16, atrous_rates=(3, 6, 9), crop=(256, 352)),
+    # KerasHub's CSPNetBackbone in CSPDarkNet-53's pattern, narrow, with a stride-2 stem so that P2..P5 sit at
+    # 1/4..1/32 and the logits at the input size; P5's stage dilated for OS16 (16x22 at 256x352, rates as "medium")
+    "cspnet-tiny": dict(encoder=("CSPNetBackbone", CSPNET_TINY), channels=64, projection_filters=32,
+                        output_stride=16, atrous_rates=(3, 6, 9), crop=(256, 352)),
 }
 
 

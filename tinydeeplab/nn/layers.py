@@ -311,7 +311,8 @@ class StochasticDepth(Dropout):
 
 
 ACTIVATIONS = {"relu": "relu", "relu6": "relu6", "sigmoid": "sigmoid", "swish": "swish", "silu": "swish",
-               "hard_sigmoid": "hard_sigmoid", "hard_swish": "hard_swish", "hard_silu": "hard_swish"}
+               "hard_sigmoid": "hard_sigmoid", "hard_swish": "hard_swish", "hard_silu": "hard_swish",
+               "leaky_relu": "leaky_relu"}
 """Keras activation name -> tinydeeplab op (``keras.activations``: ``silu`` is ``swish``, ``hard_silu`` is
 ``hard_swish``)."""
 
@@ -319,21 +320,74 @@ ACTIVATIONS = {"relu": "relu", "relu6": "relu6", "sigmoid": "sigmoid", "swish": 
 class Activation(OpLayer):
     """Keras ``Activation(name)``: an elementwise activation by its Keras name (:data:`ACTIVATIONS`).
 
+    ``negative_slope`` is leaky ReLU's ``a`` in ``y = x if x >= 0 else a x`` (only for ``"leaky_relu"``;
+    default 0.2, ``keras.activations.leaky_relu``'s).
+
     >>> Activation("silu")(np.array([0.0, 2.0])).round(6).tolist()
     [0.0, 1.761594]
+    >>> Activation("leaky_relu", negative_slope=0.01)(np.array([-2.0, 3.0])).tolist()
+    [-0.02, 3.0]
     """
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, *, negative_slope: float | None = None):
         super().__init__()
         if name not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+        if negative_slope is not None and ACTIVATIONS[name] != "leaky_relu":
+            raise ValueError(f"negative_slope is leaky_relu's option, not {name!r}'s")
         self.name, self.op = name, ACTIVATIONS[name]
+        self.kwargs = {} if self.op != "leaky_relu" else {
+            "negative_slope": 0.2 if negative_slope is None else float(negative_slope)}
 
     def forward(self, x, training=False):
-        return self._run(self.op, x)
+        return self._run(self.op, x, **self.kwargs)
 
     def backward(self, dout):
         return self._back(self.op, dout)
+
+
+class LeakyReLU(Activation):
+    """Keras's ``LeakyReLU(negative_slope)`` layer: ``y = x if x >= 0 else a x``; the layer's default ``a`` is
+    0.3 (the function ``keras.activations.leaky_relu``'s is 0.2). KerasHub's CSPNet passes 0.01.
+
+    >>> LeakyReLU(0.01)(np.array([-1.0, 0.0, 2.0])).tolist()
+    [-0.01, 0.0, 2.0]
+    """
+
+    def __init__(self, negative_slope: float = 0.3):
+        super().__init__("leaky_relu", negative_slope=negative_slope)
+
+
+class Split(OpLayer):
+    """Keras ``ops.split(x, sections, axis=-1)`` along channels: ``forward(x)`` returns the list of pieces
+    ``x[..., o_k : o_k + sizes[k]]``; ``backward([dy_0, dy_1, ...])`` concatenates them back into ``dx``.
+
+    ``sizes`` is a list of channel counts, or an int ``n`` for ``n`` equal pieces (as ``ops.split``, which
+    fails when ``n`` does not divide the channels).
+
+    >>> a, b = Split(2)(np.arange(4.0).reshape(1, 1, 1, 4))
+    >>> a.ravel().tolist(), b.ravel().tolist()
+    ([0.0, 1.0], [2.0, 3.0])
+    """
+
+    def __init__(self, sizes):
+        super().__init__()
+        if isinstance(sizes, (int, np.integer)) and not isinstance(sizes, bool):
+            if sizes < 1:
+                raise ValueError(f"sections must be a positive int, got {sizes}")
+        self.sizes = sizes
+
+    def forward(self, x, training=False):
+        sizes = self.sizes
+        if not isinstance(sizes, (list, tuple)):
+            c = x.shape[len(x.shape) - 1]                # (the CUDA simulator's shapes take no -1)
+            if c % sizes:
+                raise ValueError(f"cannot split {c} channels into {sizes} equal pieces")
+            sizes = [c // sizes] * sizes
+        return self._run("split", x, list(sizes))
+
+    def backward(self, dout):
+        return self._back("split", list(dout))
 
 
 class ChannelScale(OpLayer):
