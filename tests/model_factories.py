@@ -65,3 +65,21 @@ def assert_preset_round_trip(model, directory, encoder_class, shape):
     assert isinstance(again.backbone.image_encoder, encoder_class)
     x = np.random.default_rng(1).normal(size=shape).astype(np.float32)
     np.testing.assert_array_equal(again.forward(x), model.forward(x))
+
+
+def assert_atrous_holds_strided(strided, dense, output_stride, step, size=64):
+    """Same weights, strides traded for dilation: ``dense`` (built with ``output_stride``) rebuilds from its
+    config, puts P5 at 1/output_stride, and its P5 holds the strided P5 at every ``step``-th position (float64,
+    NumPy reference backend)."""
+    import numpy as np
+
+    from tinydeeplab.backend import use_backend
+
+    dense.load_state_dict(strided.state_dict())
+    assert dense.pyramid_strides["P5"] == output_stride
+    assert type(dense).from_config(dense.get_config()).pyramid_strides == dense.pyramid_strides
+    x = np.random.default_rng(1).normal(size=(1, size, size, 3))
+    with use_backend("numpy"):
+        p5, q5 = strided.forward(x)["P5"], dense.forward(x)["P5"]
+    assert q5.shape[1] == size // output_stride
+    np.testing.assert_allclose(q5[:, ::step, ::step], p5, rtol=1e-10, atol=1e-12)

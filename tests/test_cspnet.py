@@ -9,7 +9,7 @@ from tinydeeplab import use_backend
 from tinydeeplab.models import CSPNetBackbone, DeepLabV3Backbone, DeepLabV3ImageSegmenter
 from tinydeeplab.nn import LeakyReLU
 
-from model_factories import assert_cpu_matches_reference, assert_preset_round_trip, randomize_batchnorm
+from model_factories import assert_atrous_holds_strided, assert_cpu_matches_reference, assert_preset_round_trip, randomize_batchnorm
 
 # KerasHub's timm converter (keras_hub/src/utils/timm/convert_cspnet.py) for "cspdarknet53", and what Keras
 # reports for keras_hub.models.CSPNetBackbone(**CSPDARKNET53) (measured in /work/kerasenv, keras-hub 0.32.0):
@@ -168,14 +168,7 @@ def test_output_stride_is_exact_a_trous_of_the_strided_network(output_strides, s
     cfg = dict(stem_strides=2, stackwise_depth=[1, 1, 1, 2], stackwise_num_filters=[4, 8, 8, 8])
     strided = tiny(**cfg).astype(np.float64)
     dense = tiny(**cfg, output_strides=output_strides).astype(np.float64)
-    dense.load_state_dict(strided.state_dict())
-    assert dense.pyramid_strides["P5"] == output_strides
-    assert CSPNetBackbone.from_config(dense.get_config()).pyramid_strides == dense.pyramid_strides
-    x = np.random.default_rng(1).normal(size=(1, 64, 64, 3))
-    with use_backend("numpy"):
-        p5, q5 = strided.forward(x)["P5"], dense.forward(x)["P5"]
-    assert q5.shape[1] == 64 // output_strides
-    np.testing.assert_allclose(q5[:, ::step, ::step], p5, rtol=1e-10, atol=1e-12)
+    assert_atrous_holds_strided(strided, dense, output_strides, step)
 
 
 def test_architecture_page_has_the_current_cspnet_section():

@@ -10,7 +10,7 @@ from tinydeeplab.errors import PresetError
 from tinydeeplab.models import DeepLabV3Backbone, DeepLabV3ImageSegmenter, EfficientNetBackbone
 from tinydeeplab.nn import StochasticDepth
 
-from model_factories import assert_cpu_matches_reference, assert_preset_round_trip, randomize_batchnorm
+from model_factories import assert_atrous_holds_strided, assert_cpu_matches_reference, assert_preset_round_trip, randomize_batchnorm
 
 # The constructor arguments KerasHub's timm converter (keras_hub/src/utils/timm/convert_efficientnet.py)
 # passes for efficientnet_b0, and what Keras itself reports for them (count_params and pyramid_outputs
@@ -199,14 +199,7 @@ def test_output_stride_is_exact_a_trous_of_the_strided_network(output_stride, st
            "stackwise_squeeze_and_excite_ratios": [0] * 7}
     strided = EfficientNetBackbone(**cfg, seed=0).astype(np.float64)
     dense = EfficientNetBackbone(**cfg, output_stride=output_stride, seed=0).astype(np.float64)
-    dense.load_state_dict(strided.state_dict())
-    assert dense.pyramid_strides["P5"] == output_stride
-    assert EfficientNetBackbone.from_config(dense.get_config()).pyramid_strides == dense.pyramid_strides
-    x = np.random.default_rng(1).normal(size=(1, 64, 64, 3))
-    with use_backend("numpy"):
-        p5, q5 = strided.forward(x)["P5"], dense.forward(x)["P5"]
-    assert q5.shape[1] == 64 // output_stride
-    np.testing.assert_allclose(q5[:, ::step, ::step], p5, rtol=1e-10, atol=1e-12)
+    assert_atrous_holds_strided(strided, dense, output_stride, step)
 
 
 @pytest.mark.parametrize("name", ["effnet_v3plus_tiny", "effnetv2_v3plus_tiny"])
